@@ -1,0 +1,205 @@
+"""Broker factory, provisioning of the declared topology, and the delivery policy of consumers.
+
+Every durable consumer is declared in ``topology`` and subscribed here with manual acks:
+success acks; ``Poison`` (cannot ever be handled) and an error on the last allowed delivery
+copy the message to ``<prefix>.dlq.<durable>`` and terminate it; any other error naks with the
+consumer's retry delay, so at-least-once delivery is real and handlers must be idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from opentelemetry.sdk.trace import TracerProvider
+
+from trainmaster.messages import ErrorBody, ErrorReply, Violation, encode
+from trainmaster.settings import Settings
+from trainmaster.topology import BucketSpec, ConsumerSpec, StreamSpec, Topology
+
+log = structlog.get_logger()
+
+MSG_ID = "Nats-Msg-Id"
+ERROR_HEADER = "Tm-Error"
+
+
+class Poison(Exception):
+    """The message can never be handled (undecodable, wrong shape): dead-letter it at once."""
+
+
+def make_broker(service: str, settings: Settings, tracer_provider: TracerProvider | None = None) -> NatsBroker:
+    middlewares = [NatsTelemetryMiddleware(tracer_provider=tracer_provider)] if tracer_provider else []
+    return NatsBroker(
+        servers=[s.strip() for s in settings.nats_url.split(",") if s.strip()],
+        name=f"trainmaster-{service}",
+        middlewares=middlewares,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        log_level=10,  # faststream's own per-message lines at DEBUG
+    )
+
+
+# ------------------------------------------------------------------------- provisioning
+def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=spec.retention,
+        max_age=spec.max_age_s or None,
+        max_bytes=spec.max_bytes,
+        max_msg_size=spec.max_msg_size,
+        duplicate_window=spec.duplicate_window_s,
+        discard=spec.discard,
+        storage=spec.storage,
+        num_replicas=replicas,
+    )
+
+
+def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        filter_subject=spec.filter_subject,
+        ack_policy=JsAckPolicy.EXPLICIT,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -> None:
+    config = stream_config(spec, replicas)
+    try:
+        await js.stream_info(spec.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    await js.update_stream(config)
+
+
+async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> None:
+    try:
+        await js.key_value(spec.name)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=spec.name,
+                history=spec.history,
+                ttl=spec.ttl_s,
+                replicas=replicas,
+                description=spec.description,
+            )
+        )
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    await js.add_consumer(spec.stream, consumer_config(spec))
+
+
+async def provision(js: JetStreamContext, topo: Topology) -> None:
+    """Create or update every stream, bucket and fixed consumer of the topology (idempotent)."""
+    for stream in topo.streams:
+        await ensure_stream(js, stream, topo.replicas)
+    for bucket in topo.buckets:
+        await ensure_bucket(js, bucket, topo.replicas)
+    for consumer in topo.consumers:
+        await ensure_consumer(js, consumer)
+
+
+# ------------------------------------------------------------------------- consumers
+Handler = Callable[[NatsMessage], Awaitable[None]]
+
+
+def retry_delay(spec: ConsumerSpec, delivered: int) -> float:
+    delays = spec.retry_delays_s
+    return delays[min(max(delivered, 1) - 1, len(delays) - 1)]
+
+
+def durable_subscriber(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, handle: Handler) -> None:
+    """Subscribe ``handle`` to the durable pull consumer ``spec`` with its delivery policy."""
+
+    @broker.subscriber(
+        spec.filter_subject,
+        stream=JStream(spec.stream, declare=False),
+        durable=spec.durable,
+        config=consumer_config(spec),
+        pull_sub=PullSub(batch_size=spec.batch_size, timeout=5.0),
+        ack_policy=AckPolicy.MANUAL,
+        title=spec.durable,
+    )
+    async def _consume(body: Any, msg: NatsMessage) -> None:  # raw bytes are in msg.body
+        await settle(broker, topo, spec, msg, handle)
+
+
+async def settle(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, msg: NatsMessage, handle: Handler) -> None:
+    delivered = msg.raw_message.metadata.num_delivered if msg.raw_message.metadata else 1
+    try:
+        await handle(msg)
+    except Poison as exc:
+        await dead_letter(broker, topo, spec, msg, f"poison: {exc}")
+        await msg.reject()
+    except Exception as exc:
+        if delivered >= spec.max_deliver:
+            log.exception("handler failed on the last delivery", consumer=spec.durable, delivered=delivered)
+            await dead_letter(broker, topo, spec, msg, f"{type(exc).__name__}: {exc}")
+            await msg.reject()
+        else:
+            delay = retry_delay(spec, delivered)
+            log.warning("handler failed; will retry", consumer=spec.durable, delivered=delivered,
+                        retry_in_s=delay, error=f"{type(exc).__name__}: {exc}")
+            await msg.nack(delay=delay)
+    else:
+        await msg.ack()
+
+
+async def dead_letter(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, msg: NatsMessage, error: str) -> None:
+    headers = {
+        ERROR_HEADER: error[:1000],
+        "Tm-Original-Subject": msg.raw_message.subject,
+        "Tm-Consumer": spec.durable,
+    }
+    if msg.raw_message.metadata:
+        headers["Tm-Original-Sequence"] = str(msg.raw_message.metadata.sequence.stream)
+        headers[MSG_ID] = f"{spec.durable}:{msg.raw_message.metadata.sequence.stream}"
+    await broker.publish(msg.body, topo.dlq(spec.durable), headers=headers, stream=topo.stream_dlq.name,
+                         timeout=10)
+    log.error("message dead-lettered", consumer=spec.durable, error=error)
+
+
+# ------------------------------------------------------------------------- request/reply
+def error_reply(code: str, message: str, details: list[Violation] | None = None, job=None) -> bytes:
+    return encode(ErrorReply(error=ErrorBody(code=code, message=message, details=details or []), job=job))
+
+
+Responder = Callable[[NatsMessage], Awaitable[bytes]]
+
+
+def responder(broker: NatsBroker, subject: str, queue: str, handle: Responder) -> None:
+    """A request/reply endpoint in a queue group.  It always answers: an unexpected error becomes
+    an ``internal`` error reply instead of leaving the caller to time out."""
+
+    @broker.subscriber(subject, queue=queue, title=subject)
+    async def _answer(body: Any, msg: NatsMessage) -> bytes:
+        try:
+            return await handle(msg)
+        except Exception as exc:
+            log.exception("request handler failed", subject=subject)
+            return error_reply("internal", f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def publish_js(
+    broker: NatsBroker, subject: str, body: bytes, *, stream: str, msg_id: str | None = None,
+    headers: dict[str, str] | None = None, timeout: float = 10.0,
+) -> None:
+    """A JetStream publish that awaits the ack; ``msg_id`` makes a retried publish a no-op."""
+    hdrs = dict(headers or {})
+    if msg_id:
+        hdrs[MSG_ID] = msg_id
+    await broker.publish(body, subject, headers=hdrs, stream=stream, timeout=timeout)

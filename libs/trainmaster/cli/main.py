@@ -1,0 +1,281 @@
+"""The ``trainmaster`` command: bring the stack up, and drive jobs through the public contract."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trainmaster.cli.render import console, err_console, event_line, job_details, job_table, show_error, status
+from trainmaster.client import ApiError, Client
+from trainmaster.jobfile import JobFileError, apply_overrides, load_job_file
+from trainmaster.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, help="trainmaster: self-hosted training jobs over NATS JetStream")
+job_app = typer.Typer(no_args_is_help=True, help="create, list, show, follow and stop training jobs")
+agent_app = typer.Typer(no_args_is_help=True, help="the executor agents the scheduler knows")
+app.add_typer(job_app, name="job")
+app.add_typer(agent_app, name="agent")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SAMPLE_JOB = REPO_ROOT / "examples" / "sklearn-iris" / "job.yaml"
+
+NatsOpt = Annotated[str | None, typer.Option("--nats-url", envvar="TM_NATS_URL", help="NATS server URL")]
+
+
+def _client(nats_url: str | None) -> Client:
+    s = get_settings()
+    return Client(nats_url or s.nats_url, prefix=s.subject_prefix)
+
+
+def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:
+    try:
+        code = asyncio.run(coro_fn())
+    except ApiError as exc:
+        show_error(exc)
+        raise typer.Exit(1) from None
+    except JobFileError as exc:
+        err_console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(2) from None
+    except (OSError, TimeoutError) as exc:
+        err_console.print(f"[red]error[/red]: cannot reach the trainmaster stack ({type(exc).__name__}: {exc}). "
+                          "Is it up (`trainmaster up`) and is TM_NATS_URL right?")
+        raise typer.Exit(3) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(code or 0)
+
+
+async def follow_job(client: Client, job_id: str, with_logs: bool = True) -> dict[str, Any]:
+    """Print the job's events and its log lines until it ends; return the final job."""
+    async def print_logs() -> None:
+        async for node, line in client.logs(job_id, follow=True):
+            console.out(f"  node {node} | {line}", highlight=False)
+
+    log_task = asyncio.ensure_future(print_logs()) if with_logs else None
+    async for event in client.events(job_id):
+        console.print(event_line(event))
+    if log_task is not None:
+        try:
+            await asyncio.wait_for(log_task, 10)
+        except TimeoutError:
+            pass
+    return await client.get(job_id)
+
+
+# ----------------------------------------------------------------------------------- stack
+@app.command()
+def up(
+    agents: Annotated[int, typer.Option(help="local executor agents to start")] = 1,
+    pool: Annotated[str, typer.Option(help="pool of the local agents")] = "cpu",
+) -> None:
+    """Start nats-server, the five services and local agents; Ctrl-C stops everything."""
+    from trainmaster.supervisor import AgentConf, Stack
+
+    settings = get_settings()
+    stack = Stack(settings, [AgentConf(f"local-{i + 1}", pool) for i in range(agents)], echo=console.print)
+
+    async def ready(url: str) -> None:
+        console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
+        console.print(f"service logs in {stack.data_dir / 'logs'}; Ctrl-C stops the stack")
+
+    _run_stack(stack, ready)
+
+
+def _run_stack(stack: Any, after_start: Callable[[str], Awaitable[None]]) -> None:
+    from trainmaster.supervisor import run_until_signalled
+
+    try:
+        asyncio.run(run_until_signalled(stack, after_start))
+    except RuntimeError as exc:
+        err_console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    job_file: Annotated[Path, typer.Option("--file", "-f", help="the job to run")] = SAMPLE_JOB,
+    exit_after: Annotated[bool, typer.Option("--exit", help="stop the stack once the job ended")] = False,
+) -> None:
+    """What `make run` does: start the stack, run the sample scikit-learn job end to end while
+    showing its status and logs, print where the model and logs went, keep the stack up."""
+    from trainmaster.supervisor import AgentConf, Stack
+
+    settings = get_settings()
+    stack = Stack(settings, [AgentConf("local-1", "cpu")], echo=console.print)
+    outcome: dict[str, Any] = {}
+
+    async def run_sample(url: str) -> None:
+        console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
+        spec = load_job_file(job_file)
+        async with Client(url, prefix=settings.subject_prefix, timeout=60) as client:
+            await _wait_for_agents(client)
+            try:
+                job = await client.create(spec)
+            except ApiError as exc:
+                show_error(exc)
+                outcome["status"] = "Failed"
+                return
+            console.print(f"submitted [bold]{job['name']} {job['version']}[/bold] as {job['id']}")
+            final = await follow_job(client, job["id"])
+            outcome["status"] = final["status"]
+            console.print(f"\n{final['name']} {final['version']} ended {status(final['status'])}")
+            if final.get("failure_reason"):
+                console.print(f"  reason: {final['failure_reason']}")
+            console.print(f"  model and metrics: {final['spec']['output_path']}")
+            console.print(f"  logs:              {final['spec']['log_path']}")
+            console.print(f"  details:           trainmaster job show {final['id']}")
+        if exit_after:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            console.print("\nthe stack stays up (try `trainmaster job list`); Ctrl-C stops it")
+
+    _run_stack(stack, run_sample)
+    if outcome.get("status") != "Succeeded":
+        raise typer.Exit(1)
+
+
+async def _wait_for_agents(client: Client, timeout_s: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        try:
+            if await client.agents():
+                return
+        except Exception:  # services still starting: no responder yet
+            pass
+        await asyncio.sleep(0.3)
+    raise TimeoutError("no executor agent registered within 30 s")
+
+
+# ----------------------------------------------------------------------------------- jobs
+@job_app.command("create")
+def job_create(
+    file: Annotated[Path, typer.Option("--file", "-f", help="job file, YAML or JSON")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: key.path=value")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="show status and logs until the job ends")] = False,
+    request_id: Annotated[str | None, typer.Option(help="idempotency key: a retry creates no second job")] = None,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Create a job from a file; with --follow, stay until it ends (exit 0 only if it succeeded)."""
+    async def go() -> int:
+        spec = apply_overrides(load_job_file(file), set_ or [])
+        async with _client(nats_url) as client:
+            job = await client.create(spec, request_id)
+            console.print(f"created {job['name']} {job['version']}: {job['id']} ({status(job['status'])})")
+            if not follow:
+                return 0
+            final = await follow_job(client, job["id"])
+            console.print(f"{final['name']} {final['version']} {status(final['status'])}"
+                          + (f": {final['failure_reason']}" if final.get("failure_reason") else ""))
+            return 0 if final["status"] == "Succeeded" else 1
+
+    _run(go)
+
+
+@job_app.command("list")
+def job_list(
+    status_: Annotated[str | None, typer.Option("--status", help="only jobs in this status")] = None,
+    name: Annotated[str | None, typer.Option(help="only jobs of this name")] = None,
+    limit: int = 50,
+    offset: int = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Jobs, newest first."""
+    async def go() -> None:
+        async with _client(nats_url) as client:
+            page = await client.list(status_, name, limit, offset)
+        if as_json:
+            print(json.dumps(page, indent=2))
+        else:
+            job_table(page["jobs"], page["total"])
+
+    _run(go)
+
+
+@job_app.command("show")
+def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False, nats_url: NatsOpt = None) -> None:
+    """Everything about one job: spec, status history, placements, failure reason."""
+    async def go() -> None:
+        async with _client(nats_url) as client:
+            job = await client.get(job_id)
+        if as_json:
+            print(json.dumps(job, indent=2))
+        else:
+            job_details(job)
+
+    _run(go)
+
+
+@job_app.command("logs")
+def job_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+             nats_url: NatsOpt = None) -> None:
+    """The job's log lines (every node); --follow waits for new ones until the job ends."""
+    async def go() -> None:
+        async with _client(nats_url) as client:
+            await client.get(job_id)  # a clear error for an unknown id
+            async for node, line in client.logs(job_id, follow=follow):
+                sys.stdout.write(f"node {node} | {line}\n")
+                sys.stdout.flush()
+
+    _run(go)
+
+
+@job_app.command("stop")
+def job_stop(job_id: str, reason: str = "stopped by user", nats_url: NatsOpt = None) -> None:
+    """Stop a job: every node gets SIGTERM, then SIGKILL after the grace period."""
+    async def go() -> None:
+        async with _client(nats_url) as client:
+            job = await client.stop(job_id, reason)
+        console.print(f"{job['id']} {job['name']} {job['version']}: {status(job['status'])}")
+
+    _run(go)
+
+
+@job_app.command("watch")
+def job_watch(job_id: str, nats_url: NatsOpt = None) -> None:
+    """Follow a job's events and logs until it ends."""
+    async def go() -> int:
+        async with _client(nats_url) as client:
+            final = await follow_job(client, job_id)
+        return 0 if final["status"] == "Succeeded" else 1
+
+    _run(go)
+
+
+# ----------------------------------------------------------------------------------- agents
+@agent_app.command("list")
+def agent_list(nats_url: NatsOpt = None) -> None:
+    """Agents that sent a heartbeat: pool, CPUs, memory, GPUs, what they run."""
+    async def go() -> None:
+        async with _client(nats_url) as client:
+            agents = await client.agents()
+        for a in agents:
+            gpus = ", ".join(g["model"] for g in a["gpus"]) or "no GPU"
+            console.print(f"{a['agent_id']} on {a['host']}: pool {a['pool']}, {a['cpus']} CPUs, "
+                          f"{a['memory_mb']} MiB, {gpus}; running {len(a['running'])}")
+        if not agents:
+            console.print("no agents")
+
+    _run(go)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option(help="folder for the JSON Schema files")] = REPO_ROOT / "docs" / "schemas",
+) -> None:
+    """Write the JSON Schema of every public message type (generated from the msgspec types)."""
+    from trainmaster.schemas import write_schemas
+
+    for path in write_schemas(out):
+        console.print(f"wrote {path}")
+

@@ -1,0 +1,83 @@
+"""How the CLI shows jobs, events and errors (rich)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from trainmaster.client import ApiError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+STATUS_STYLE = {"Succeeded": "green", "Failed": "red", "Stopped": "yellow", "Running": "cyan"}
+
+
+def ts(value: float | None) -> str:
+    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def status(text: str) -> str:
+    style = STATUS_STYLE.get(text)
+    return f"[{style}]{text}[/{style}]" if style else text
+
+
+def show_error(exc: ApiError) -> None:
+    err_console.print(f"[red]error[/red] ({exc.code}): {exc}")
+    for d in exc.details:
+        err_console.print(f"  - {d.get('field')}: {d.get('message')} [dim]({d.get('code')})[/dim]")
+    if exc.job:
+        err_console.print(f"  job {exc.job.get('id')} {exc.job.get('name')} {exc.job.get('version')} "
+                          f"is {exc.job.get('status')}")
+
+
+def job_table(jobs: list[dict[str, Any]], total: int) -> None:
+    table = Table(title=f"{len(jobs)} of {total} jobs")
+    for col in ("ID", "NAME", "VERSION", "STATUS", "CREATED", "UPDATED"):
+        table.add_column(col)
+    for j in jobs:
+        table.add_row(j["id"], j["name"], j["version"], status(j["status"]), ts(j["created_at"]), ts(j["updated_at"]))
+    console.print(table)
+
+
+def job_details(job: dict[str, Any]) -> None:
+    spec = job["spec"]
+    algo = spec["algorithm"]
+    console.print(f"[bold]{job['name']} {job['version']}[/bold]  {job['id']}  {status(job['status'])}")
+    if spec.get("description"):
+        console.print(f"  {spec['description']}")
+    console.print(f"  created {ts(job['created_at'])}, updated {ts(job['updated_at'])}, attempt {job['attempt']}")
+    console.print(f"  algorithm: {algo['source']} {algo.get('engine') or ''} {algo.get('engine_version') or ''} "
+                  f"{algo.get('boot_file') or ''}")
+    sources = [d.get("path") or f"dataset {d.get('dataset')} {d.get('version') or ''}" for d in spec["data"]]
+    console.print(f"  data: {', '.join(sources) or '-'}")
+    params = " ".join(f"--{k}={v}" for k, v in spec["parameters"].items())
+    console.print(f"  parameters: {params or '-'}")
+    console.print(f"  resources: pool {spec['resources']['pool']}, {spec['resources']['node_count']} node(s)")
+    console.print(f"  output: {spec.get('output_path')}")
+    console.print(f"  logs:   {spec.get('log_path')}")
+    for p in job.get("placements", []):
+        console.print(f"  node {p['node']} on agent {p['agent_id']} ({p['host']})")
+    if job.get("failure_reason"):
+        console.print(f"  [red]failure:[/red] {job['failure_reason']}")
+    for v in job.get("violations", []):
+        console.print(f"    - {v['field']}: {v['message']} [dim]({v['code']})[/dim]")
+    for w in job.get("warnings", []):
+        console.print(f"  [yellow]warning[/yellow] {w['field']}: {w['message']} [dim]({w['code']})[/dim]")
+    if job.get("exit_code") is not None:
+        console.print(f"  exit code: {job['exit_code']}")
+    table = Table(title="history")
+    for col in ("#", "TIME", "CHANGE", "STATUS", "REASON"):
+        table.add_column(col)
+    for h in job["history"]:
+        table.add_row(str(h["seq"]), ts(h["at"]), h["change"], status(h["status"]), h.get("reason") or "")
+    console.print(table)
+
+
+def event_line(event: dict[str, Any]) -> str:
+    data = event["data"]
+    extra = f" — {data['reason']}" if data.get("reason") else ""
+    return f"{event['time'][11:19]}  {status(data['status'])}  [dim]{event['type']}[/dim]{extra}"

@@ -1,0 +1,128 @@
+"""A client of the public contract, on plain nats-py (no service code): what the CLI uses and
+what an integration looks like."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.api import DeliverPolicy
+
+from trainmaster.topology import Topology
+
+TERMINAL = {"Succeeded", "Failed", "Stopped"}
+
+
+class ApiError(Exception):
+    """An error reply: ``code``, ``message`` and ``details`` [{field, code, message}]."""
+
+    def __init__(self, error: dict[str, Any], job: dict[str, Any] | None = None) -> None:
+        super().__init__(error.get("message", "error"))
+        self.code: str = error.get("code", "error")
+        self.details: list[dict[str, str]] = error.get("details", [])
+        self.job = job
+
+
+class Client:
+    def __init__(self, nats_url: str, prefix: str = "tm", timeout: float = 30.0) -> None:
+        self.nats_url = nats_url
+        self.topo = Topology(prefix=prefix)
+        self.timeout = timeout
+        self.nc: NATS | None = None
+
+    async def __aenter__(self) -> Client:
+        self.nc = await nats.connect(self.nats_url, connect_timeout=3, max_reconnect_attempts=3,
+                                     allow_reconnect=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.nc is not None:
+            await self.nc.drain()
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> Any:
+        assert self.nc is not None
+        reply = await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+        body = json.loads(reply.data)
+        if isinstance(body, dict) and "error" in body:
+            raise ApiError(body["error"], body.get("job"))
+        return body
+
+    async def create(self, spec: dict[str, Any] | bytes, request_id: str | None = None) -> dict[str, Any]:
+        payload = spec if isinstance(spec, bytes) else json.dumps(spec).encode()
+        headers = {"Nats-Msg-Id": request_id or f"cli-{uuid.uuid4()}"}
+        return await self._request(self.topo.jobs("create"), payload, headers)
+
+    async def submit(self, spec: dict[str, Any], request_id: str) -> None:
+        """Fire-and-forget; the outcome arrives on ``tm.events.request.<request_id>``."""
+        assert self.nc is not None
+        await self.nc.jetstream().publish(self.topo.jobs_submit, json.dumps(spec).encode(),
+                                          headers={"Nats-Msg-Id": request_id})
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        return await self._request(self.topo.jobs("get"), json.dumps({"id": job_id}).encode())
+
+    async def list(self, status: str | None = None, name: str | None = None, limit: int = 50,
+                   offset: int = 0) -> dict[str, Any]:
+        query: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            query["status"] = status
+        if name:
+            query["name"] = name
+        return await self._request(self.topo.jobs("list"), json.dumps(query).encode())
+
+    async def stop(self, job_id: str, reason: str = "stopped by user") -> dict[str, Any]:
+        return await self._request(self.topo.jobs("stop"), json.dumps({"id": job_id, "reason": reason}).encode())
+
+    async def agents(self) -> list[dict[str, Any]]:
+        return (await self._request(self.topo.agents_list, b"{}"))["agents"]
+
+    async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Every CloudEvent of the job from its first, until it ends."""
+        assert self.nc is not None
+        sub = await self.nc.jetstream().subscribe(self.topo.job_events(job_id), ordered_consumer=True,
+                                                  deliver_policy=DeliverPolicy.ALL)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=3600)
+                event = json.loads(msg.data)
+                yield event
+                if event["data"]["status"] in TERMINAL:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def logs(self, job_id: str, follow: bool = False, idle_s: float = 1.0) -> AsyncIterator[tuple[str, str]]:
+        """(node, line) pairs.  Without ``follow`` it ends once it has caught up; with ``follow``
+        it ends when the job has ended and no line came for ``idle_s``."""
+        assert self.nc is not None
+        sub = await self.nc.jetstream().subscribe(self.topo.logs(job_id, "*"), ordered_consumer=True,
+                                                  deliver_policy=DeliverPolicy.ALL)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=idle_s)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    if not follow or (await self.get(job_id))["status"] in TERMINAL:
+                        return
+                    continue
+                yield msg.subject.rsplit(".", 1)[-1], msg.data.decode("utf-8", "replace")
+                if not follow and msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+async def wait_for_status(client: Client, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
+    async def _wait() -> dict[str, Any]:
+        while True:
+            job = await client.get(job_id)
+            if job["status"] in statuses:
+                return job
+            await asyncio.sleep(0.2)
+
+    return await asyncio.wait_for(_wait(), timeout)

@@ -1,0 +1,37 @@
+"""JSON Schema of the public message types, generated from the msgspec Structs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from trainmaster import messages as m
+
+PUBLIC_TYPES: dict[str, type] = {
+    "job-request": m.JobRequest,
+    "job-summary": m.JobSummary,
+    "job-record": m.JobRecord,
+    "error-reply": m.ErrorReply,
+    "get-request": m.GetRequest,
+    "list-request": m.ListRequest,
+    "list-reply": m.ListReply,
+    "stop-request": m.StopRequest,
+    "job-event": m.JobCloudEvent,
+    "request-event": m.RequestCloudEvent,
+    "agent-list": m.AgentList,
+}
+
+
+def write_schemas(out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, type_ in PUBLIC_TYPES.items():
+        path = out / f"{name}.schema.json"
+        schema = msgspec.json.schema(type_)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = type_.__name__
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written

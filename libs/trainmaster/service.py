@@ -1,0 +1,88 @@
+"""The shell every service runs in: settings, logs, traces, broker, provisioning, signals.
+
+A service module provides ``setup(ctx) -> None`` (register subscribers, open stores) and
+optionally background tasks; ``run_service`` does the rest and stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
+
+from trainmaster.bus import make_broker, provision
+from trainmaster.settings import Settings, get_settings
+from trainmaster.telemetry import configure_logging, configure_tracing
+from trainmaster.topology import Topology
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    settings: Settings
+    topo: Topology
+    broker: NatsBroker
+    log: structlog.stdlib.BoundLogger
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.broker.config.connection_state.stream
+
+    def background(self, coro: Awaitable[None], name: str) -> None:
+        """Run ``coro`` for the life of the service; a crash of it is logged, then the service
+        stops (a supervisor restarts it) rather than limping on half-alive."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.append(task)
+
+
+Setup = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def serve(name: str, setup: Setup, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    log = configure_logging(name, settings.log_level)
+    provider = configure_tracing(name, settings)
+    topo = Topology(prefix=settings.subject_prefix, replicas=settings.stream_replicas)
+    broker = make_broker(name, settings, provider)
+    await broker.connect()
+    ctx = ServiceContext(name=name, settings=settings, topo=topo, broker=broker, log=log)
+    await provision(ctx.js, topo)
+    await setup(ctx)
+    await broker.start()
+    log.info("service started", nats=settings.nats_url)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.ensure_future(stop.wait()), *ctx.tasks]
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in done if t is not waiters[0] and not t.cancelled() and t.exception()]
+    for task in failed:
+        log.error("background task crashed", task=task.get_name(), error=repr(task.exception()))
+    log.info("service stopping")
+    for hook in ctx.on_stop:
+        try:
+            await hook()
+        except Exception:
+            log.exception("stop hook failed")
+    for task in ctx.tasks:
+        task.cancel()
+    await asyncio.gather(*ctx.tasks, return_exceptions=True)
+    await broker.stop()
+    provider.shutdown()
+    log.info("service stopped")
+    if failed:
+        raise SystemExit(1)
+
+
+def run_service(name: str, setup: Setup) -> None:
+    asyncio.run(serve(name, setup))

@@ -1,0 +1,235 @@
+"""The one declaration of subjects, streams, consumers and KV buckets.
+
+Services, the provisioning step, the CLI and the tests all read this module; nothing else
+spells a subject.  Every subject starts with the configurable prefix (default ``tm``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
+    max_age_s: float = 0  # 0 = unlimited
+    max_bytes: int = -1
+    max_msg_size: int = -1
+    duplicate_window_s: float = 120.0
+    discard: DiscardPolicy = DiscardPolicy.OLD
+    storage: StorageType = StorageType.FILE
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer and its delivery contract.
+
+    ``poison``: what happens to a message whose handler keeps failing or that cannot be decoded:
+    it is copied to ``<prefix>.dlq.<durable>`` with the error in a header, then terminated.
+    """
+
+    durable: str
+    stream: str
+    filter_subject: str
+    ack_wait_s: float
+    max_deliver: int
+    # delays between redeliveries after a handler error (the last value repeats)
+    retry_delays_s: tuple[float, ...] = (1.0, 5.0, 15.0)
+    max_ack_pending: int = 1000
+    batch_size: int = 16
+    poison: str = "dead-letter to <prefix>.dlq.<durable>, then terminate"
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    name: str
+    history: int = 1
+    ttl_s: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str = "tm"
+    replicas: int = 1
+
+    # ---- public request/reply subjects (core NATS, queue group "job-intake") -----------
+    def jobs(self, verb: str) -> str:
+        """``tm.jobs.create``, ``tm.jobs.get``, ``tm.jobs.list``, ``tm.jobs.stop``."""
+        return f"{self.prefix}.jobs.{verb}"
+
+    @property
+    def job_verbs(self) -> tuple[str, ...]:
+        return ("create", "get", "list", "stop")
+
+    @property
+    def jobs_submit(self) -> str:
+        """JetStream, fire-and-forget job requests; ``Nats-Msg-Id`` = request id."""
+        return f"{self.prefix}.jobs.submit"
+
+    @property
+    def agents_list(self) -> str:
+        """Request/reply, answered by the scheduler: the registered agents."""
+        return f"{self.prefix}.agents.list"
+
+    # ---- events and logs -----------------------------------------------------------------
+    def job_events(self, job_id: str = "*") -> str:
+        return f"{self.prefix}.events.job.{job_id}"
+
+    def request_events(self, request_id: str = "*") -> str:
+        """Outcome of a ``tm.jobs.submit`` message: accepted (with the job id) or rejected."""
+        return f"{self.prefix}.events.request.{request_id}"
+
+    def logs(self, job_id: str = "*", node: str = "*") -> str:
+        return f"{self.prefix}.logs.{job_id}.{node}"
+
+    # ---- internal pipeline ---------------------------------------------------------------
+    @property
+    def work_validate(self) -> str:
+        return f"{self.prefix}.work.validate"
+
+    @property
+    def work_schedule(self) -> str:
+        return f"{self.prefix}.work.schedule"
+
+    def agent_heartbeat(self, agent_id: str = "*") -> str:
+        """Core NATS (not stored): agent fingerprint, capacity and running work."""
+        return f"{self.prefix}.agent.heartbeat.{agent_id}"
+
+    def agent_control(self, agent_id: str = "*") -> str:
+        """Assignments and cancellations for one agent."""
+        return f"{self.prefix}.agent.control.{agent_id}"
+
+    def agent_status(self, agent_id: str = "*") -> str:
+        """Reports from an agent: node running, node exited."""
+        return f"{self.prefix}.agent.status.{agent_id}"
+
+    def dlq(self, durable: str = "*") -> str:
+        return f"{self.prefix}.dlq.{durable}"
+
+    # ---- streams -------------------------------------------------------------------------
+    def _name(self, suffix: str) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_{suffix}"
+
+    @cached_property
+    def stream_requests(self) -> StreamSpec:
+        return StreamSpec(
+            self._name("REQUESTS"),
+            (self.jobs_submit,),
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_msg_size=1024 * 1024,
+        )
+
+    @cached_property
+    def stream_events(self) -> StreamSpec:
+        return StreamSpec(self._name("EVENTS"), (f"{self.prefix}.events.>",), max_age_s=7 * 86400)
+
+    @cached_property
+    def stream_work(self) -> StreamSpec:
+        return StreamSpec(
+            self._name("WORK"), (f"{self.prefix}.work.>",), retention=RetentionPolicy.WORK_QUEUE
+        )
+
+    @cached_property
+    def stream_agent(self) -> StreamSpec:
+        return StreamSpec(
+            self._name("AGENT"),
+            (f"{self.prefix}.agent.control.>", f"{self.prefix}.agent.status.>"),
+            retention=RetentionPolicy.WORK_QUEUE,
+        )
+
+    @cached_property
+    def stream_logs(self) -> StreamSpec:
+        return StreamSpec(
+            self._name("LOGS"),
+            (f"{self.prefix}.logs.>",),
+            max_age_s=3 * 86400,
+            max_bytes=1024**3,
+            duplicate_window_s=10.0,
+        )
+
+    @cached_property
+    def stream_dlq(self) -> StreamSpec:
+        return StreamSpec(self._name("DLQ"), (f"{self.prefix}.dlq.>",), max_age_s=30 * 86400)
+
+    @property
+    def streams(self) -> tuple[StreamSpec, ...]:
+        return (
+            self.stream_requests,
+            self.stream_events,
+            self.stream_work,
+            self.stream_agent,
+            self.stream_logs,
+            self.stream_dlq,
+        )
+
+    # ---- consumers -----------------------------------------------------------------------
+    @cached_property
+    def consumer_intake_submit(self) -> ConsumerSpec:
+        return ConsumerSpec(
+            "job-intake-submit", self.stream_requests.name, self.jobs_submit, 30, 5, batch_size=64
+        )
+
+    @cached_property
+    def consumer_validator(self) -> ConsumerSpec:
+        return ConsumerSpec("validator", self.stream_work.name, self.work_validate, 60, 5)
+
+    @cached_property
+    def consumer_scheduler_queue(self) -> ConsumerSpec:
+        return ConsumerSpec("scheduler-queue", self.stream_work.name, self.work_schedule, 30, 5)
+
+    @cached_property
+    def consumer_scheduler_status(self) -> ConsumerSpec:
+        return ConsumerSpec("scheduler-status", self.stream_agent.name, self.agent_status(">"), 30, 10)
+
+    def consumer_agent(self, agent_id: str) -> ConsumerSpec:
+        # one durable per agent: a restarted agent resumes its own unacknowledged work
+        return ConsumerSpec(
+            f"agent-{agent_id}", self.stream_agent.name, self.agent_control(agent_id), 60, 5, batch_size=4
+        )
+
+    @cached_property
+    def consumer_notifier(self) -> ConsumerSpec:
+        return ConsumerSpec("notifier", self.stream_events.name, self.job_events("*"), 30, 10)
+
+    @property
+    def consumers(self) -> tuple[ConsumerSpec, ...]:
+        """The fixed consumers (agents declare their own at start-up)."""
+        return (
+            self.consumer_intake_submit,
+            self.consumer_validator,
+            self.consumer_scheduler_queue,
+            self.consumer_scheduler_status,
+            self.consumer_notifier,
+        )
+
+    # ---- KV buckets ----------------------------------------------------------------------
+    @cached_property
+    def bucket_jobs(self) -> BucketSpec:
+        return BucketSpec(f"{self.prefix}_jobs", history=5, description="job records (current state)")
+
+    @cached_property
+    def bucket_job_names(self) -> BucketSpec:
+        return BucketSpec(f"{self.prefix}_job_names", description="latest version number per job name")
+
+    @cached_property
+    def bucket_requests(self) -> BucketSpec:
+        return BucketSpec(
+            f"{self.prefix}_requests", ttl_s=24 * 3600, description="request id -> job id (idempotence)"
+        )
+
+    @property
+    def buckets(self) -> tuple[BucketSpec, ...]:
+        return (self.bucket_jobs, self.bucket_job_names, self.bucket_requests)
+
+
+def topology_from_settings() -> Topology:
+    from trainmaster.settings import get_settings
+
+    s = get_settings()
+    return Topology(prefix=s.subject_prefix, replicas=s.stream_replicas)

@@ -1,0 +1,315 @@
+"""The executor agent: one per host.  Heartbeats its fingerprint, takes the Assign/Cancel
+commands of its own durable consumer, runs nodes (``runner``), and reports them.
+
+Delivery: commands arrive at least once and, within a fetched batch, concurrently.  Every
+command is therefore idempotent: a run is keyed by (job, attempt, node), remembered in memory
+while it runs and by ``exit.json`` in its run folder after; a repeated Assign only re-sends the
+last report.  Reports carry a ``Nats-Msg-Id`` per (run, state), so re-sending is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import structlog
+from faststream.nats import NatsMessage
+
+from services.executor_agent.fingerprint import HostFacts, parse_labels, probe_host
+from services.executor_agent.runner import (
+    Launch,
+    LogSink,
+    Refused,
+    Run,
+    RunKey,
+    free_port,
+    kill_leftovers,
+    plan_launch,
+    preflight,
+    prepare_run_dir,
+)
+from trainmaster.bus import Poison, durable_subscriber, ensure_consumer, publish_js
+from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
+from trainmaster.service import ServiceContext
+
+# ids go into subjects and folder names: one subject token, no path tricks
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+EXIT_FILE = "exit.json"
+REPORTED_FILE = "exit.reported"
+ASSIGN_FILE = "assign.json"
+PID_FILE = "pid"
+# how long a Cancel is remembered for an Assign that was published before it but handled after
+CANCEL_MEMORY_S = 3600.0
+
+_decode_command = msgspec.json.Decoder(AgentCommand).decode
+_decode_report = msgspec.json.Decoder(NodeReport).decode
+_decode_assign = msgspec.json.Decoder(Assign).decode
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Agent:
+    def __init__(self, ctx: ServiceContext, facts: HostFacts, labels: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.topo = ctx.topo
+        self.log = ctx.log
+        self.agent_id = ctx.settings.agent_id
+        self.facts = facts
+        self.labels = labels
+        # absolute: the children run in their code folder, and paths handed to them must hold there
+        self.workdir = Path(os.path.abspath(ctx.settings.agent_workdir_path))
+        self.started_at = time.time()
+        self.runs: dict[RunKey, Run] = {}
+        self.watchers: set[asyncio.Task[None]] = set()
+        # job id -> (stream sequence of the Cancel, reason, when)
+        self.cancels: dict[str, tuple[int, str, float]] = {}
+        self.stopping = False
+
+    # ------------------------------------------------------------------------------ reports
+    def report(self, key: RunKey, state: Literal["running", "exited"], exit_code: int | None = None,
+               reason: str | None = None) -> NodeReport:
+        return NodeReport(agent_id=self.agent_id, job_id=key.job_id, attempt=key.attempt, node=key.node,
+                          state=state, exit_code=exit_code, reason=reason)
+
+    async def publish_report(self, report: NodeReport) -> None:
+        key = RunKey(report.job_id, report.attempt, report.node)
+        await publish_js(self.ctx.broker, self.topo.agent_status(self.agent_id), encode(report),
+                         stream=self.topo.stream_agent.name, msg_id=key.msg_id(report.state),
+                         timeout=self.settings.publish_timeout_s)
+
+    async def publish_until_sent(self, report: NodeReport) -> None:
+        """An exit report must not be lost to a bus hiccup: retry (same msg id) until it lands."""
+        delay = 1.0
+        while True:
+            try:
+                await self.publish_report(report)
+                return
+            except Exception as exc:
+                self.log.warning("report not published; retrying", state=report.state, retry_in_s=delay,
+                                 error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def report_running(self, run: Run, resend: bool = False) -> None:
+        # the lock keeps "running" ahead of "exited" when a node ends while it is being reported
+        async with run.report_lock:
+            if resend or not run.running_reported:
+                await self.publish_report(self.report(run.key, "running"))
+                run.running_reported = True
+
+    def record_exit(self, key: RunKey, report: NodeReport) -> Path:
+        run_dir = key.run_dir(self.workdir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / EXIT_FILE, encode(report))
+        return run_dir
+
+    async def finish_run(self, key: RunKey, code: int, reason: str | None) -> None:
+        """Record the outcome on disk first (so a repeated Assign finds it), then report it."""
+        report = self.report(key, "exited", code, reason)
+        run_dir = self.record_exit(key, report)
+        self.runs.pop(key, None)
+        await self.publish_until_sent(report)
+        (run_dir / REPORTED_FILE).touch()
+
+    # ------------------------------------------------------------------------------ commands
+    async def handle(self, msg: NatsMessage) -> None:
+        try:
+            command = _decode_command(msg.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Poison(f"not an agent command: {exc}") from exc
+        if not TOKEN_RE.match(command.job_id):
+            raise Poison(f"job id {command.job_id[:140]!r} is not a valid id")
+        metadata = msg.raw_message.metadata
+        seq = metadata.sequence.stream if metadata else 0
+        with structlog.contextvars.bound_contextvars(job_id=command.job_id):
+            if isinstance(command, Assign):
+                await self.assign(command, seq)
+            else:
+                self.cancel(command, seq)
+
+    async def assign(self, cmd: Assign, seq: int) -> None:
+        key = RunKey.of(cmd)
+        with structlog.contextvars.bound_contextvars(attempt=cmd.attempt, node=cmd.node):
+            # everything up to the insertion into self.runs is synchronous on purpose: commands of
+            # one batch are handled concurrently, and a Cancel must find the run once it exists
+            if (run := self.runs.get(key)) is not None:
+                self.log.info("assignment already running here; re-sending its report")
+                await self.report_running(run, resend=True)
+                return
+            run_dir = key.run_dir(self.workdir)
+            if (run_dir / EXIT_FILE).exists():
+                self.log.info("assignment already finished here; re-sending its report")
+                report = _decode_report((run_dir / EXIT_FILE).read_bytes())
+                await self.publish_report(report)
+                (run_dir / REPORTED_FILE).touch()
+                return
+            if self.stopping:
+                # not acked: it is redelivered to this agent once it is back
+                raise RuntimeError("agent is stopping; the assignment will be redelivered")
+            cancelled = self.cancels.get(cmd.job_id)
+            if cancelled is not None and cancelled[0] > seq:
+                self.log.info("assignment was cancelled before it started", reason=cancelled[1])
+                await self.finish_run(key, 143, f"stopped: {cancelled[1]} (before it started)")
+                return
+            await self.start(cmd, key, run_dir, seq)
+
+    def plan(self, cmd: Assign, run_dir: Path) -> Launch:
+        """Write the run folder and plan the launch (synchronous: see ``assign``); may refuse."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / ASSIGN_FILE, encode(cmd))
+        launch = plan_launch(cmd, run_dir, python=sys.executable, environ=os.environ,
+                             master_port=free_port(), now=time.time())
+        preflight(launch)
+        try:
+            prepare_run_dir(run_dir, launch)
+        except OSError as exc:
+            raise Refused(f"cannot prepare the run's folders: {exc}") from exc
+        return launch
+
+    async def start(self, cmd: Assign, key: RunKey, run_dir: Path, seq: int) -> None:
+        try:
+            launch = self.plan(cmd, run_dir)
+        except Refused as refused:
+            self.log.warning("assignment refused", reason=refused.reason)
+            await self.finish_run(key, refused.exit_code, refused.reason)
+            return
+        run = Run(key, launch, self.log, assign_seq=seq)
+        self.runs[key] = run
+        try:
+            sink = LogSink(key=key, subject=self.topo.logs(key.job_id, str(key.node)), publish=self._publish_log,
+                           file=launch.log_file, header=launch.header, log=self.log)
+        except OSError as exc:
+            await self.finish_run(key, 2, f"cannot write the log file {launch.log_file}: {exc}")
+            return
+        try:
+            await run.start(sink)
+        except OSError as exc:
+            await sink.close(self.settings.publish_timeout_s)
+            await self.finish_run(key, 2, f"cannot start the boot file: {exc}")
+            return
+        assert run.proc is not None
+        # the process group to clean up should this agent die without stopping it
+        (run_dir / PID_FILE).write_text(str(run.proc.pid))
+        # watched from here on, whatever happens to the "running" report below
+        watcher = asyncio.create_task(self.watch(run), name=f"watch-{key.label}")
+        self.watchers.add(watcher)
+        watcher.add_done_callback(self.watchers.discard)
+        # a failure here raises: the command is redelivered and then only re-sends the report
+        await self.report_running(run)
+
+    async def watch(self, run: Run) -> None:
+        try:
+            code, reason = await run.finish(self.settings.publish_timeout_s)
+        except Exception as exc:
+            self.log.exception("watching the node failed")
+            run.stop("agent error", 0)
+            code, reason = 1, f"the agent failed while watching the node: {type(exc).__name__}: {exc}"
+        try:
+            await self.report_running(run)
+        except Exception as exc:  # "exited" below says everything; "running" was only courtesy
+            self.log.warning("running report not published", error=f"{type(exc).__name__}: {exc}")
+        await self.finish_run(run.key, code, reason)
+
+    def cancel(self, cmd: Cancel, seq: int) -> None:
+        now = time.monotonic()
+        self.cancels = {job: c for job, c in self.cancels.items() if now - c[2] < CANCEL_MEMORY_S}
+        self.cancels[cmd.job_id] = (seq, cmd.reason, now)
+        # an old Cancel, redelivered, must not stop a later attempt of the job
+        runs = [run for key, run in self.runs.items() if key.job_id == cmd.job_id and run.assign_seq < seq]
+        if not runs:
+            self.log.info("cancel for a job that does not run here", reason=cmd.reason)
+            return
+        for run in runs:
+            run.stop(f"stopped: {cmd.reason}", self.settings.stop_grace_s)
+
+    # ------------------------------------------------------------------------------ life cycle
+    def heartbeat(self) -> AgentHeartbeat:
+        return AgentHeartbeat(
+            agent_id=self.agent_id, host=self.facts.host, pool=self.settings.agent_pool, labels=self.labels,
+            cpus=self.facts.cpus, memory_mb=self.facts.memory_mb, gpus=self.facts.gpus,
+            running=sorted(key.label for key in self.runs), sent_at=time.time(), started_at=self.started_at,
+        )
+
+    async def heartbeat_loop(self) -> None:
+        subject = self.topo.agent_heartbeat(self.agent_id)
+        while True:
+            try:
+                await self.ctx.broker.publish(encode(self.heartbeat()), subject)
+            except Exception as exc:  # a missed beat is survivable; a dead loop is not
+                self.log.warning("heartbeat not sent", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def stop_all(self) -> None:
+        """Agent shutdown: stop every node (no orphans), and report each as exited."""
+        self.stopping = True
+        for run in list(self.runs.values()):
+            run.stop("agent stopped", self.settings.stop_grace_s)
+        if self.watchers:
+            timeout = self.settings.stop_grace_s + 2 * self.settings.publish_timeout_s + 5
+            _, pending = await asyncio.wait(set(self.watchers), timeout=timeout)
+            if pending:
+                self.log.error("some nodes were not reported before the agent stopped", count=len(pending))
+
+    async def reconcile(self) -> None:
+        """After a restart: report what ended unreported, and nodes lost with the previous agent."""
+        for run_dir in sorted(self.workdir.glob("runs/*/a*-n*")):
+            if (run_dir / REPORTED_FILE).exists():
+                continue
+            try:
+                if (run_dir / EXIT_FILE).exists():
+                    report = _decode_report((run_dir / EXIT_FILE).read_bytes())
+                elif (run_dir / ASSIGN_FILE).exists():
+                    key = RunKey.of(_decode_assign((run_dir / ASSIGN_FILE).read_bytes()))
+                    if (run_dir / PID_FILE).exists():
+                        # the death signal reached the boot file only, not what it forked
+                        killed = kill_leftovers(int((run_dir / PID_FILE).read_text()), key.job_id)
+                        if killed:
+                            self.log.warning("killed processes left by a lost node", job_id=key.job_id,
+                                             pids=killed)
+                    report = self.report(key, "exited", 1, "lost: the agent restarted while this node ran")
+                    write_atomic(run_dir / EXIT_FILE, encode(report))
+                else:
+                    continue
+            except (OSError, ValueError) as exc:  # msgspec.DecodeError is a ValueError
+                self.log.warning("unreadable run folder skipped", path=str(run_dir), error=str(exc))
+                continue
+            with contextlib.suppress(Exception):
+                await self.publish_report(report)
+                (run_dir / REPORTED_FILE).touch()
+                self.log.info("reported a node that ended before this start", job_id=report.job_id,
+                              exit_code=report.exit_code, reason=report.reason)
+
+    async def _publish_log(self, body: bytes, subject: str, headers: dict[str, str]) -> None:
+        # the plain JetStream client, not broker.publish: the broker's telemetry middleware would
+        # make one trace span per log line, and it was 3x slower (100k lines: 13 s against 4 s)
+        await self.ctx.js.publish(subject, body, timeout=self.settings.publish_timeout_s,
+                                  stream=self.topo.stream_logs.name, headers=headers)
+
+
+async def setup(ctx: ServiceContext) -> None:
+    agent_id = ctx.settings.agent_id
+    if not TOKEN_RE.match(agent_id):
+        raise ValueError(f"TM_AGENT_ID {agent_id!r}: use 1-128 letters, digits, '-' or '_'")
+    structlog.contextvars.bind_contextvars(agent_id=agent_id)
+    facts = await asyncio.to_thread(probe_host, ctx.log)
+    agent = Agent(ctx, facts, parse_labels(ctx.settings.agent_labels))
+    ctx.log.info("agent ready", pool=ctx.settings.agent_pool, labels=agent.labels, cpus=facts.cpus,
+                 memory_mb=facts.memory_mb, gpus=len(facts.gpus), workdir=str(agent.workdir))
+    await agent.reconcile()
+    spec = ctx.topo.consumer_agent(agent_id)
+    await ensure_consumer(ctx.js, spec)
+    durable_subscriber(ctx.broker, ctx.topo, spec, agent.handle)
+    ctx.background(agent.heartbeat_loop(), "heartbeat")
+    ctx.on_stop.append(agent.stop_all)

@@ -1,0 +1,161 @@
+"""Pure core of job-intake: decoding, normalising, naming, versioning, listing.  No I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import secrets
+from collections.abc import Iterable
+from typing import TypeVar
+
+import msgspec
+
+from trainmaster.locations import local_path, locate
+from trainmaster.messages import (
+    Algorithm,
+    DataSource,
+    ErrorBody,
+    JobRequest,
+    JobSummary,
+    ListRequest,
+    Violation,
+)
+
+T = TypeVar("T")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FIELD_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+class RequestError(Exception):
+    def __init__(self, body: ErrorBody) -> None:
+        super().__init__(body.message)
+        self.body = body
+
+
+def _field_of(path: str) -> str:
+    """msgspec's ``$.data[0].path`` -> ``data[0].path``."""
+    return path.lstrip(".") or "$"
+
+
+def decode_as(body: bytes, type_: type[T], max_bytes: int) -> T:
+    """Decode a JSON request body, or raise RequestError naming the field and the problem."""
+    if len(body) > max_bytes:
+        raise RequestError(ErrorBody(
+            "request_too_large",
+            f"the request is {len(body)} bytes; the limit is {max_bytes} bytes",
+            [Violation("$", "too_large", f"send at most {max_bytes} bytes (TM_MAX_REQUEST_BYTES)")],
+        ))
+    if not body.strip():
+        raise RequestError(ErrorBody("invalid_json", "the request body is empty",
+                                     [Violation("$", "empty", "send a JSON object")]))
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = _FIELD_AT.search(text)
+        field = _field_of(m.group("path")) if m else "$"
+        message = text[: m.start()] if m else text
+        code = "unknown_field" if "unknown field" in message else (
+            "missing_field" if "missing required field" in message else "invalid_type")
+        unknown = re.search(r"unknown field `([^`]*)`", message)
+        if unknown:
+            field = f"{field}.{unknown.group(1)}" if field != "$" else unknown.group(1)
+            message += "; remove it or check its spelling"
+        error = ErrorBody("invalid_request", f"{field}: {message}", [Violation(field, code, message)])
+        raise RequestError(error) from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(ErrorBody(
+            "invalid_json", f"the request is not valid JSON: {exc}",
+            [Violation("$", "invalid_json", f"{exc}; send a UTF-8 JSON object")],
+        )) from None
+
+
+def _local(path: str | None) -> str | None:
+    return None if path is None else local_path(path.strip())
+
+
+def _boot_file(code_dir: str | None, boot_file: str | None) -> str | None:
+    """A boot file may be given relative to the code directory; store it as a full path (the
+    validator then checks it stays inside the code directory)."""
+    boot = _local(boot_file)
+    if boot and code_dir and locate(boot).kind == "relative" and locate(code_dir).kind == "local":
+        return posixpath.join(code_dir, boot)
+    return boot
+
+
+def _param_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def normalise(spec: JobRequest) -> JobRequest:
+    """Trim names, turn ``file://`` URLs into paths and parameter values into strings, so that
+    every later service sees one spelling of the same request."""
+    algo = spec.algorithm
+    return msgspec.structs.replace(
+        spec,
+        name=spec.name.strip() if spec.name else spec.name,
+        description=spec.description.strip(),
+        data=[DataSource(path=_local(d.path), dataset=d.dataset, version=d.version) for d in spec.data],
+        algorithm=Algorithm(
+            source=algo.source,
+            engine=algo.engine.strip().lower() if algo.engine else algo.engine,
+            engine_version=algo.engine_version,
+            code_dir=_local(algo.code_dir),
+            boot_file=_boot_file(_local(algo.code_dir), algo.boot_file),
+            preset=algo.preset,
+            image=algo.image,
+            command=algo.command,
+        ),
+        parameters={k.strip(): _param_value(v) for k, v in spec.parameters.items()},
+        output_path=_local(spec.output_path),
+        log_path=_local(spec.log_path),
+    )
+
+
+def check_name(name: str | None) -> None:
+    """The name is needed to assign a version, so intake checks it before storing anything."""
+    if not name:
+        raise RequestError(ErrorBody("invalid_request", "name: the job needs a name",
+                                     [Violation("name", "required", "give the job a name, e.g. \"iris-sklearn\"")]))
+    if not NAME_RE.match(name):
+        raise RequestError(ErrorBody(
+            "invalid_request", f"name: {name[:80]!r} is not a valid job name",
+            [Violation("name", "invalid_name", "use 1-64 letters, digits, '-' or '_'")],
+        ))
+
+
+def format_version(n: int) -> str:
+    return f"V{n:03d}"
+
+
+def new_job_id(now: float) -> str:
+    """Sortable by creation time (millisecond prefix), unique by a random suffix."""
+    return f"job-{int(now * 1000):012x}{secrets.token_hex(4)}"
+
+
+def request_key(request_id: str) -> str:
+    """KV keys allow a narrow alphabet; request ids are free text."""
+    return hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def request_token(request_id: str) -> str:
+    """The subject token of ``tm.events.request.<token>``: the request id itself when it is a
+    plain token (letters, digits, ``-``, ``_``; at most 128), else ``request_key(request_id)``."""
+    return request_id if _TOKEN_RE.match(request_id) else request_key(request_id)
+
+
+def select(jobs: Iterable[JobSummary], query: ListRequest) -> tuple[list[JobSummary], int]:
+    """Filter by status and name, newest first, then one page."""
+    matching = [
+        j for j in jobs
+        if (query.status is None or j.status == query.status) and (query.name is None or j.name == query.name)
+    ]
+    matching.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+    return matching[query.offset : query.offset + query.limit], len(matching)

@@ -1,0 +1,4 @@
+from services.scheduler.app import setup
+from trainmaster.service import run_service
+
+run_service("scheduler", setup)
