@@ -45,6 +45,9 @@ class Child:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=child_preexec,
+                # own process group: a terminal's Ctrl-C reaches only the supervisor, which then
+                # stops the children in order (agents first, nats-server last)
+                start_new_session=True,
             )
 
 

@@ -314,11 +314,12 @@ class LogSink:
         self.lines = 0
         self.not_published = 0
         self._shedding = False
+        self._file_error: str | None = None
         self._task = asyncio.create_task(self._publish_loop(), name=f"logs-{key.label}")
 
     async def write(self, stream: str, line: bytes) -> None:
         self.lines += 1
-        self._file.write(line + b"\n")
+        self._to_file(line)
         item = (self.lines, stream, line)
         if self._shedding:
             if self._queue.qsize() > MAX_QUEUED_LINES // 2:
@@ -331,7 +332,7 @@ class LogSink:
             return
         except asyncio.QueueFull:
             pass
-        self._file.flush()  # while we wait, the file is complete
+        self.flush()  # while we wait, the file is complete
         try:
             await asyncio.wait_for(self._queue.put(item), STALL_S)
         except TimeoutError:
@@ -339,12 +340,28 @@ class LogSink:
             self.not_published += 1
             self._log.warning("log stream is stuck; lines go to the log file only for now", stall_s=STALL_S)
 
+    def _to_file(self, line: bytes) -> None:
+        if self._file_error is not None:
+            return
+        try:
+            self._file.write(line + b"\n")
+        except OSError as exc:
+            # a full disk must not kill the reader: the pipe would fill and the script would hang
+            self._file_error = f"{type(exc).__name__}: {exc}"
+            self._log.error("cannot write the log file; lines go to the log stream only", error=self._file_error)
+
     def flush(self) -> None:
-        self._file.flush()
+        if self._file_error is None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self._file_error = f"{type(exc).__name__}: {exc}"
+                self._log.error("cannot write the log file; lines go to the log stream only",
+                                error=self._file_error)
 
     async def close(self, timeout_s: float) -> None:
         """Publish what is queued (bounded by ``timeout_s``), then close the file."""
-        self._file.flush()
+        self.flush()
         try:
             await asyncio.wait_for(self._queue.put(None), timeout_s)
             await asyncio.wait_for(self._task, timeout_s)
@@ -352,7 +369,8 @@ class LogSink:
             self._task.cancel()
             self._log.warning("gave up publishing the last log lines", queued=self._queue.qsize())
         finally:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
         if self.not_published:
             self._log.warning("some log lines were not published", count=self.not_published,
                               lines=self.lines)
@@ -377,7 +395,8 @@ class LogSink:
                 return
             # the Nats-Msg-Id of each line makes a retry of a publish that did land a no-op
             items = failed
-            await asyncio.sleep(0.5 * (attempt + 1))
+            if attempt < 2:
+                await asyncio.sleep(0.5 * (attempt + 1))
         self.not_published += len(items)
 
     async def _publish_one(self, item: tuple[int, str, bytes]) -> None:

@@ -156,6 +156,49 @@ async def _wait_for_agents(client: Client, timeout_s: float = 30) -> None:
     raise TimeoutError("no executor agent registered within 30 s")
 
 
+SERVICE_MODULES = {
+    "job-intake": "services.job_intake.app",
+    "validator": "services.validator.app",
+    "scheduler": "services.scheduler.app",
+    "notifier": "services.notifier.app",
+    "executor-agent": "services.executor_agent.app",
+}
+
+
+@app.command()
+def service(name: Annotated[str, typer.Argument(help=", ".join(SERVICE_MODULES))]) -> None:
+    """Run one service in the foreground (what a systemd unit or a container runs on each host)."""
+    import importlib
+
+    from trainmaster.service import run_service
+
+    if name not in SERVICE_MODULES:
+        err_console.print(f"[red]error[/red]: unknown service {name!r}; choose one of {', '.join(SERVICE_MODULES)}")
+        raise typer.Exit(2)
+    run_service(name, importlib.import_module(SERVICE_MODULES[name]).setup)
+
+
+@app.command("provision")
+def provision_cmd(nats_url: NatsOpt = None) -> None:
+    """Create or update every stream, KV bucket and consumer (replicas from TM_STREAM_REPLICAS)."""
+    import nats
+
+    from trainmaster.bus import provision
+    from trainmaster.topology import topology_from_settings
+
+    async def go() -> None:
+        nc = await nats.connect(nats_url or get_settings().nats_url, connect_timeout=5)
+        try:
+            topo = topology_from_settings()
+            await provision(nc.jetstream(), topo)
+            console.print(f"provisioned {len(topo.streams)} streams, {len(topo.buckets)} buckets, "
+                          f"{len(topo.consumers)} consumers (replicas {topo.replicas})")
+        finally:
+            await nc.close()
+
+    _run(go)
+
+
 # ----------------------------------------------------------------------------------- jobs
 @job_app.command("create")
 def job_create(

@@ -26,7 +26,10 @@ def status(text: str) -> str:
 
 
 def show_error(exc: ApiError) -> None:
-    err_console.print(f"[red]error[/red] ({exc.code}): {exc}")
+    if exc.details and exc.code == "validation_failed":
+        err_console.print(f"[red]error[/red] ({exc.code}): the job is not valid, {len(exc.details)} problem(s):")
+    else:
+        err_console.print(f"[red]error[/red] ({exc.code}): {exc}")
     for d in exc.details:
         err_console.print(f"  - {d.get('field')}: {d.get('message')} [dim]({d.get('code')})[/dim]")
     if exc.job:
@@ -37,7 +40,7 @@ def show_error(exc: ApiError) -> None:
 def job_table(jobs: list[dict[str, Any]], total: int) -> None:
     table = Table(title=f"{len(jobs)} of {total} jobs")
     for col in ("ID", "NAME", "VERSION", "STATUS", "CREATED", "UPDATED"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for j in jobs:
         table.add_row(j["id"], j["name"], j["version"], status(j["status"]), ts(j["created_at"]), ts(j["updated_at"]))
     console.print(table)
