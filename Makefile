@@ -41,10 +41,11 @@ integration: $(TEST_STAMP)
 e2e: $(TEST_STAMP)
 	$(VENV)/bin/pytest -q tests/e2e
 
-## bench: the figures of docs/benchmarks.md
+## bench: the figures of docs/benchmarks.md (JSON results in .trainmaster/bench/)
 bench: $(TEST_STAMP)
-	$(PY) -m bench.latency
-	$(PY) -m bench.submit_throughput
+	$(PY) -m bench.latency --jobs 30 --out .trainmaster/bench/latency.json
+	$(PY) -m bench.submit_throughput --requests 10000 --out .trainmaster/bench/submit_throughput.json
+	$(PY) -m bench.notify_throughput --json .trainmaster/bench/notify_throughput.json
 
 ## schema: regenerate docs/schemas from the message types
 schema: $(RUNTIME_STAMP)

@@ -3,10 +3,12 @@ check for leftover processes, and the JSON result file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -91,6 +93,55 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int | None, children: bool = False) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``), with ``children`` also
+    that of its children it has waited for; NaN when unknown."""
+    if not pid:
+        return math.nan
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return math.nan
+    # after the ")" that ends the command name, field 3 is index 0: utime (14), stime (15),
+    # cutime (16), cstime (17)
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs added up), from ``/proc/stat``."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """How much CPU the benchmark's own processes used during a run, and how much everything else
+    on the machine did (a busy neighbour makes the figures worse: it is reported, not hidden)."""
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self.pids = [os.getpid(), *pids]
+        self.t0 = time.perf_counter()
+        self.ours0 = sum(cpu_seconds(p, children=True) for p in self.pids)
+        self.busy0 = machine_busy_seconds()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        ours = sum(cpu_seconds(p, children=True) for p in self.pids) - self.ours0
+        busy = machine_busy_seconds() - self.busy0
+        return {
+            "wall_s": wall,
+            "ours_cpu_s": ours,
+            "others_cpu_s": max(busy - ours, 0.0),
+            "others_share_of_machine": max(busy - ours, 0.0) / (wall * (os.cpu_count() or 1)),
+        }
+
+
 # ------------------------------------------------------------------------------ job files
 def trivial_job_files(root: Path) -> tuple[Path, Path]:
     """A code folder with a boot file that prints one line and exits 0, and a tiny data folder."""
@@ -142,7 +193,8 @@ def leftover_processes(marker: Path, pids: Iterable[int] = ()) -> list[str]:
             continue
         cmdline = _read(entry / "cmdline")
         if pid in wanted or needle in cmdline or needle in _read(entry / "environ"):
-            found.append(f"{pid} {cmdline.replace(b'\0', b' ').decode(errors='replace').strip()}")
+            words = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+            found.append(f"{pid} {words}")
     return found
 
 
@@ -154,6 +206,16 @@ def report_leftovers(marker: Path, pids: Iterable[int]) -> bool:
         return False
     print("no leftover processes", file=sys.stderr)
     return True
+
+
+def cancel_on_signals() -> None:
+    """Make SIGTERM and SIGINT cancel the running main task, so that its ``finally`` stops what
+    the benchmark started and removes its temporary directory."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
 
 
 # ------------------------------------------------------------------------------ results

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
@@ -29,6 +30,11 @@ log = structlog.get_logger()
 
 MSG_ID = "Nats-Msg-Id"
 ERROR_HEADER = "Tm-Error"
+
+
+# what decoding a bad body raises: msgspec's errors (ValidationError is a DecodeError), and
+# UnicodeDecodeError for bytes that are not UTF-8 inside a JSON string (msgspec does not wrap it)
+UNDECODABLE: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError)
 
 
 class Poison(Exception):

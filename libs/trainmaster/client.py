@@ -81,6 +81,11 @@ class Client:
     async def agents(self) -> list[dict[str, Any]]:
         return (await self._request(self.topo.agents_list, b"{}"))["agents"]
 
+    @property
+    def topics(self) -> TopicsClient:
+        """The topics API (notifications): ``await client.topics.create("ml-team")``."""
+        return TopicsClient(self)
+
     async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
         """Every CloudEvent of the job from its first, until it ends."""
         assert self.nc is not None
@@ -126,3 +131,45 @@ async def wait_for_status(client: Client, job_id: str, statuses: set[str], timeo
             await asyncio.sleep(0.2)
 
     return await asyncio.wait_for(_wait(), timeout)
+
+
+# ================================================================ notifications (issue 5)
+# Topics and subscriptions through ``tm.topics.<verb>`` (answered by the notifier).
+class TopicsClient:
+    """``Client(...).topics``: create/list/get/delete topics, subscribe webhooks and email,
+    list subscriptions and deliveries."""
+
+    def __init__(self, client: Client) -> None:
+        self.c = client
+
+    async def _call(self, verb: str, body: dict[str, Any]) -> Any:
+        return await self.c._request(self.c.topo.topics(verb), json.dumps(body).encode())
+
+    async def create(self, name: str, description: str = "") -> dict[str, Any]:
+        return await self._call("create", {"name": name, "description": description})
+
+    async def list(self) -> list[dict[str, Any]]:
+        return (await self._call("list", {}))["topics"]
+
+    async def get(self, name: str) -> dict[str, Any]:
+        return await self._call("get", {"name": name})
+
+    async def delete(self, name: str, force: bool = False) -> dict[str, Any]:
+        return await self._call("delete", {"name": name, "force": force})
+
+    async def subscribe(self, topic: str, protocol: str, endpoint: str, secret: str | None = None) -> dict[str, Any]:
+        """The new subscription; for a webhook its ``secret`` is in this reply only."""
+        body: dict[str, Any] = {"topic": topic, "protocol": protocol, "endpoint": endpoint}
+        if secret is not None:
+            body["secret"] = secret
+        return await self._call("subscribe", body)
+
+    async def unsubscribe(self, topic: str, subscription_id: str) -> dict[str, Any]:
+        return await self._call("unsubscribe", {"topic": topic, "subscription_id": subscription_id})
+
+    async def subscriptions(self, topic: str) -> list[dict[str, Any]]:
+        return (await self._call("subscriptions", {"name": topic}))["subscriptions"]
+
+    async def deliveries(self, topic: str, dead: bool = False, limit: int = 100) -> dict[str, Any]:
+        return await self._call("deliveries", {"topic": topic, "dead": dead, "limit": limit})
+

@@ -4,11 +4,17 @@
 revision (compare-and-set), then publish the CloudEvent with ``Nats-Msg-Id`` = the event id, so
 a retried publish is dropped by the server.  A lost race re-reads and tries again; a change that
 was applied already (redelivery) re-publishes its event under the same id and writes nothing.
+
+Events stay in history order across writers: the write of a record and the publish of its event
+are two steps, so another service may see the new state in KV and publish the next event first.
+Before publishing its own event, ``apply`` therefore publishes the event of the state it moved
+from too (when recent; the server drops the copy).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +22,7 @@ from datetime import UTC, datetime
 import msgspec
 import structlog
 from faststream.nats import NatsBroker
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from trainmaster.bus import publish_js
@@ -85,6 +91,7 @@ class JobStore:
         self.clock = clock
         self.max_attempts = max_attempts
         self.kv: KeyValue | None = None
+        self._published: OrderedDict[str, None] = OrderedDict()  # ids of events published here lately
 
     async def open(self) -> JobStore:
         self.kv = await self.broker.key_value(self.topo.bucket_jobs.name, declare=False)
@@ -103,8 +110,8 @@ class JobStore:
     async def find(self, job_id: str) -> JobRecord | None:
         try:
             return (await self.get(job_id))[0]
-        except (JobNotFound, ValueError):
-            # ValueError: a key with characters KV does not allow is not a job either
+        except (JobNotFound, InvalidKeyError, ValueError):
+            # InvalidKeyError: an id with characters KV keys do not allow is not a job either
             return None
 
     async def create(self, record: JobRecord) -> JobRecord:
@@ -136,9 +143,20 @@ class JobStore:
                 await self.kv.update(job_id, encode(updated), last=revision)
             except KeyWrongLastSequenceError:
                 continue  # somebody else wrote first: decide again on fresh state
+            await self._publish_previous(record)
             await self.publish_event(updated, updated.history[-1])
             return ApplyResult(updated, applied=True)
         raise RuntimeError(f"job {job_id}: gave up after {self.max_attempts} compare-and-set conflicts")
+
+    async def _publish_previous(self, record: JobRecord) -> None:
+        """The event of ``record``'s last entry, unless this store published it or it is older than
+        half the duplicate window (a copy then could outlive the window and be kept twice)."""
+        entry = record.history[-1]
+        if event_id(record.id, entry.seq) in self._published:
+            return
+        if self.clock() - entry.at > self.topo.stream_events.duplicate_window_s / 2:
+            return
+        await self.publish_event(record, entry)
 
     async def publish_event(self, record: JobRecord, entry: HistoryEntry) -> None:
         event = cloud_event(record, entry, self.source)
@@ -150,3 +168,6 @@ class JobStore:
             msg_id=event.id,
             headers={"Tm-Event-Type": event.type, "Tm-Job-Status": entry.status.value},
         )
+        self._published[event.id] = None
+        if len(self._published) > 4096:
+            self._published.popitem(last=False)

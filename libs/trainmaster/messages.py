@@ -347,3 +347,156 @@ _encoder = msgspec.json.Encoder()
 
 def encode(obj: object) -> bytes:
     return _encoder.encode(obj)
+
+
+# ================================================================ notifications (issue 5)
+# Topics API (public, request/reply on ``tm.topics.<verb>``), the stored topic record, delivery
+# records and the internal delivery task.  Kept in one section so other changes do not collide.
+TopicName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Protocol = Literal["webhook", "email"]
+SubscriptionState = Literal["active", "disabled"]
+DeliveryState = Literal["retrying", "delivered", "dead", "disabled", "skipped"]
+
+
+class TopicCreate(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.topics.create``."""
+
+    name: TopicName
+    description: Annotated[str, Meta(max_length=1024)] = ""
+
+
+class TopicRef(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.topics.get``, ``tm.topics.subscriptions`` and ``tm.topics.delete`` (``force``:
+    delete a topic that still has subscriptions, removing them too)."""
+
+    name: str
+    force: bool = False
+
+
+class SubscribeRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.topics.subscribe``: ``endpoint`` is an http(s) URL (webhook) or an address (email).
+    ``secret`` (webhook only): ``whsec_`` + base64 of 24-64 bytes; generated when absent."""
+
+    topic: str
+    protocol: Protocol
+    endpoint: Annotated[str, Meta(max_length=2048)]
+    secret: str | None = None
+
+
+class UnsubscribeRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    topic: str
+    subscription_id: str
+
+
+class DeliveriesRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.topics.deliveries``: the newest deliveries of a topic (``dead``: only dead letters)."""
+
+    topic: str
+    dead: bool = False
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class TopicSubscription(Struct, frozen=True):
+    """A subscription as stored (with its signing secret) inside its topic's record."""
+
+    id: str
+    protocol: Protocol
+    endpoint: str
+    created_at: float
+    secret: str | None = None
+    state: SubscriptionState = "active"
+    disabled_at: float | None = None
+    disabled_reason: str | None = None
+
+
+class TopicRecord(Struct, frozen=True):
+    """Value of ``tm_topics[<name>]``."""
+
+    name: str
+    created_at: float
+    description: str = ""
+    subscriptions: list[TopicSubscription] = []
+
+
+class SubscriptionView(Struct, frozen=True, omit_defaults=True):
+    """A subscription as the API shows it; ``secret`` only in the reply to ``tm.topics.subscribe``."""
+
+    id: str
+    topic: str
+    protocol: Protocol
+    endpoint: str
+    state: SubscriptionState
+    created_at: float
+    disabled_at: float | None = None
+    disabled_reason: str | None = None
+    secret: str | None = None
+
+
+class TopicView(Struct, frozen=True):
+    name: str
+    description: str
+    created_at: float
+    subscriptions: int
+    active_subscriptions: int
+
+
+class TopicList(Struct, frozen=True):
+    topics: list[TopicView]
+
+
+class SubscriptionList(Struct, frozen=True):
+    topic: str
+    subscriptions: list[SubscriptionView]
+
+
+class DeliveryRecord(Struct, frozen=True):
+    """Value of ``tm_deliveries[<topic>.<subscription id>.<webhook id>]``: the latest state of one delivery."""
+
+    id: str  # the webhook-id (also the CloudEvent id of the body)
+    topic: str
+    subscription_id: str
+    protocol: Protocol
+    endpoint: str
+    event_id: str  # the job event's id
+    notification: str  # OnJobRunning, OnJobSucceeded, ...
+    job_id: str
+    state: DeliveryState
+    attempts: int
+    created_at: float  # when the event was fanned out
+    updated_at: float
+    last_status: int | None = None
+    last_error: str | None = None
+    next_attempt_at: float | None = None
+
+
+class DeadLetter(DeliveryRecord, frozen=True, kw_only=True):
+    """Value of ``tm_dead_letters`` (same key): a delivery that will not be tried again, with the
+    CloudEvent that was not delivered (``tm.topics.deliveries`` with ``dead`` lists these)."""
+
+    body: msgspec.Raw
+
+
+class DeliveryList(Struct, frozen=True):
+    topic: str
+    dead: bool
+    deliveries: list[DeliveryRecord]
+    total: int
+
+
+class DeliveryTask(Struct, frozen=True):
+    """Body of ``tm.notify.deliver.<topic>.<subscription id>`` (internal): one event for one
+    subscription.  ``body`` is the exact CloudEvent sent to a webhook, fixed at fan-out so every
+    retry carries the same bytes under the same webhook-id."""
+
+    id: str
+    topic: str
+    subscription_id: str
+    event_id: str
+    notification: str
+    job_id: str
+    created_at: float
+    body: msgspec.Raw
+
+
+# the events a job's ``subscription.events`` may name (the seed's three plus OnJobStopped)
+SUBSCRIPTION_EVENT_NAMES: tuple[str, ...] = ("OnJobRunning", "OnJobSucceeded", "OnJobFailed", "OnJobStopped")

@@ -40,26 +40,38 @@ class NatsServer:
     proc: subprocess.Popen | None = field(default=None, init=False)
     url: str = field(default="", init=False)
     monitor_url: str = field(default="", init=False)
+    _ports_dir: Path = field(default=Path(), init=False, repr=False)
+    _cmd: list[str] = field(default_factory=list, init=False, repr=False)
 
     def start(self, timeout_s: float = 20.0) -> str:
+        self.launch()
+        return self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """Start the process.  Call it from a long-lived thread: the parent-death signal fires
+        when the *thread* that forked the child ends (so never from ``asyncio.to_thread``)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        ports_dir = self.store_dir / "ports"
-        ports_dir.mkdir(exist_ok=True)
-        for stale in ports_dir.glob("*.ports"):
+        self._ports_dir = self.store_dir / "ports"
+        self._ports_dir.mkdir(exist_ok=True)
+        for stale in self._ports_dir.glob("*.ports"):
             stale.unlink()
-        cmd = [server_binary(), "-js", "-sd", str(self.store_dir / "jetstream"),
-               "-a", self.host, "-p", str(self.port), "-m", str(self.http_port),
-               "--ports_file_dir", str(ports_dir)]
+        self._cmd = [server_binary(), "-js", "-sd", str(self.store_dir / "jetstream"),
+                     "-a", self.host, "-p", str(self.port), "-m", str(self.http_port),
+                     "--ports_file_dir", str(self._ports_dir)]
         if self.config_file:
-            cmd += ["-c", str(self.config_file)]
+            self._cmd += ["-c", str(self.config_file)]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=child_preexec,
+        self.proc = subprocess.Popen(self._cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=child_preexec,
                                      start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 20.0) -> str:
+        """Block until the server listens and JetStream is healthy; returns its URL."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {' '.join(cmd)}")
-            files = list(ports_dir.glob(f"*_{self.proc.pid}.ports"))
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {' '.join(self._cmd)}")
+            files = list(self._ports_dir.glob(f"*_{self.proc.pid}.ports"))
             if files:
                 try:
                     ports = json.loads(files[0].read_text())

@@ -21,6 +21,17 @@ PUBLIC_TYPES: dict[str, type] = {
     "job-event": m.JobCloudEvent,
     "request-event": m.RequestCloudEvent,
     "agent-list": m.AgentList,
+    # notifications (issue 5): the topics API on tm.topics.<verb>
+    "topic-create": m.TopicCreate,
+    "topic-ref": m.TopicRef,
+    "topic": m.TopicView,
+    "topic-list": m.TopicList,
+    "subscribe-request": m.SubscribeRequest,
+    "unsubscribe-request": m.UnsubscribeRequest,
+    "subscription": m.SubscriptionView,
+    "subscription-list": m.SubscriptionList,
+    "deliveries-request": m.DeliveriesRequest,
+    "delivery-list": m.DeliveryList,
 }
 
 

@@ -78,7 +78,8 @@ async def serve(name: str, setup: Setup, settings: Settings | None = None) -> No
         task.cancel()
     await asyncio.gather(*ctx.tasks, return_exceptions=True)
     await broker.stop()
-    provider.shutdown()
+    if provider is not None:
+        provider.shutdown()
     log.info("service stopped")
     if failed:
         raise SystemExit(1)

@@ -8,9 +8,14 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h
+# (each delay counts from the failure of the attempt before).
+WEBHOOK_RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 
 
 class Settings(BaseSettings):
@@ -51,6 +56,54 @@ class Settings(BaseSettings):
         "none", description="none | console | file (JSON lines in data_dir/traces) | otlp"
     )
     otel_file: Path | None = None
+
+    # --- notifier: webhooks and email (issue 5) ---------------------------------------------
+    webhook_allow_private: bool = Field(
+        False, description="allow webhook URLs that resolve to loopback, private, link-local or metadata "
+        "addresses (only for tests and closed networks)")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="total time one webhook attempt may take")
+    webhook_retry_schedule_s: Annotated[tuple[float, ...], NoDecode] = Field(
+        WEBHOOK_RETRY_SCHEDULE_S, description="delay before each attempt, the first included (comma separated "
+        "or a JSON list); the last attempt failing dead-letters the delivery")
+    notify_max_in_flight: int = Field(256, ge=1, le=10_000, description="deliveries one notifier sends at once")
+    notify_max_in_flight_per_subscription: int = Field(
+        32, ge=1, le=10_000, description="deliveries to one subscription at once: a slow endpoint takes no more")
+    notify_ack_wait_s: float = Field(
+        60.0, gt=0, description="ack wait of the delivery consumer: a notifier that dies mid-delivery has its "
+        "deliveries sent again after this long (at least twice the webhook and SMTP timeouts)")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_starttls: bool = Field(False, description="upgrade the SMTP connection with STARTTLS (required then)")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "trainmaster@localhost"
+    smtp_timeout_s: float = Field(20.0, gt=0, le=120, description="total time one email attempt may take")
+    smtp_ca_file: Path | None = Field(None, description="CA bundle that signs the SMTP server's certificate "
+                                      "(default: the system's)")
+
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return tuple(json.loads(text))
+            return tuple(float(part) for part in text.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _notify_limits(self) -> Settings:
+        schedule = self.webhook_retry_schedule_s
+        if not 1 <= len(schedule) <= 50 or any(d < 0 for d in schedule):
+            raise ValueError("webhook_retry_schedule_s: give 1 to 50 delays, each >= 0")
+        if sum(schedule) > 6 * 86400:
+            # a delivery's record (its attempt count) lives 7 days after its last write
+            raise ValueError("webhook_retry_schedule_s: the delays may add up to 6 days at most")
+        if self.notify_ack_wait_s < 2 * max(self.webhook_timeout_s, self.smtp_timeout_s):
+            raise ValueError("notify_ack_wait_s must be at least twice webhook_timeout_s and smtp_timeout_s")
+        return self
 
     @property
     def agent_workdir_path(self) -> Path:

@@ -65,7 +65,8 @@ class Stack:
     async def start(self) -> str:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            self.url = await asyncio.to_thread(self.nats.start)
+            self.nats.launch()  # in this (long-lived) thread: see NatsServer.launch
+            self.url = await asyncio.to_thread(self.nats.wait_ready)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(
                 f"{exc}. Is another stack using port {self.settings.nats_port}? "
@@ -74,7 +75,14 @@ class Stack:
         nc = await nats.connect(self.url)
         await provision(nc.jetstream(), Topology(self.settings.subject_prefix, self.settings.stream_replicas))
         await nc.close()
-        base_env = dict(os.environ, TM_NATS_URL=self.url, TM_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
+        s = self.settings
+        base_env = dict(
+            os.environ, TM_NATS_URL=self.url, TM_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
+            TM_SUBJECT_PREFIX=s.subject_prefix, TM_STREAM_REPLICAS=str(s.stream_replicas),
+            TM_LOG_LEVEL=s.log_level, TM_OTEL_EXPORTER=s.otel_exporter,
+        )
+        if s.otel_file:
+            base_env["TM_OTEL_FILE"] = str(s.otel_file)
         for name in SERVICES:
             self.children.append(Child(name, f"services.{name}", base_env,
                                        self.data_dir / "logs" / f"{name.replace('_', '-')}.log"))

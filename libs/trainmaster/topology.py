@@ -166,6 +166,7 @@ class Topology:
             self.stream_agent,
             self.stream_logs,
             self.stream_dlq,
+            self.stream_deliveries,
         )
 
     # ---- consumers -----------------------------------------------------------------------
@@ -225,7 +226,70 @@ class Topology:
 
     @property
     def buckets(self) -> tuple[BucketSpec, ...]:
-        return (self.bucket_jobs, self.bucket_job_names, self.bucket_requests)
+        return (self.bucket_jobs, self.bucket_job_names, self.bucket_requests, *self.notify_buckets)
+
+
+    # ---- notifications: topics API, deliveries (the notifier owns all of these) ------------
+    def topics(self, verb: str) -> str:
+        """Request/reply, answered by the notifier in queue group ``notifier``: ``tm.topics.<verb>``."""
+        return f"{self.prefix}.topics.{verb}"
+
+    @property
+    def topic_verbs(self) -> tuple[str, ...]:
+        return ("create", "list", "get", "delete", "subscribe", "unsubscribe", "subscriptions", "deliveries")
+
+    def notify_deliver(self, topic: str = "*", subscription_id: str = "*") -> str:
+        """One message per (event, subscription) to be sent; ``Nats-Msg-Id`` = ``<event id>:<subscription id>``."""
+        return f"{self.prefix}.notify.deliver.{topic}.{subscription_id}"
+
+    @cached_property
+    def stream_deliveries(self) -> StreamSpec:
+        # Work queue: a delivery leaves the stream when it is acked (sent, dead-lettered or skipped),
+        # so no max age: a delivery that keeps failing stays for the whole retry schedule (the
+        # Standard Webhooks one spans about 3 days).  The dedupe window covers a notifier that was
+        # down for minutes between fanning an event out and acking it.
+        return StreamSpec(
+            self._name("DELIVERIES"),
+            (f"{self.prefix}.notify.deliver.>",),
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_msg_size=1024 * 1024,
+            duplicate_window_s=600.0,
+        )
+
+    @cached_property
+    def consumer_notify_deliver(self) -> ConsumerSpec:
+        """The notifier's sender.  Not in ``consumers``: the notifier declares it at start-up with
+        ``ack_wait`` = ``TM_NOTIFY_ACK_WAIT_S`` (60 s here; at least twice the HTTP/SMTP timeouts).
+        ``max_deliver`` is unlimited on purpose: attempts are counted in the delivery record, not by
+        redeliveries (a notifier restart or a busy subscription's deferral is not an attempt); the
+        handler dead-letters after the retry schedule's last attempt, and also any message
+        delivered 1000 times (the poison backstop).  Retry delays are per-message nak delays from
+        the schedule; they keep the message pending, hence the large ``max_ack_pending``."""
+        return ConsumerSpec(
+            "notifier-deliver", self.stream_deliveries.name, f"{self.prefix}.notify.deliver.>",
+            ack_wait_s=60.0, max_deliver=-1, retry_delays_s=(), max_ack_pending=100_000, batch_size=256,
+            poison="dead-letter record in tm_dead_letters (or tm.dlq.notifier-deliver if undecodable), then ack",
+        )
+
+    @cached_property
+    def bucket_topics(self) -> BucketSpec:
+        # one key per topic holding its subscriptions: every change is one compare-and-set
+        return BucketSpec(f"{self.prefix}_topics", history=5, description="notification topics and subscriptions")
+
+    @cached_property
+    def bucket_deliveries(self) -> BucketSpec:
+        # key <topic>.<subscription id>.<webhook id>: latest state and attempt count of each delivery;
+        # the TTL outlives any allowed retry schedule (at most 6 days)
+        return BucketSpec(f"{self.prefix}_deliveries", ttl_s=7 * 86400, description="delivery records")
+
+    @cached_property
+    def bucket_dead_letters(self) -> BucketSpec:
+        return BucketSpec(f"{self.prefix}_dead_letters", ttl_s=30 * 86400,
+                          description="deliveries that used up their retry schedule, with their body")
+
+    @property
+    def notify_buckets(self) -> tuple[BucketSpec, ...]:
+        return (self.bucket_topics, self.bucket_deliveries, self.bucket_dead_letters)
 
 
 def topology_from_settings() -> Topology:

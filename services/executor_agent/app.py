@@ -35,7 +35,7 @@ from services.executor_agent.runner import (
     preflight,
     prepare_run_dir,
 )
-from trainmaster.bus import Poison, durable_subscriber, ensure_consumer, publish_js
+from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js
 from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
 from trainmaster.service import ServiceContext
 
@@ -127,7 +127,7 @@ class Agent:
     async def handle(self, msg: NatsMessage) -> None:
         try:
             command = _decode_command(msg.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except UNDECODABLE as exc:
             raise Poison(f"not an agent command: {exc}") from exc
         if not TOKEN_RE.match(command.job_id):
             raise Poison(f"job id {command.job_id[:140]!r} is not a valid id")
@@ -246,7 +246,8 @@ class Agent:
         subject = self.topo.agent_heartbeat(self.agent_id)
         while True:
             try:
-                await self.ctx.broker.publish(encode(self.heartbeat()), subject)
+                # plain nats-py: a heartbeat every 2 s is no part of any job's trace
+                await self.ctx.broker.connection.publish(subject, encode(self.heartbeat()))
             except Exception as exc:  # a missed beat is survivable; a dead loop is not
                 self.log.warning("heartbeat not sent", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.settings.heartbeat_interval_s)

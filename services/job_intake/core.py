@@ -56,20 +56,53 @@ def decode_as(body: bytes, type_: type[T], max_bytes: int) -> T:
         text = str(exc)
         m = _FIELD_AT.search(text)
         field = _field_of(m.group("path")) if m else "$"
+        if "[...]" in field:  # msgspec does not say which key of a mapping holds the bad value
+            field = _name_mapping_key(body, type_, field)
         message = text[: m.start()] if m else text
         code = "unknown_field" if "unknown field" in message else (
             "missing_field" if "missing required field" in message else "invalid_type")
-        unknown = re.search(r"unknown field `([^`]*)`", message)
-        if unknown:
-            field = f"{field}.{unknown.group(1)}" if field != "$" else unknown.group(1)
+        named = re.search(r"(?:unknown|missing required) field `([^`]*)`", message)
+        if named:  # the field is the one named in the message, inside the object at the path
+            field = f"{field}.{named.group(1)}" if field != "$" else named.group(1)
+        if code == "unknown_field":
             message += "; remove it or check its spelling"
         error = ErrorBody("invalid_request", f"{field}: {message}", [Violation(field, code, message)])
         raise RequestError(error) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # UnicodeDecodeError: bytes that are not UTF-8 inside a JSON string
         raise RequestError(ErrorBody(
             "invalid_json", f"the request is not valid JSON: {exc}",
             [Violation("$", "invalid_json", f"{exc}; send a UTF-8 JSON object")],
         )) from None
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_SEGMENT_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _name_mapping_key(body: bytes, type_: type, field: str) -> str:
+    """``parameters[...]`` -> ``parameters.lr``: find the key of the mapping at the first ``[...]``
+    whose value alone reproduces the error.  Falls back to ``field`` when it cannot tell."""
+    prefix, _, rest = field.partition("[...]")
+    try:
+        whole = msgspec.json.decode(body)
+        segments = [name if name else int(index) for name, index in _SEGMENT_RE.findall("." + prefix)]
+        parent = whole
+        for segment in segments[:-1]:
+            parent = parent[segment]
+        mapping = parent[segments[-1]]
+        for key, value in mapping.items():
+            parent[segments[-1]] = {key: value}
+            try:
+                msgspec.convert(whole, type_)
+            except msgspec.ValidationError as exc:
+                m = _FIELD_AT.search(str(exc))
+                if m and _field_of(m.group("path")) == field:
+                    token = f".{key}" if _KEY_RE.match(key) else f"[{msgspec.json.encode(key).decode()}]"
+                    return f"{prefix}{token}{rest}"
+    except (ValueError, LookupError, TypeError, AttributeError):
+        pass
+    return field
 
 
 def _local(path: str | None) -> str | None:

@@ -4,14 +4,18 @@ agents, and the job-state changes that come from agents' reports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 import msgspec
 import structlog
 from faststream.nats import NatsMessage
+from nats.aio.msg import Msg
+from opentelemetry import propagate, trace
 
 from services.scheduler.placement import HOLDS_CAPACITY, AgentView, Snapshot, place, used_by
-from trainmaster.bus import Poison, durable_subscriber, publish_js, responder
+from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, publish_js, responder
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import (
     AgentHeartbeat,
@@ -38,6 +42,17 @@ _decode_work = msgspec.json.Decoder(WorkItem).decode
 
 ACTIVE = frozenset({Status.PENDING}) | HOLDS_CAPACITY
 TICK_S = 2.0
+_tracer = trace.get_tracer("trainmaster.scheduler")
+
+
+@contextlib.contextmanager
+def job_trace(record: JobRecord, name: str) -> Iterator[None]:
+    """A span in the job's own trace (job-intake records the request's ``traceparent``): the
+    placement loop runs outside any message's span, so without this the Assign, and all the agent
+    does with it, would start a trace of their own."""
+    parent = propagate.extract({"traceparent": record.traceparent}) if record.traceparent else None
+    with _tracer.start_as_current_span(name, context=parent, attributes={"job_id": record.id}):
+        yield
 
 
 class Scheduler:
@@ -75,7 +90,8 @@ class Scheduler:
                 self.remember(_decode_record(entry.value))
         for record in list(self.active.values()):
             if record.status == Status.SCHEDULED:
-                await self.send_assignments(record)  # a crash may have cut them short
+                with job_trace(record, "resend assignments"):
+                    await self.send_assignments(record)  # a crash may have cut them short
         self.ctx.background(self._follow(watcher), "jobs-watch")
 
     async def _follow(self, watcher) -> None:
@@ -100,7 +116,7 @@ class Scheduler:
             plan = place(self.snapshot(), record.spec.resources)
             if plan is None:
                 continue
-            with structlog.contextvars.bound_contextvars(job_id=record.id):
+            with structlog.contextvars.bound_contextvars(job_id=record.id), job_trace(record, "place job"):
                 try:
                     result = await self.store.apply(
                         record.id, Placed(change_id=f"placed.{record.attempt + 1}", attempt=record.attempt + 1,
@@ -127,7 +143,7 @@ class Scheduler:
     async def on_work(self, msg: NatsMessage) -> None:
         try:
             item = _decode_work(msg.body)
-        except msgspec.DecodeError as exc:
+        except UNDECODABLE as exc:
             raise Poison(str(exc)) from exc
         record = await self.store.find(item.job_id)
         if record is None:
@@ -139,7 +155,7 @@ class Scheduler:
     async def on_report(self, msg: NatsMessage) -> None:
         try:
             report = _decode_report(msg.body)
-        except msgspec.DecodeError as exc:
+        except UNDECODABLE as exc:
             raise Poison(str(exc)) from exc
         tag = f"a{report.attempt}.n{report.node}"
         if report.state == "running":
@@ -171,10 +187,10 @@ class Scheduler:
                              encode(Cancel(job_id=record.id, reason=reason)),
                              stream=self.topo.stream_agent.name, msg_id=f"{record.id}.{record.attempt}.cancel")
 
-    async def on_heartbeat(self, msg: NatsMessage) -> None:
+    async def on_heartbeat(self, msg: Msg) -> None:
         try:
-            hb = _decode_heartbeat(msg.body)
-        except msgspec.DecodeError as exc:
+            hb = _decode_heartbeat(msg.data)
+        except UNDECODABLE as exc:
             log.warning("bad heartbeat ignored", error=str(exc))
             return
         known = self.agents.get(hb.agent_id)
@@ -192,9 +208,8 @@ async def setup(ctx: ServiceContext) -> None:
     store = await JobStore(ctx.broker, topo, source="scheduler").open()
     scheduler = Scheduler(ctx, store)
 
-    @ctx.broker.subscriber(topo.agent_heartbeat("*"), title="agent-heartbeats")
-    async def _heartbeat(body: object, msg: NatsMessage) -> None:
-        await scheduler.on_heartbeat(msg)
+    # plain nats-py, not a faststream subscriber: a heartbeat is no part of any job's trace
+    await ctx.broker.connection.subscribe(topo.agent_heartbeat("*"), cb=scheduler.on_heartbeat)
 
     durable_subscriber(ctx.broker, topo, topo.consumer_scheduler_queue, scheduler.on_work)
     durable_subscriber(ctx.broker, topo, topo.consumer_scheduler_status, scheduler.on_report)

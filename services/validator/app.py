@@ -8,7 +8,7 @@ scheduler through ``tm.work.schedule`` (``Nats-Msg-Id`` = ``<job_id>.schedule``)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
@@ -16,7 +16,8 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from services.validator import facts as facts_adapter
 from services.validator.rules import PathFacts, check, warnings
-from trainmaster.bus import Handler, Poison, durable_subscriber, publish_js
+from services.validator.subscriptions import check_subscription
+from trainmaster.bus import UNDECODABLE, Handler, Poison, durable_subscriber, publish_js
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import JobRequest, Rejected, Status, Validated, WorkItem, encode
 from trainmaster.service import ServiceContext
@@ -29,6 +30,7 @@ _decode_item = msgspec.json.Decoder(WorkItem).decode
 VERDICT = "verdict"
 
 Gather = Callable[[JobRequest], PathFacts]
+TopicExists = Callable[[str], Awaitable[bool]]
 
 
 async def setup(ctx: ServiceContext) -> None:
@@ -38,7 +40,10 @@ async def setup(ctx: ServiceContext) -> None:
 
 
 def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, *,
-                 gather: Gather = facts_adapter.gather, publish_timeout_s: float = 10.0) -> Handler:
+                 gather: Gather = facts_adapter.gather, publish_timeout_s: float = 10.0,
+                 topic_exists: TopicExists | None = None) -> Handler:
+    topic_exists = topic_exists or _topics_bucket_lookup(broker, topo)
+
     async def schedule(job_id: str) -> None:
         await publish_js(broker, topo.work_schedule, encode(WorkItem(job_id)),
                          stream=topo.stream_work.name, msg_id=f"{job_id}.schedule", timeout=publish_timeout_s)
@@ -46,7 +51,7 @@ def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, *,
     async def handle(msg: NatsMessage) -> None:
         try:
             item = _decode_item(msg.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except UNDECODABLE as exc:
             raise Poison(f"not a work item: {exc}") from exc
         with structlog.contextvars.bound_contextvars(job_id=item.job_id):
             await validate(item.job_id)
@@ -65,7 +70,9 @@ def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, *,
 
         spec = record.spec
         path_facts = await asyncio.to_thread(gather, spec)
-        violations = check(spec, path_facts)
+        sub = spec.subscription
+        known = await topic_exists(sub.topic) if sub is not None and sub.topic else None
+        violations = check(spec, path_facts) + check_subscription(spec, known)
         change = (Rejected(change_id=VERDICT, violations=violations) if violations
                   else Validated(change_id=VERDICT, warnings=warnings(spec, path_facts)))
         try:
@@ -83,3 +90,21 @@ def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, *,
                      status=result.record.status.value)
 
     return handle
+
+
+def _topics_bucket_lookup(broker: NatsBroker, topo: Topology) -> TopicExists:
+    """Whether a notification topic exists, from the notifier's ``tm_topics`` bucket."""
+    from nats.js.errors import InvalidKeyError, KeyNotFoundError
+
+    bucket: list = []
+
+    async def exists(name: str) -> bool:
+        if not bucket:
+            bucket.append(await broker.key_value(topo.bucket_topics.name, declare=False))
+        try:
+            entry = await bucket[0].get(name)
+        except (KeyNotFoundError, InvalidKeyError):
+            return False
+        return bool(entry.value)
+
+    return exists

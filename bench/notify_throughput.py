@@ -1,0 +1,297 @@
+"""Signed webhook deliveries per second from one notifier process to 100 local receivers, and
+the time from a job event's publication to its delivery (p50/p99).
+
+    python -m bench.notify_throughput [--receivers 100] [--events 300] [--paced-rate 20] [--json FILE]
+
+What runs: a nats-server (temporary store), the notifier as its own process (`python -m
+services.notifier`), and one more process holding 100 aiohttp receivers on 127.0.0.1 that verify
+every delivery with the official `standardwebhooks` package and note when it arrived.  One topic
+has 100 webhook subscriptions; each job event fans out to 100 signed deliveries.
+Two phases: a burst (every event published at once: the sustained rate the notifier reaches)
+and a paced phase (events at a fixed rate below saturation: the latency a delivery sees).
+On a 2-core machine the receivers, nats-server, the notifier and this driver share the cores:
+the figure is for the whole set, not the notifier alone (its own CPU use is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats
+
+from bench._common import REPO, cpu_seconds, machine, summarize
+from trainmaster.bus import provision
+from trainmaster.client import Client
+from trainmaster.messages import (
+    HistoryEntry,
+    JobCloudEvent,
+    JobEventData,
+    JobRecord,
+    JobRequest,
+    Status,
+    Subscription,
+    encode,
+)
+from trainmaster.natsd import NatsServer
+from trainmaster.procs import child_preexec
+from trainmaster.topology import Topology
+
+TOPO = Topology()
+
+
+# ------------------------------------------------------------------------------ receivers (own process)
+async def serve_receivers(config: dict) -> None:
+    from aiohttp import web
+    from standardwebhooks import Webhook
+
+    hooks = [Webhook(s) for s in config["secrets"]]
+    latencies: list[float] = []
+    bad = [0]
+
+    def handler(i: int):
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.read()
+            now = time.time()
+            try:
+                hooks[i].verify(body, dict(request.headers), json_parse=False)
+            except Exception:
+                bad[0] += 1
+                return web.Response(status=400)
+            event_time = datetime.fromisoformat(json.loads(body)["time"]).timestamp()
+            latencies.append(now - event_time)
+            return web.Response(status=204)
+        return receive
+
+    async def stats(request: web.Request) -> web.Response:
+        full = request.query.get("full")
+        answer = {"count": len(latencies), "bad": bad[0], **({"latencies": list(latencies)} if full else {})}
+        if request.query.get("reset"):
+            latencies.clear()
+            bad[0] = 0
+        return web.json_response(answer)
+
+    runners, ports = [], []
+    for i in range(len(hooks) + 1):
+        app = web.Application()
+        if i < len(hooks):
+            app.router.add_post("/hook", handler(i))
+        else:
+            app.router.add_get("/stats", stats)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        runners.append(runner)
+        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    await asyncio.to_thread(Path(config["ports_file"]).write_text, json.dumps(ports))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for runner in runners:
+        await runner.cleanup()
+
+
+# ------------------------------------------------------------------------------ the driver
+def job(i: int) -> JobRecord:
+    now = time.time()
+    spec = JobRequest(name=f"bench-{i}", output_path=f"/srv/out/bench-{i}", log_path=f"/srv/logs/bench-{i}",
+                      subscription=Subscription("bench", ["OnJobSucceeded"]))
+    return JobRecord(id=f"job-bench-{i}", name=spec.name or "", version="V001", status=Status.RUNNING, spec=spec,
+                     request_id=f"r{i}", created_at=now, updated_at=now,
+                     history=[HistoryEntry(0, now, "submitted", Status.INITIALIZING, "submitted")])
+
+
+def event(record: JobRecord) -> JobCloudEvent:
+    return JobCloudEvent(
+        id=f"{record.id}.9", source="trainmaster/bench", type="tm.job.succeeded", subject=record.id,
+        time=datetime.now(UTC).isoformat(),
+        data=JobEventData(job_id=record.id, name=record.name, version="V001", status=Status.SUCCEEDED,
+                          previous_status=Status.RUNNING, change="bench", exit_code=0,
+                          output_path=record.spec.output_path, log_path=record.spec.log_path))
+
+
+async def stats(stats_url: str, full: bool = False, reset: bool = False) -> dict:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        params = {**({"full": "1"} if full else {}), **({"reset": "1"} if reset else {})}
+        async with s.get(stats_url, params=params) as r:
+            return await r.json()
+
+
+async def wait_count(stats_url: str, target: int, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (await stats(stats_url))["count"] >= target:
+            return time.perf_counter()
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"only {(await stats(stats_url))['count']} of {target} deliveries in {timeout_s}s")
+
+
+async def drive(args: argparse.Namespace, url: str, stats_url: str, ports: list[int], hook_secrets: list[str],
+                notifier_pid: int) -> dict:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    kv = await js.key_value(TOPO.bucket_jobs.name)
+    async with Client(url) as client:
+        await client.topics.create("bench")
+        for port, secret in zip(ports, hook_secrets, strict=True):
+            await client.topics.subscribe("bench", "webhook", f"http://127.0.0.1:{port}/hook", secret=secret)
+    total_events = args.events + args.paced_events + 1
+    records = [job(i) for i in range(total_events)]
+    await asyncio.gather(*(kv.put(r.id, encode(r)) for r in records))
+    n = len(ports)
+
+    async def publish(record: JobRecord) -> None:
+        e = event(record)
+        await js.publish(TOPO.job_events(record.id), encode(e), headers={"Nats-Msg-Id": e.id})
+
+    # warm-up: one event (connections opened, code paths warm)
+    await publish(records[0])
+    await wait_count(stats_url, n, 30)
+    await stats(stats_url, reset=True)
+
+    # burst
+    cpu0 = cpu_seconds(notifier_pid)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(publish(r) for r in records[1:args.events + 1]))
+    published = time.perf_counter() - t0
+    t1 = await wait_count(stats_url, args.events * n, 600)
+    burst_cpu = cpu_seconds(notifier_pid) - cpu0
+    burst = await stats(stats_url, full=True, reset=True)
+    burst_s = t1 - t0
+
+    # paced
+    paced: dict = {}
+    if args.paced_events:
+        t0 = time.perf_counter()
+        for i, r in enumerate(records[args.events + 1:]):
+            await asyncio.sleep(max(0.0, t0 + i / args.paced_rate - time.perf_counter()))
+            await publish(r)
+        await wait_count(stats_url, args.paced_events * n, 300)
+        paced = await stats(stats_url, full=True)
+    await nc.close()
+    return {
+        "receivers": n,
+        "burst": {"events": args.events, "deliveries": burst["count"], "bad_signatures": burst["bad"],
+                  "publish_s": published, "seconds": burst_s, "deliveries_per_s": burst["count"] / burst_s,
+                  "notifier_cpu_s": burst_cpu, "latency_s": summarize(burst["latencies"])},
+        "paced": {"events_per_s": args.paced_rate, "deliveries_per_s_offered": args.paced_rate * n,
+                  "deliveries": paced.get("count", 0), "bad_signatures": paced.get("bad", 0),
+                  "latency_s": summarize(paced.get("latencies", []))} if paced else {},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--receivers", type=int, default=100)
+    ap.add_argument("--events", type=int, default=300, help="events in the burst (each: one delivery per receiver)")
+    ap.add_argument("--paced-events", type=int, default=200)
+    ap.add_argument("--paced-rate", type=float, default=20.0, help="events per second in the paced phase")
+    ap.add_argument("--max-in-flight", type=int, default=512)
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--serve-receivers", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_receivers:
+        asyncio.run(serve_receivers(json.loads(args.serve_receivers.read_text())))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="tm-bench-notify-"))
+    server = NatsServer(store_dir=tmp / "nats", port=-1)
+    procs: list[subprocess.Popen] = []
+    try:
+        url = server.start()
+        asyncio.run(_provision(url))
+        hook_secrets = ["whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() for _ in range(args.receivers)]
+        config = tmp / "receivers.json"
+        config.write_text(json.dumps({"secrets": hook_secrets, "ports_file": str(tmp / "ports.json")}))
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.notify_throughput", "--serve-receivers",
+                                       str(config)], cwd=REPO, preexec_fn=child_preexec))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
+        env.update(TM_NATS_URL=url, TM_DATA_DIR=str(tmp / "data"), TM_WEBHOOK_ALLOW_PRIVATE="true",
+                   TM_LOG_LEVEL="WARNING", TM_NOTIFY_MAX_IN_FLIGHT=str(args.max_in_flight))
+        log = open(tmp / "notifier.log", "wb")
+        notifier = subprocess.Popen([sys.executable, "-m", "services.notifier"], cwd=REPO, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, preexec_fn=child_preexec)
+        procs.append(notifier)
+        ports_file = tmp / "ports.json"
+        deadline = time.monotonic() + 30
+        while not ports_file.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("receivers did not start")
+            time.sleep(0.05)
+        time.sleep(0.1)
+        ports = json.loads(ports_file.read_text())
+        asyncio.run(_wait_notifier(url))
+        result = asyncio.run(drive(args, url, f"http://127.0.0.1:{ports[-1]}/stats", ports[:-1], hook_secrets,
+                                   notifier.pid))
+        result["machine"] = machine()
+        result["command"] = "python -m bench.notify_throughput " + " ".join(sys.argv[1:])
+        report(result)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _provision(url: str) -> None:
+    nc = await nats.connect(url)
+    await provision(nc.jetstream(), TOPO)
+    await nc.close()
+
+
+async def _wait_notifier(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        for _ in range(300):
+            try:
+                await nc.request(TOPO.topics("list"), b"{}", timeout=1)
+                return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)
+        raise TimeoutError("the notifier did not answer")
+    finally:
+        await nc.close()
+
+
+def report(r: dict) -> None:
+    b, p = r["burst"], r["paced"]
+    print(f"machine: {r['machine']['nproc']} CPUs, {r['machine']['cpu']}, python {r['machine']['python']}, "
+          f"{r['machine']['nats_server']}, {r['machine']['date_utc']}")
+    print(f"burst: {b['events']} events x {r['receivers']} receivers = {b['deliveries']} signed deliveries in "
+          f"{b['seconds']:.2f} s -> {b['deliveries_per_s']:.0f} deliveries/s "
+          f"(bad signatures: {b['bad_signatures']}; notifier CPU {b['notifier_cpu_s']:.1f} s)")
+    lat = b["latency_s"]
+    print(f"  event -> delivery in the burst: p50 {lat['p50'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
+          f"max {lat['max'] * 1000:.0f} ms")
+    if p:
+        lat = p["latency_s"]
+        print(f"paced: {p['events_per_s']:.0f} events/s = {p['deliveries_per_s_offered']:.0f} deliveries/s offered, "
+              f"{p['deliveries']} delivered: p50 {lat['p50'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
+              f"max {lat['max'] * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

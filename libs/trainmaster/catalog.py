@@ -1,0 +1,70 @@
+"""Catalogs that are data, not code: resource pools and their flavors (``resources.yaml``).
+
+Loaded from ``TM_CATALOG_DIR`` when set, else from the files shipped beside this module.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import yaml
+
+SHIPPED = Path(__file__).with_name("catalogs")
+
+
+class Flavor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    cpus: float
+    memory_mb: int
+    price_per_hour: float
+    gpus: int = 0
+    gpu_type: str | None = None
+
+
+class Pool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    flavors: list[Flavor]
+    description: str = ""
+    kind: Literal["public", "dedicated"] = "public"
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+
+    @property
+    def default_flavor(self) -> Flavor:
+        return self.flavors[0]
+
+    def flavor(self, name: str | None) -> Flavor | None:
+        if name is None:
+            return self.default_flavor
+        return next((f for f in self.flavors if f.name == name), None)
+
+
+class ResourceCatalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    region: str
+    pools: list[Pool]
+
+    def pool(self, name: str) -> Pool | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+class CatalogError(ValueError):
+    pass
+
+
+def parse_resources(text: str, source: str = "resources.yaml") -> ResourceCatalog:
+    try:
+        catalog = msgspec.convert(yaml.safe_load(text), ResourceCatalog)
+    except (yaml.YAMLError, msgspec.ValidationError) as exc:
+        raise CatalogError(f"{source}: {exc}") from exc
+    for pool in catalog.pools:
+        if not pool.flavors:
+            raise CatalogError(f"{source}: pool {pool.name!r} has no flavor")
+    return catalog
+
+
+@lru_cache
+def load_resources(catalog_dir: Path | None = None) -> ResourceCatalog:
+    path = (catalog_dir or SHIPPED) / "resources.yaml"
+    return parse_resources(path.read_text(encoding="utf-8"), str(path))

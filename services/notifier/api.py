@@ -1,0 +1,148 @@
+"""The topics API: request/reply on ``tm.topics.<verb>``, answered in queue group ``notifier``.
+
+Every reply is the result or an error ``{"error": {"code", "message", "details"}}``.  Writes are
+compare-and-set on the topic's one KV key, so any number of notifier replicas may answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from faststream.nats import NatsBroker, NatsMessage
+
+from services.notifier import topics as core
+from services.notifier.guard import AddressRefused, InvalidUrl, Resolve, check_url, system_resolve
+from services.notifier.store import DeliveryLog, TopicStore
+from services.notifier.topics import ApiProblem
+from trainmaster.bus import UNDECODABLE, error_reply, responder
+from trainmaster.messages import (
+    DeliveriesRequest,
+    DeliveryList,
+    SubscribeRequest,
+    SubscriptionList,
+    TopicCreate,
+    TopicList,
+    TopicRecord,
+    TopicRef,
+    UnsubscribeRequest,
+    Violation,
+    encode,
+)
+from trainmaster.settings import Settings
+from trainmaster.topology import Topology
+
+QUEUE = "notifier"
+
+
+def _decoder(type_: type) -> Callable[[bytes], Any]:
+    decode = msgspec.json.Decoder(type_).decode
+
+    def parse(body: bytes) -> Any:
+        try:
+            return decode(body or b"{}")
+        except msgspec.ValidationError as exc:
+            field = str(exc).rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in str(exc) else ""
+            raise ApiProblem("invalid_request", str(exc), field or None, "invalid") from None
+        except UNDECODABLE as exc:
+            raise ApiProblem("invalid_json", f"the body is not JSON: {exc}") from None
+
+    return parse
+
+
+class TopicsApi:
+    def __init__(self, topo: Topology, settings: Settings, topics: TopicStore, records: DeliveryLog,
+                 purge: Callable[[str], Awaitable[None]], resolve: Resolve = system_resolve,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.topo = topo
+        self.settings = settings
+        self.topics = topics
+        self.records = records
+        self.purge = purge  # drops the pending deliveries on a subject of TM_DELIVERIES
+        self.resolve = resolve
+        self.clock = clock
+
+    def register(self, broker: NatsBroker) -> None:
+        handlers: dict[str, tuple[type, Callable[[Any], Awaitable[object]]]] = {
+            "create": (TopicCreate, self.create),
+            "list": (dict, self.list),
+            "get": (TopicRef, self.get),
+            "delete": (TopicRef, self.delete),
+            "subscribe": (SubscribeRequest, self.subscribe),
+            "unsubscribe": (UnsubscribeRequest, self.unsubscribe),
+            "subscriptions": (TopicRef, self.subscriptions),
+            "deliveries": (DeliveriesRequest, self.deliveries),
+        }
+        for verb in self.topo.topic_verbs:
+            type_, fn = handlers[verb]
+            responder(broker, self.topo.topics(verb), QUEUE, self._answer(_decoder(type_), fn))
+
+    @staticmethod
+    def _answer(parse: Callable[[bytes], Any], fn: Callable[[Any], Awaitable[object]]) -> Callable[
+            [NatsMessage], Awaitable[bytes]]:
+        async def handle(msg: NatsMessage) -> bytes:
+            try:
+                return encode(await fn(parse(msg.body)))
+            except ApiProblem as p:
+                details = [Violation(p.field, p.detail_code, str(p))] if p.field else []
+                return error_reply(p.code, str(p), details)
+
+        return handle
+
+    # ------------------------------------------------------------------ verbs
+    async def create(self, req: TopicCreate) -> object:
+        record = TopicRecord(name=req.name, description=req.description, created_at=self.clock())
+        if not await self.topics.create(record):
+            raise ApiProblem("conflict", f"topic {req.name!r} exists already", "name", "exists")
+        return core.topic_view(record)
+
+    async def list(self, _req: dict) -> object:
+        return TopicList([core.topic_view(t) for t in await self.topics.all()])
+
+    async def get(self, req: TopicRef) -> object:
+        record, _ = await self.topics.require(req.name)
+        return core.topic_view(record)
+
+    async def delete(self, req: TopicRef) -> object:
+        for _ in range(20):
+            record, revision = await self.topics.require(req.name)
+            core.check_delete(record, req.force)
+            if await self.topics.delete(req.name, revision):
+                for sub in record.subscriptions:
+                    await self.purge(self.topo.notify_deliver(req.name, sub.id))
+                return {"deleted": req.name, "subscriptions_removed": len(record.subscriptions)}
+        raise ApiProblem("conflict", f"topic {req.name!r} kept changing; try again")
+
+    async def subscribe(self, req: SubscribeRequest) -> object:
+        await self.topics.require(req.topic)
+        if req.protocol == "email":
+            endpoint = core.check_email(req.endpoint)
+        else:
+            endpoint = req.endpoint.strip()
+            try:
+                await check_url(endpoint, self.resolve, self.settings.webhook_allow_private)
+            except AddressRefused as exc:
+                raise ApiProblem("invalid_request", f"webhook URL refused: {exc}", "endpoint",
+                                 "forbidden_address") from None
+            except InvalidUrl as exc:
+                raise ApiProblem("invalid_request", f"webhook URL refused: {exc}", "endpoint", "invalid_url") from None
+        sub = core.subscription_of(req, endpoint, core.new_subscription_id(), self.clock())
+        await self.topics.change(req.topic, lambda t: core.add_subscription(t, sub))
+        return core.view(req.topic, sub, with_secret=True)
+
+    async def unsubscribe(self, req: UnsubscribeRequest) -> object:
+        await self.topics.change(req.topic, lambda t: core.remove_subscription(t, req.subscription_id))
+        await self.purge(self.topo.notify_deliver(req.topic, req.subscription_id))
+        return {"removed": req.subscription_id, "topic": req.topic}
+
+    async def subscriptions(self, req: TopicRef) -> object:
+        record, _ = await self.topics.require(req.name)
+        return SubscriptionList(record.name, [core.view(record.name, s) for s in record.subscriptions])
+
+    async def deliveries(self, req: DeliveriesRequest) -> object:
+        items, total = await self.records.list(req.topic, req.dead, req.limit)
+        if not items and await self.topics.get(req.topic) is None:
+            raise ApiProblem("not_found", f"no topic {req.topic!r} and no deliveries recorded for it", "topic")
+        return DeliveryList(topic=req.topic, dead=req.dead, deliveries=items, total=total)

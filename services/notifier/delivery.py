@@ -1,0 +1,207 @@
+"""The sender: pulls delivery tasks from ``TM_DELIVERIES`` and sends many at once.
+
+- Concurrency: the loop fetches only as many messages as it has free slots
+  (``TM_NOTIFY_MAX_IN_FLIGHT``), so a fetched message starts at once and its ack wait is spent
+  sending, not queueing.  One subscription gets at most ``TM_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION``
+  of those slots; a task for a subscription at its limit is handed back (nak, ~1 s) without
+  counting as an attempt, so a slow or dead endpoint cannot take the slots the others need.
+- Attempts are counted in the delivery record (``tm_deliveries``), read only on a redelivery:
+  a notifier killed mid-send sends again with the same attempt number and the same webhook-id.
+- After an attempt: 2xx -> record ``delivered``, ack.  Retryable -> record ``retrying`` with the
+  next attempt's time, nak with the schedule's delay.  410 -> disable the subscription, ack.
+  Schedule used up (or an SMTP 5xx) -> record ``dead`` and a dead letter with the body, ack.
+  The record is stored before the ack/nak (except a success's, which nothing depends on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from services.notifier.mail import render_email
+from services.notifier.retry import Decision, Outcome, Verdict, decide
+from services.notifier.senders import EmailSender, WebhookSender
+from services.notifier.store import DeliveryLog, TopicStore
+from services.notifier.topics import disable_subscription
+from trainmaster.bus import UNDECODABLE, consumer_config
+from trainmaster.messages import DeadLetter, DeliveryRecord, DeliveryTask, JobCloudEvent, TopicSubscription
+from trainmaster.settings import Settings
+from trainmaster.topology import ConsumerSpec, Topology
+
+log = structlog.get_logger()
+_decode_task = msgspec.json.Decoder(DeliveryTask).decode
+_decode_event = msgspec.json.Decoder(JobCloudEvent).decode
+
+POISON_DELIVERIES = 1000  # a task redelivered this often (e.g. it kills the process) is dead-lettered
+DEFER_S = 1.0  # how long a task for a subscription at its in-flight limit waits before coming back
+
+
+class Deliverer:
+    def __init__(self, js: JetStreamContext, topo: Topology, settings: Settings, topics: TopicStore,
+                 records: DeliveryLog, webhooks: WebhookSender, email: EmailSender,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.js = js
+        self.topo = topo
+        self.spec: ConsumerSpec = topo.consumer_notify_deliver
+        self.settings = settings
+        self.schedule = settings.webhook_retry_schedule_s
+        self.topics = topics
+        self.records = records
+        self.webhooks = webhooks
+        self.email = email
+        self.clock = clock
+        self.busy: dict[str, int] = {}
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.psub: Any = None
+
+    async def declare(self) -> None:
+        """Create or update the durable with ``ack_wait`` from the settings (see topology)."""
+        config = consumer_config(self.spec)
+        config.ack_wait = self.settings.notify_ack_wait_s
+        await self.js.add_consumer(self.spec.stream, config)
+
+    async def run(self) -> None:
+        self.psub = psub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        limit = self.settings.notify_max_in_flight
+        while not self.stopping:
+            free = limit - len(self.in_flight)
+            if free <= 0:
+                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await psub.fetch(min(free, self.spec.batch_size), timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            for msg in msgs:
+                task = asyncio.ensure_future(self.handle(msg))
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop fetching and let the deliveries in flight finish (what is cut off is redelivered)."""
+        self.stopping = True
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight), timeout=timeout_s)
+        if self.psub is not None:
+            # a pull subscription is never drained by the client (nothing marks its queued
+            # messages done): without this the connection's drain at shutdown waits forever
+            with contextlib.suppress(Exception):
+                await self.psub.unsubscribe()
+
+    # ------------------------------------------------------------------ one delivery
+    async def handle(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except Exception:
+            # e.g. the bus went away while recording: the task comes back after the ack wait
+            log.exception("delivery failed unexpectedly; it will be redelivered")
+
+    async def _handle(self, msg: Msg) -> None:
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        try:
+            task = _decode_task(msg.data)
+        except UNDECODABLE as exc:
+            await self._poison(msg, f"undecodable delivery task: {exc}")
+            return
+        sub = await self.topics.subscription(task.topic, task.subscription_id)
+        if sub is None or sub.state != "active":
+            why = "subscription removed" if sub is None else f"subscription {sub.state}"
+            await self.records.record(self._record(task, sub, "skipped", 0, Outcome(Verdict.RETRY, None, why)))
+            await msg.ack()
+            return
+        if delivered > POISON_DELIVERIES:
+            rec = self._record(task, sub, "dead", 0, Outcome(Verdict.PERMANENT, None, f"delivered {delivered} times"))
+            await self._bury(rec, task)
+            await msg.ack()
+            return
+        if self.busy.get(sub.id, 0) >= self.settings.notify_max_in_flight_per_subscription:
+            await msg.nak(delay=DEFER_S * random.uniform(0.75, 1.5))
+            return
+        self.busy[sub.id] = self.busy.get(sub.id, 0) + 1
+        try:
+            key = self.records.key(task.topic, task.subscription_id, task.id)
+            attempt_no = (await self.records.attempts(key) if delivered > 1 else 0) + 1
+            if attempt_no > len(self.schedule):  # the schedule was shortened since
+                outcome = Outcome(Verdict.PERMANENT, None, "retry schedule used up")
+            else:
+                outcome = await self._send(task, sub)
+        finally:
+            self.busy[sub.id] -= 1
+            if not self.busy[sub.id]:
+                del self.busy[sub.id]
+        await self._settle(msg, task, sub, attempt_no, outcome)
+
+    async def _send(self, task: DeliveryTask, sub: TopicSubscription) -> Outcome:
+        if sub.protocol == "webhook":
+            return await self.webhooks.send(sub.endpoint, sub.secret or "", task.id, bytes(task.body),
+                                            int(self.clock()))
+        event = _decode_event(task.body)
+        message = render_email(event, notification=task.notification, topic=task.topic, delivery_id=task.id,
+                               sender=self.settings.smtp_from, to=sub.endpoint)
+        return await self.email.send(message)
+
+    async def _settle(self, msg: Msg, task: DeliveryTask, sub: TopicSubscription, attempt_no: int,
+                      outcome: Outcome) -> None:
+        now = self.clock()
+        decision: Decision = decide(outcome, attempt_no, self.schedule, now)
+        rec = self._record(task, sub, decision.state, attempt_no, outcome, decision.next_attempt_at)
+        bound: dict[str, Any] = dict(delivery=task.id, topic=task.topic, subscription=sub.id, attempt=attempt_no,
+                                     status=outcome.status, error=outcome.error)
+        if decision.state == "delivered":
+            await self.records.record(rec, wait=False)
+            await msg.ack()
+        elif decision.state == "retrying":
+            await self.records.record(rec)
+            log.info("delivery failed; will retry", retry_in_s=decision.retry_in_s, **bound)
+            await msg.nak(delay=decision.retry_in_s)
+        elif decision.state == "disabled":
+            await self.topics.change(task.topic, lambda t: disable_subscription(
+                t, sub.id, f"the endpoint answered {outcome.status}", now))
+            await self.records.record(rec)
+            log.warning("subscription disabled by its endpoint", **bound)
+            await msg.ack()
+        else:
+            await self._bury(rec, task)
+            log.error("delivery dead-lettered", **bound)
+            await msg.ack()
+
+    async def _bury(self, rec: DeliveryRecord, task: DeliveryTask) -> None:
+        await self.records.record(rec)
+        await self.records.dead_letter(DeadLetter(**msgspec.structs.asdict(rec), body=task.body))
+
+    async def _poison(self, msg: Msg, error: str) -> None:
+        headers = {"Tm-Error": error[:1000], "Tm-Original-Subject": msg.subject, "Tm-Consumer": self.spec.durable}
+        if msg.metadata:
+            headers["Nats-Msg-Id"] = f"{self.spec.durable}:{msg.metadata.sequence.stream}"
+        await self.js.publish(self.topo.dlq(self.spec.durable), msg.data, headers=headers,
+                              stream=self.topo.stream_dlq.name)
+        log.error("delivery task dead-lettered", error=error)
+        await msg.ack()
+
+    def _record(self, task: DeliveryTask, sub: TopicSubscription | None, state: str, attempts: int,
+                outcome: Outcome, next_attempt_at: float | None = None) -> DeliveryRecord:
+        return DeliveryRecord(
+            id=task.id, topic=task.topic, subscription_id=task.subscription_id,
+            protocol=sub.protocol if sub else "webhook", endpoint=sub.endpoint if sub else "",
+            event_id=task.event_id, notification=task.notification, job_id=task.job_id, state=state,  # type: ignore[arg-type]
+            attempts=attempts, created_at=task.created_at, updated_at=self.clock(), last_status=outcome.status,
+            last_error=outcome.error, next_attempt_at=next_attempt_at,
+        )
+
+
+async def stop_quietly(deliverer: Deliverer, timeout_s: float) -> None:
+    with contextlib.suppress(Exception):
+        await deliverer.drain(timeout_s)

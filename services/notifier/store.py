@@ -1,0 +1,203 @@
+"""KV adapters of the notifier: topics (with a watched in-memory copy for the hot path) and the
+delivery records / dead letters."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from services.notifier.topics import ApiProblem
+from trainmaster.messages import DeadLetter, DeliveryRecord, TopicRecord, TopicSubscription, encode
+from trainmaster.topology import Topology
+
+log = structlog.get_logger()
+_decode_topic = msgspec.json.Decoder(TopicRecord).decode
+_decode_record = msgspec.json.Decoder(DeliveryRecord).decode
+_decode_dead = msgspec.json.Decoder(DeadLetter).decode
+TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+async def read_all(kv: KeyValue, keys: str = ">", timeout_s: float = 10.0) -> list[bytes]:
+    """The current value of every key matching ``keys`` (deleted keys left out)."""
+    watcher = await kv.watch(keys, ignore_deletes=True)
+    values: list[bytes] = []
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout_s)
+            if entry is None:
+                return values
+            if entry.value:
+                values.append(entry.value)
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+
+
+class TopicStore:
+    """``tm_topics``: one key per topic, its record holding its subscriptions; every write is a
+    compare-and-set.  ``cache`` follows the bucket through a watch, for the per-delivery lookups."""
+
+    def __init__(self, js: JetStreamContext, topo: Topology) -> None:
+        self.js = js
+        self.topo = topo
+        self.kv: KeyValue | None = None
+        self.cache: dict[str, TopicRecord] = {}
+
+    async def open(self) -> TopicStore:
+        self.kv = await self.js.key_value(self.topo.bucket_topics.name)
+        return self
+
+    async def get(self, name: str) -> tuple[TopicRecord, int] | None:
+        assert self.kv is not None
+        if not TOPIC_RE.match(name):
+            return None
+        try:
+            entry = await self.kv.get(name)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return _decode_topic(entry.value), entry.revision or 0
+
+    async def require(self, name: str) -> tuple[TopicRecord, int]:
+        found = await self.get(name)
+        if found is None:
+            raise ApiProblem("not_found", f"no topic {name!r}", "name")
+        return found
+
+    async def create(self, record: TopicRecord) -> bool:
+        """False when the topic exists already."""
+        assert self.kv is not None
+        try:
+            await self.kv.create(record.name, encode(record))
+        except KeyWrongLastSequenceError:
+            return False
+        self.cache[record.name] = record
+        return True
+
+    async def change(self, name: str, fn: Callable[[TopicRecord], TopicRecord | None]) -> TopicRecord | None:
+        """Apply ``fn`` at the current revision (retried on a lost race); None: ``fn`` changed nothing."""
+        assert self.kv is not None
+        for _ in range(50):
+            record, revision = await self.require(name)
+            updated = fn(record)
+            if updated is None:
+                return None
+            try:
+                await self.kv.update(name, encode(updated), last=revision)
+            except KeyWrongLastSequenceError:
+                continue
+            self.cache[name] = updated
+            return updated
+        raise RuntimeError(f"topic {name}: gave up after 50 compare-and-set conflicts")
+
+    async def delete(self, name: str, revision: int) -> bool:
+        assert self.kv is not None
+        try:
+            await self.kv.delete(name, last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        self.cache.pop(name, None)
+        return True
+
+    async def all(self) -> list[TopicRecord]:
+        assert self.kv is not None
+        return sorted((_decode_topic(v) for v in await read_all(self.kv)), key=lambda t: t.name)
+
+    async def subscription(self, topic: str, sub_id: str) -> TopicSubscription | None:
+        """From the watched copy; a miss (just created, watch not there yet) reads the bucket."""
+        record = self.cache.get(topic)
+        if record is not None:
+            for sub in record.subscriptions:
+                if sub.id == sub_id:
+                    return sub
+        found = await self.get(topic)
+        if found is None:
+            return None
+        self.cache[topic] = found[0]
+        return next((s for s in found[0].subscriptions if s.id == sub_id), None)
+
+    async def follow(self) -> None:
+        """Keep ``cache`` in step with the bucket (runs for the life of the service)."""
+        assert self.kv is not None
+        watcher = await self.kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # end of the initial values
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    self.cache.pop(entry.key, None)
+                else:
+                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                        self.cache[entry.key] = _decode_topic(entry.value)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+
+class DeliveryLog:
+    """``tm_deliveries`` (latest state of every delivery, 7 days) and ``tm_dead_letters`` (30 days),
+    both keyed ``<topic>.<subscription id>.<webhook id>``."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, topo: Topology) -> None:
+        self.nc = nc
+        self.js = js
+        self.topo = topo
+        self.records: KeyValue | None = None
+        self.dead: KeyValue | None = None
+
+    async def open(self) -> DeliveryLog:
+        self.records = await self.js.key_value(self.topo.bucket_deliveries.name)
+        self.dead = await self.js.key_value(self.topo.bucket_dead_letters.name)
+        return self
+
+    @staticmethod
+    def key(topic: str, subscription_id: str, delivery_id: str) -> str:
+        return f"{topic}.{subscription_id}.{delivery_id}"
+
+    async def attempts(self, key: str) -> int:
+        """Attempts made so far (0: none recorded)."""
+        assert self.records is not None
+        try:
+            entry = await self.records.get(key)
+        except KeyNotFoundError:
+            return 0
+        return _decode_record(entry.value).attempts if entry.value else 0
+
+    async def record(self, rec: DeliveryRecord, wait: bool = True) -> None:
+        """Store the delivery's latest state.  ``wait=False`` (a success: nothing depends on it)
+        publishes without awaiting the store's ack, which keeps the send path at one round trip."""
+        assert self.records is not None
+        key = self.key(rec.topic, rec.subscription_id, rec.id)
+        if wait:
+            await self.records.put(key, encode(rec))
+        else:
+            await self.nc.publish(f"$KV.{self.topo.bucket_deliveries.name}.{key}", encode(rec))
+
+    async def dead_letter(self, rec: DeadLetter) -> None:
+        assert self.dead is not None
+        await self.dead.put(self.key(rec.topic, rec.subscription_id, rec.id), encode(rec))
+
+    async def list(self, topic: str, dead: bool, limit: int) -> tuple[list[DeliveryRecord], int]:
+        """The newest ``limit`` deliveries of ``topic`` and how many there are."""
+        kv = self.dead if dead else self.records
+        assert kv is not None
+        if not TOPIC_RE.match(topic):
+            return [], 0
+        try:
+            values = await read_all(kv, f"{topic}.>")
+        except (TimeoutError, NatsTimeoutError):
+            values = []
+        decode = _decode_dead if dead else _decode_record
+        records = sorted((decode(v) for v in values), key=lambda r: r.updated_at, reverse=True)
+        return records[:limit], len(records)

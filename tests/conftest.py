@@ -1,0 +1,106 @@
+"""Fixtures shared by the integration and end-to-end tiers.
+
+- ``nats_server`` / ``module_nats_server``: a real ``nats-server`` with JetStream on a free port and
+  its own store directory (per test / per module), stopped afterwards; they yield the URL.
+- ``nc``: a plain nats-py connection to ``nats_server`` with the topology provisioned.
+- ``services`` / ``module_services``: start services as real subprocesses (``support.Services``);
+  every one is stopped at teardown (SIGTERM, then SIGKILL), none is left behind.
+- a failed test shows the tail of the log of every service that ran during it.
+
+Subjects, streams and consumers come from ``trainmaster.topology`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from support import LIVE, Services, run_sync
+
+from trainmaster.bus import provision
+from trainmaster.natsd import NatsServer
+from trainmaster.topology import Topology
+
+TOPO = Topology()
+
+
+def start_nats(store_dir: Path) -> NatsServer:
+    server = NatsServer(store_dir=store_dir, port=-1, log_file=store_dir / "nats-server.log")
+    server.start()
+    return server
+
+
+async def provision_topology(url: str, topo: Topology = TOPO) -> None:
+    """Create every stream, KV bucket and fixed consumer of the topology (idempotent)."""
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        await provision(nc.jetstream(), topo)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def topo() -> Topology:
+    return TOPO
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[str]:
+    server = start_nats(tmp_path / "nats")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = start_nats(tmp_path_factory.mktemp("nats"))
+    try:
+        run_sync(lambda: provision_topology(server.url))
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: str) -> AsyncIterator[NATS]:
+    """A plain client connection to a provisioned ``nats_server``."""
+    client = await nats.connect(nats_server, connect_timeout=5)
+    await provision(client.jetstream(), TOPO)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    started = Services(tmp_path / "data")
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    started = Services(tmp_path_factory.mktemp("data"))
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A red test explains itself: add the tail of each running service's log to the report."""
+    report = yield
+    if report.failed:
+        for svc in list(LIVE):
+            state = "running" if svc.alive() else f"exited with {svc.proc.returncode if svc.proc else None}"
+            report.sections.append((f"{svc.name} ({state}), last log lines of {svc.log_path}", svc.tail(60)))
+    return report
