@@ -5,6 +5,8 @@
 - ``nc``: a plain nats-py connection to ``nats_server`` with the topology provisioned.
 - ``services`` / ``module_services``: start services as real subprocesses (``support.Services``);
   every one is stopped at teardown (SIGTERM, then SIGKILL), none is left behind.
+- ``s3_server``: a real S3-compatible server (moto's server mode) per module; ``.settings()``
+  gives Settings that reach it, ``.env()`` the environment a service process needs.
 - a failed test shows the tail of the log of every service that ran during it.
 
 Subjects, streams and consumers come from ``trainmaster.topology`` only.
@@ -18,6 +20,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from s3server import S3Server
 from support import LIVE, Services, run_sync
 
 from trainmaster.bus import provision
@@ -40,6 +43,14 @@ async def provision_topology(url: str, topo: Topology = TOPO) -> None:
         await provision(nc.jetstream(), topo)
     finally:
         await nc.close()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto in server mode) on a free loopback port, per module."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

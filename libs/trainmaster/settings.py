@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     nats_port: int = 4222
     data_dir: Path = Field(Path(".trainmaster"), description="local state: nats store, outputs, logs")
 
+    # --- storage (S3-compatible: AWS, OBS, MinIO, moto) -------------------------------
+    region: str = Field("us-east-1", description="the service's region: buckets elsewhere are refused (R6)")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint; unset = AWS")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
     # --- intake -------------------------------------------------------------------------
     max_request_bytes: int = Field(256 * 1024, description="largest accepted job request body")
     create_wait_s: float = Field(
