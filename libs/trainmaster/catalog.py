@@ -1,4 +1,5 @@
-"""Catalogs that are data, not code: resource pools and their flavors (``resources.yaml``).
+"""Catalogs that are data, not code: resource pools and their flavors (``resources.yaml``) and
+the engines of the "common framework" algorithm source (``engines.yaml``).
 
 Loaded from ``TM_CATALOG_DIR`` when set, else from the files shipped beside this module.
 """
@@ -42,11 +43,37 @@ class Pool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ResourceCatalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    region: str
     pools: list[Pool]
 
     def pool(self, name: str) -> Pool | None:
         return next((p for p in self.pools if p.name == name), None)
+
+
+class EngineVersion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    version: str
+    packages: list[str] = []  # pip requirements of the runtime
+
+
+class Engine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    versions: list[EngineVersion]
+    aliases: list[str] = []
+    imports: list[str] = []  # top-level modules that identify code written for this engine
+    distributed: bool = True  # False: node count must be 1 (Caffe, R19)
+
+    def version(self, version: str | None) -> EngineVersion | None:
+        """The named version, or the newest listed when none is named."""
+        if version is None:
+            return self.versions[-1]
+        return next((v for v in self.versions if v.version == version), None)
+
+
+class EngineCatalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    engines: list[Engine]
+
+    def engine(self, name: str) -> Engine | None:
+        key = name.strip().lower()
+        return next((e for e in self.engines if key == e.name or key in e.aliases), None)
 
 
 class CatalogError(ValueError):
@@ -68,3 +95,16 @@ def parse_resources(text: str, source: str = "resources.yaml") -> ResourceCatalo
 def load_resources(catalog_dir: Path | None = None) -> ResourceCatalog:
     path = (catalog_dir or SHIPPED) / "resources.yaml"
     return parse_resources(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_engines(text: str, source: str = "engines.yaml") -> EngineCatalog:
+    try:
+        return msgspec.convert(yaml.safe_load(text), EngineCatalog)
+    except (yaml.YAMLError, msgspec.ValidationError) as exc:
+        raise CatalogError(f"{source}: {exc}") from exc
+
+
+@lru_cache
+def load_engines(catalog_dir: Path | None = None) -> EngineCatalog:
+    path = (catalog_dir or SHIPPED) / "engines.yaml"
+    return parse_engines(path.read_text(encoding="utf-8"), str(path))

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
 
+    catalog_dir: Path | None = Field(
+        None, description="folder with resources.yaml / engines.yaml; unset = the catalogs shipped"
+    )
+
     # --- intake -------------------------------------------------------------------------
     max_request_bytes: int = Field(256 * 1024, description="largest accepted job request body")
     create_wait_s: float = Field(
