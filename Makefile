@@ -17,6 +17,9 @@ $(RUNTIME_STAMP): pyproject.toml | $(PY)
 
 $(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
 	$(PY) -m pip install -q -e ".[test]"
+	# PyTorch (CPU) for the 3-node sample and its test: the exact version, installed on its own, so pip
+	# takes the CPU build and no dependency range can pull a CUDA one (about 20 s, 750 MB)
+	$(PY) -m pip install -q torch==2.13.0
 	touch $@
 
 ## run: start nats-server, the five services and one agent, run the sample job, stay up until Ctrl-C
@@ -46,6 +49,8 @@ bench: $(TEST_STAMP)
 	$(PY) -m bench.latency --jobs 30 --out .trainmaster/bench/latency.json
 	$(PY) -m bench.submit_throughput --requests 10000 --out .trainmaster/bench/submit_throughput.json
 	$(PY) -m bench.notify_throughput --json .trainmaster/bench/notify_throughput.json
+	$(PY) -m bench.scheduler_throughput --out .trainmaster/bench/scheduler_throughput.json
+	$(PY) -m bench.scheduler_throughput --rate 1000 --out .trainmaster/bench/scheduler_paced.json
 
 ## schema: regenerate docs/schemas from the message types
 schema: $(RUNTIME_STAMP)

@@ -86,6 +86,22 @@ class Client:
         """The topics API (notifications): ``await client.topics.create("ml-team")``."""
         return TopicsClient(self)
 
+    # ---- issue 3: plan, new versions, registries (see RegistryClient below)
+    async def plan(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The dry run: ``{"spec", "valid", "violations", "warnings", "price_per_hour", ...}``."""
+        return await self._request(self.topo.jobs("plan"), json.dumps(spec).encode())
+
+    async def new_version(self, name: str, overrides: dict[str, Any] | None = None, dry_run: bool = False,
+                          request_id: str | None = None) -> dict[str, Any]:
+        body = {"name": name, "overrides": overrides or {}, "dry_run": dry_run}
+        headers = None if dry_run else {"Nats-Msg-Id": request_id or f"cli-{uuid.uuid4()}"}
+        return await self._request(self.topo.jobs("new_version"), json.dumps(body).encode(), headers)
+
+    @property
+    def registry(self) -> RegistryClient:
+        """Templates, datasets, accounts and preset algorithms: ``await client.registry.call("datasets", "list")``."""
+        return RegistryClient(self)
+
     async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
         """Every CloudEvent of the job from its first, until it ends."""
         assert self.nc is not None
@@ -172,4 +188,16 @@ class TopicsClient:
 
     async def deliveries(self, topic: str, dead: bool = False, limit: int = 100) -> dict[str, Any]:
         return await self._call("deliveries", {"topic": topic, "dead": dead, "limit": limit})
+
+
+# ================================================================ issue 3: registries
+class RegistryClient:
+    """``tm.{templates,datasets,accounts,algorithms}.<verb>`` (answered by job-intake)."""
+
+    def __init__(self, client: Client) -> None:
+        self.c = client
+
+    async def call(self, registry: str, verb: str, body: dict[str, Any] | None = None) -> Any:
+        subject = getattr(self.c.topo, registry)(verb)
+        return await self.c._request(subject, json.dumps(body or {}).encode())
 

@@ -6,7 +6,7 @@ JSON Schema for the public ones is generated from these types (``trainmaster sch
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -48,6 +48,18 @@ class Subscription(Struct, frozen=True, forbid_unknown_fields=True):
     events: list[str] = []
 
 
+class RetryPolicy(Struct, frozen=True, forbid_unknown_fields=True):
+    """When a failed attempt is restarted (the whole job, as a new attempt, on any agents): a node
+    exited with one of ``retry_exit_codes``, or an agent running one of its nodes was lost, and fewer
+    than ``max_retries`` retries were used.  Other exit codes (1, 2, 126, 127, ...) fail the job.
+    137 and 143 are a node killed by SIGKILL / SIGTERM (the agent reports signal N as 128+N)."""
+
+    max_retries: Annotated[int, Meta(ge=0, le=10)] = 0
+    retry_exit_codes: Annotated[list[Annotated[int, Meta(ge=1, le=255)]], Meta(max_length=32)] = msgspec.field(
+        default_factory=lambda: [137, 143])
+    retry_on_agent_lost: bool = True
+
+
 class JobRequest(Struct, frozen=True, forbid_unknown_fields=True):
     """Body of ``tm.jobs.create`` and ``tm.jobs.submit``.
 
@@ -64,6 +76,15 @@ class JobRequest(Struct, frozen=True, forbid_unknown_fields=True):
     resources: Resources = Resources()
     subscription: Subscription | None = None
     billing_mode: str = "on-demand"
+    save_as: SaveAs | None = None  # issue 3 (R21): store this spec as a template when the job is created
+    # ---- queueing, run time and retries (the scheduler; issue 4) ----
+    # higher first; jobs of equal priority share the cluster fairly between accounts
+    priority: Annotated[int, Meta(ge=-100, le=100)] = 0
+    # who the job is run (and billed) for: the unit of fair share
+    account: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "default"
+    # an attempt running longer than this is stopped and the job ends Failed (timeout)
+    max_run_time_s: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None
+    retry: RetryPolicy = RetryPolicy()
 
 
 # ---------------------------------------------------------------- errors (public)
@@ -142,6 +163,7 @@ class JobRecord(Struct, frozen=True):
     failure_reason: str | None = None
     exit_code: int | None = None
     traceparent: str | None = None
+    billing: Billing | None = None  # issue 3 (R23): billed duration and cost, once the job ended
 
 
 class JobSummary(Struct, frozen=True):
@@ -234,7 +256,30 @@ class Requeued(Change, tag="requeued"):
     reason: str
 
 
-AnyChange = Validated | Rejected | Placed | PlacementImpossible | NodeRunning | NodeExited | StopRequested | Requeued
+class AgentLost(Change, tag="agent_lost"):
+    """The agent running some of the attempt's nodes went silent (scheduler): retry or fail."""
+
+    attempt: int
+    agent_id: str
+
+
+class TimedOut(Change, tag="timed_out"):
+    """The attempt ran past ``max_run_time_s`` (scheduler): stop every node, then end Failed."""
+
+    attempt: int
+    limit_s: float
+
+
+class Billed(Change, tag="billed"):
+    """Issue 3: the job ended after running and its account was charged (``change_id="billed"``)."""
+
+    billing: Billing
+
+
+AnyChange = (
+    Validated | Rejected | Placed | PlacementImpossible | NodeRunning | NodeExited | StopRequested | Requeued
+    | AgentLost | TimedOut | Billed
+)
 
 
 # ---------------------------------------------------------------- internal work items
@@ -277,6 +322,9 @@ class Assign(Struct, frozen=True, tag="assign"):
 class Cancel(Struct, frozen=True, tag="cancel"):
     job_id: str
     reason: str
+    # stop the nodes of this attempt and earlier ones only (None: every attempt): a Cancel for a
+    # superseded attempt must not stop the next attempt placed on the same agent
+    attempt: int | None = None
 
 
 AgentCommand = Assign | Cancel
@@ -296,6 +344,7 @@ class NodeReport(Struct, frozen=True):
 
 class AgentList(Struct, frozen=True):
     agents: list[AgentHeartbeat]
+    lost: list[str] = []  # ids of agents silent past TM_AGENT_TIMEOUT_S (their jobs were retried or failed)
 
 
 # ---------------------------------------------------------------- CloudEvents (public)
@@ -500,3 +549,207 @@ class DeliveryTask(Struct, frozen=True):
 
 # the events a job's ``subscription.events`` may name (the seed's three plus OnJobStopped)
 SUBSCRIPTION_EVENT_NAMES: tuple[str, ...] = ("OnJobRunning", "OnJobSucceeded", "OnJobFailed", "OnJobStopped")
+
+
+# ================================================================ issue 3: the complete job
+# Saved job parameters (templates), datasets, accounts and billing, the plan (dry run) and new
+# versions; all request/reply on ``tm.{templates,datasets,accounts,algorithms}.<verb>`` and
+# ``tm.jobs.{plan,new_version}``, answered by job-intake.  Kept in one section so other changes
+# do not collide.
+RegistryName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class SaveAs(Struct, frozen=True, forbid_unknown_fields=True):
+    """``save_as`` of a job request (R21): store the job's parameters as a template."""
+
+    name: RegistryName
+    description: Annotated[str, Meta(max_length=1024)] = ""
+
+
+class Billing(Struct, frozen=True):
+    """What a job cost: ``duration_s`` is the time it ran (Running until it ended) and ``cost`` =
+    ``price_per_hour`` (flavor price x node count) x hours."""
+
+    account: str
+    price_per_hour: float
+    duration_s: float
+    cost: float
+    currency: str
+    billed_at: float
+
+
+class NameRef(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.templates.get|delete``, ``tm.accounts.get``, ``tm.algorithms.get``, ``tm.datasets.get``."""
+
+    name: str
+
+
+# ---- templates (R9, R21)
+class Template(Struct, frozen=True):
+    """Value of ``tm_templates[<name>]``: a saved job specification."""
+
+    name: str
+    spec: JobRequest
+    created_at: float
+    updated_at: float
+    description: str = ""
+    source_job: str | None = None  # the job whose ``save_as`` stored it
+
+
+class TemplateUpdate(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.templates.update``: a new description, a whole new ``spec``, and/or
+    ``overrides`` (``{"parameters.max_iter": 300}``: dotted paths into the spec)."""
+
+    name: str
+    description: Annotated[str, Meta(max_length=1024)] | None = None
+    spec: JobRequest | None = None
+    overrides: dict[str, Any] = {}
+
+
+class TemplateList(Struct, frozen=True):
+    templates: list[Template]
+
+
+# ---- new versions and the plan (R8, R22)
+class NewVersionRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.jobs.new_version``: the latest version's spec of job ``name`` with ``overrides``
+    becomes a new job (the next version); ``dry_run`` answers with the plan instead."""
+
+    name: str
+    overrides: dict[str, Any] = {}
+    dry_run: bool = False
+
+
+class PlanReply(Struct, frozen=True):
+    """Reply of ``tm.jobs.plan`` (and ``tm.jobs.new_version`` with ``dry_run``): what would be
+    created, everything wrong with it, and what it costs per hour while it runs."""
+
+    spec: JobRequest
+    valid: bool
+    violations: list[Violation]
+    warnings: list[Violation]
+    price_per_hour: float | None  # flavor price x node count; None when pool or flavor is unknown
+    currency: str
+    flavor: str | None
+    next_version: str | None = None
+    account_balance: float | None = None
+
+
+class CheckRequest(Struct, frozen=True):
+    """Body of ``tm.validator.check`` (internal): run every rule on a normalised spec."""
+
+    spec: JobRequest
+
+
+class CheckReply(Struct, frozen=True):
+    violations: list[Violation]
+    warnings: list[Violation]
+
+
+# ---- accounts (R5, R23)
+class LedgerEntry(Struct, frozen=True):
+    """One change of an account's balance; ``id`` makes it idempotent (``charge:<job id>``,
+    ``credit:<credit id>``)."""
+
+    id: str
+    kind: Literal["charge", "credit"]
+    amount: float  # negative for a charge
+    at: float
+    job_id: str | None = None
+    note: str = ""
+
+
+class Account(Struct, frozen=True):
+    """Value of ``tm_accounts[<name>]``.  ``ledger`` keeps the latest entries (bounded)."""
+
+    name: str
+    balance: float
+    currency: str
+    created_at: float
+    updated_at: float
+    ledger: list[LedgerEntry] = []
+
+    @property
+    def in_arrears(self) -> bool:
+        return self.balance < 0
+
+
+class AccountCredit(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.accounts.credit``: add ``amount`` (creates the account when it does not exist).
+    ``credit_id`` makes a retried credit a no-op."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    amount: Annotated[float, Meta(gt=0, le=1e12)]
+    credit_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")] | None = None
+    note: Annotated[str, Meta(max_length=256)] = ""
+
+
+class AccountList(Struct, frozen=True):
+    accounts: list[Account]
+
+
+# ---- datasets (R1, R10)
+class DatasetCreate(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.datasets.create``: a dataset over a storage location (local path or s3://)."""
+
+    name: RegistryName
+    location: Annotated[str, Meta(min_length=1, max_length=2048)]
+    description: Annotated[str, Meta(max_length=1024)] = ""
+
+
+class DatasetPublish(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.datasets.publish``: snapshot the location's files as the next version."""
+
+    name: str
+    description: Annotated[str, Meta(max_length=1024)] = ""
+
+
+class DatasetVersionRef(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.datasets.version``: one version's manifest."""
+
+    name: str
+    version: str
+
+
+class ManifestFile(Struct, frozen=True, array_like=True):
+    """``[path, size, checksum]``: path relative to the dataset's location; checksum = the MD5 of a
+    local file or the S3 ETag (compact on purpose: a manifest must fit one KV value)."""
+
+    path: str
+    size: int
+    checksum: str | None = None
+
+
+class DatasetVersionInfo(Struct, frozen=True):
+    version: str
+    created_at: float
+    files: int
+    bytes: int
+    description: str = ""
+
+
+class Dataset(Struct, frozen=True):
+    """Value of ``tm_datasets[<name>]``."""
+
+    name: str
+    location: str
+    created_at: float
+    updated_at: float
+    description: str = ""
+    versions: list[DatasetVersionInfo] = []
+
+
+class DatasetVersion(Struct, frozen=True):
+    """Value of ``tm_dataset_versions[<name>.<version>]``: immutable (written with KV create only)."""
+
+    dataset: str
+    version: str
+    location: str
+    created_at: float
+    files: list[ManifestFile]
+    total_bytes: int
+    description: str = ""
+
+
+class DatasetList(Struct, frozen=True):
+    datasets: list[Dataset]

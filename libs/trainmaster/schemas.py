@@ -32,6 +32,22 @@ PUBLIC_TYPES: dict[str, type] = {
     "subscription-list": m.SubscriptionList,
     "deliveries-request": m.DeliveriesRequest,
     "delivery-list": m.DeliveryList,
+    # issue 3: plan, new versions, templates, datasets, accounts
+    "plan-reply": m.PlanReply,
+    "new-version-request": m.NewVersionRequest,
+    "name-ref": m.NameRef,
+    "template": m.Template,
+    "template-update": m.TemplateUpdate,
+    "template-list": m.TemplateList,
+    "dataset-create": m.DatasetCreate,
+    "dataset-publish": m.DatasetPublish,
+    "dataset-version-ref": m.DatasetVersionRef,
+    "dataset": m.Dataset,
+    "dataset-version": m.DatasetVersion,
+    "dataset-list": m.DatasetList,
+    "account": m.Account,
+    "account-credit": m.AccountCredit,
+    "account-list": m.AccountList,
 }
 
 

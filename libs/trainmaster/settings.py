@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,7 +50,20 @@ class Settings(BaseSettings):
     request_dedupe_ttl_s: float = Field(24 * 3600, description="how long a request id stays remembered")
 
     # --- scheduler ------------------------------------------------------------------------
-    agent_timeout_s: float = Field(15.0, description="an agent silent this long is not placed on")
+    agent_timeout_s: float = Field(
+        15.0, gt=0, description="an agent silent this long is marked lost: not placed on, and its jobs are "
+        "retried elsewhere or failed (their retry policy)")
+    scheduler_lease_s: float = Field(
+        10.0, gt=0, description="leader lease of the scheduler replicas: only the leader places; a follower "
+        "takes over after the leader has not renewed the lease for this long")
+    scheduler_strategy: Literal["binpack", "spread"] = Field(
+        "binpack", description="binpack: the fitting agent with the least free first; spread: the most free")
+    scheduler_reserve_after_s: float = Field(
+        30.0, ge=0, description="a job blocked this long at the head of its pool gets agents held back for it "
+        "(so a big gang is not starved by small jobs)")
+    scheduler_batch: int = Field(1024, ge=1, le=100_000, description="most placements decided in one pass")
+    scheduler_commit_concurrency: int = Field(
+        256, ge=1, le=10_000, description="placements written (compare-and-set, events, assignments) at once")
 
     # --- executor agent -------------------------------------------------------------------
     agent_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
@@ -59,6 +72,30 @@ class Settings(BaseSettings):
     agent_workdir: Path | None = None
     heartbeat_interval_s: float = 2.0
     stop_grace_s: float = Field(10.0, description="SIGTERM to SIGKILL grace when a job is stopped")
+
+    # --- executor agent: staging, runtimes, containers, distributed launch, logs (issue 4) -----
+    agent_cpus: int | None = Field(None, ge=1, description="CPUs this agent offers; unset = the host's")
+    agent_memory_mb: int | None = Field(None, ge=1, description="memory this agent offers; unset = the host's")
+    agent_addr: str | None = Field(
+        None, description="address the other nodes of a distributed job reach this host at; unset = the "
+        "local address of the route to the NATS server")
+    stage_concurrency: int = Field(8, ge=1, le=256, description="parallel downloads when staging data")
+    stage_local: str = Field("link", pattern="^(link|copy)$", description="local data: link in place, or "
+                             "copy through the agent's cache (for slow shared file systems)")
+    stage_cache_max_bytes: int = Field(50 * 1024**3, ge=0, description="size of the agent's data cache "
+                                       "beyond which unused files are evicted, oldest first")
+    runtime_pip_timeout_s: float = Field(1800.0, gt=0, description="longest a runtime's pip install may take")
+    container_network: str = Field("none", description="podman network of single-node custom-image jobs "
+                                   "(multi-node jobs use the host's network to reach each other)")
+    rendezvous_timeout_s: float = Field(600.0, gt=0, description="how long a node of a distributed job "
+                                        "waits for the others to be ready to start")
+    job_log_limit_bytes: int = Field(100 * 1024**2, ge=1024, description="log bytes kept per job (shared "
+                                     "equally by its nodes); past it, lines are dropped with a marker")
+
+    # --- billing and registries (issue 3) ---------------------------------------------------
+    default_account: str = Field("default", description="the account created at start-up for jobs that name none")
+    default_account_balance: float = Field(100.0, description="starting balance of the default account")
+    currency: str = Field("USD", description="currency of prices and balances")
 
     # --- observability --------------------------------------------------------------------
     log_level: str = "INFO"

@@ -9,6 +9,11 @@ writes; it does so with a compare-and-set on the KV revision.
     Running      -> Succeeded | Failed | Stopping | Pending
     Stopping     -> Stopped | Failed
     Succeeded, Failed, Stopped: terminal
+
+Retries (``retrypolicy``): a node exiting with a retryable code, or the loss of an agent running
+one of the attempt's nodes, sends the job back to Pending (a new attempt is placed later; reports
+of the old one are stale from then on) while retries are left, and to Failed otherwise.  A
+timeout (``TimedOut``) goes through Stopping like a stop request, but ends Failed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import msgspec
 
 from trainmaster.messages import (
+    AgentLost,
     AnyChange,
+    Billed,
     HistoryEntry,
     JobRecord,
     JobRequest,
@@ -29,7 +36,15 @@ from trainmaster.messages import (
     Requeued,
     Status,
     StopRequested,
+    TimedOut,
     Validated,
+)
+from trainmaster.retrypolicy import (
+    exhausted_note,
+    exit_code_retryable,
+    may_retry_agent_lost,
+    may_retry_exit,
+    retry_note,
 )
 
 S = Status
@@ -141,11 +156,16 @@ def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
             updates["nodes"] = nodes
             all_exited = all(n.state == "exited" for n in nodes)
             if status == S.STOPPING:
-                new_status = S.STOPPED if all_exited else status
-                reason = _stop_reason(record) if all_exited else None
+                new_status, reason = _stop_outcome(record) if all_exited else (status, None)
+            elif code != 0 and may_retry_exit(record, code):
+                new_status = S.PENDING
+                reason = f"{why or f'node {node} exited with code {code}'}; {retry_note(record)}"
+                updates.update(nodes=[], placements=[])
             elif code != 0:
                 new_status = S.FAILED
                 reason = why or f"node {node} exited with code {code}"
+                if exit_code_retryable(record.spec.retry, code) and record.spec.retry.max_retries:
+                    reason = f"{reason}; {exhausted_note(record)}"
                 updates.update(failure_reason=reason, exit_code=code)
             elif all_exited:
                 new_status = S.SUCCEEDED
@@ -164,6 +184,40 @@ def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
             _expect(record, change, S.SCHEDULED, S.RUNNING)
             new_status, reason = S.PENDING, why
             updates.update(nodes=[], placements=[])
+        case AgentLost(attempt=attempt, agent_id=agent):
+            if attempt != record.attempt or status not in (S.SCHEDULED, S.RUNNING, S.STOPPING):
+                raise StaleChange(f"agent {agent} lost: attempt {attempt}, but the job is {status.value} "
+                                  f"at attempt {record.attempt}")
+            lost = [n.node for n in record.nodes if n.agent_id == agent and n.state != "exited"]
+            if not lost:
+                raise StaleChange(f"no node of attempt {attempt} is left on agent {agent}")
+            why = f"agent {agent} lost (node {', '.join(map(str, lost))})"
+            if status == S.STOPPING:  # its nodes will never report: count them as exited
+                nodes = [msgspec.structs.replace(n, state="exited") if n.node in lost else n for n in record.nodes]
+                updates["nodes"] = nodes
+                all_exited = all(n.state == "exited" for n in nodes)
+                new_status, reason = _stop_outcome(record) if all_exited else (status, why)
+            elif may_retry_agent_lost(record):
+                new_status, reason = S.PENDING, f"{why}; {retry_note(record)}"
+                updates.update(nodes=[], placements=[])
+            else:
+                new_status = S.FAILED
+                reason = why
+                if record.spec.retry.retry_on_agent_lost and record.spec.retry.max_retries:
+                    reason = f"{why}; {exhausted_note(record)}"
+                updates["failure_reason"] = reason
+        case TimedOut(attempt=attempt, limit_s=limit):
+            if attempt != record.attempt or status not in (S.SCHEDULED, S.RUNNING):
+                raise StaleChange(f"timeout of attempt {attempt}, but the job is {status.value} "
+                                  f"at attempt {record.attempt}")
+            new_status = S.STOPPING
+            reason = f"timed out: ran longer than max_run_time_s ({limit:g} s)"
+            updates["failure_reason"] = reason  # the outcome once every node has stopped
+        case Billed(billing=billing):
+            # issue 3: the charge of an ended job is recorded on it; the status does not move
+            if not status.terminal:
+                raise IllegalTransition(f"billed needs an ended job; job {record.id} is {status.value}")
+            new_status, updates["billing"] = status, billing
         case _:
             raise IllegalTransition(f"unknown change {change!r}")
 
@@ -205,5 +259,10 @@ def _set_node(record: JobRecord, node: int, **fields: object) -> list[NodeState]
     return [msgspec.structs.replace(n, **fields) if n.node == node else n for n in record.nodes]
 
 
-def _stop_reason(record: JobRecord) -> str | None:
-    return next((e.reason for e in reversed(record.history) if e.change == "stop_requested"), None)
+def _stop_outcome(record: JobRecord) -> tuple[Status, str | None]:
+    """How a Stopping job ends once every node has stopped: Stopped (a stop request, with its
+    reason) or Failed (a timeout: the reason set when it timed out)."""
+    cause = next((e for e in reversed(record.history) if e.change in ("stop_requested", "timed_out")), None)
+    if cause is not None and cause.change == "timed_out":
+        return S.FAILED, record.failure_reason or cause.reason
+    return S.STOPPED, cause.reason if cause else None

@@ -98,6 +98,22 @@ class Storage:
             raise StorageError(f"cannot list {url}: {_why(exc)}") from exc
         return sorted(out, key=lambda o: o.relative)
 
+    async def stat(self, url: str) -> ObjectInfo | None:
+        """The one object at exactly ``url`` (``s3://bucket/key``), or None when there is none."""
+        s3 = parse_s3(url)
+        if not s3.prefix:
+            return None
+        try:
+            async with self._client() as client:
+                head = await client.head_object(Bucket=s3.bucket, Key=s3.prefix)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"cannot read {url}: {_why(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read {url}: {_why(exc)}") from exc
+        return ObjectInfo(s3.prefix.rsplit("/", 1)[-1], head["ContentLength"], head.get("ETag", "").strip('"') or None)
+
     async def bucket_region(self, url: str) -> str:
         s3 = parse_s3(url)
         try:

@@ -207,6 +207,7 @@ class Topology:
             self.consumer_scheduler_queue,
             self.consumer_scheduler_status,
             self.consumer_notifier,
+            self.consumer_billing,
         )
 
     # ---- KV buckets ----------------------------------------------------------------------
@@ -226,7 +227,8 @@ class Topology:
 
     @property
     def buckets(self) -> tuple[BucketSpec, ...]:
-        return (self.bucket_jobs, self.bucket_job_names, self.bucket_requests, *self.notify_buckets)
+        return (self.bucket_jobs, self.bucket_job_names, self.bucket_requests, *self.notify_buckets,
+                self.bucket_rendezvous, *self.registry_buckets, self.bucket_scheduler)
 
 
     # ---- notifications: topics API, deliveries (the notifier owns all of these) ------------
@@ -290,6 +292,84 @@ class Topology:
     @property
     def notify_buckets(self) -> tuple[BucketSpec, ...]:
         return (self.bucket_topics, self.bucket_deliveries, self.bucket_dead_letters)
+
+
+    # ---- distributed launch (the executor agents own this) --------------------------------
+    @cached_property
+    def bucket_rendezvous(self) -> BucketSpec:
+        # key <job_id>.<attempt>.<node>: where that node's agent can be reached ({"addr", "port", ...});
+        # every node of a distributed job waits until all keys of its attempt are there, then starts
+        # with MASTER_ADDR/PORT = node 0's entry.  The TTL only tidies up: an attempt is never reused.
+        return BucketSpec(f"{self.prefix}_rendezvous", ttl_s=24 * 3600,
+                          description="distributed launch: the address and port of each node of an attempt")
+
+
+    # ---- issue 3: registries (templates, datasets, accounts, algorithms), plan, billing ------
+    # Request/reply, answered by job-intake in queue group ``job-intake``.
+    def templates(self, verb: str) -> str:
+        """``tm.templates.<verb>``: list, get, update, delete (``save_as`` of a job creates one)."""
+        return f"{self.prefix}.templates.{verb}"
+
+    def datasets(self, verb: str) -> str:
+        """``tm.datasets.<verb>``: create, list, get, publish (a new immutable version), version."""
+        return f"{self.prefix}.datasets.{verb}"
+
+    def accounts(self, verb: str) -> str:
+        """``tm.accounts.<verb>``: list, get, credit."""
+        return f"{self.prefix}.accounts.{verb}"
+
+    def algorithms(self, verb: str) -> str:
+        """``tm.algorithms.<verb>``: list, get (the preset algorithms catalog)."""
+        return f"{self.prefix}.algorithms.{verb}"
+
+    @property
+    def registry_subjects(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "templates": ("list", "get", "update", "delete"),
+            "datasets": ("create", "list", "get", "publish", "version"),
+            "accounts": ("list", "get", "credit"),
+            "algorithms": ("list", "get"),
+        }
+
+    @property
+    def validator_check(self) -> str:
+        """Internal request/reply, answered by the validator (queue ``validator``): every rule on a
+        spec without creating a job; job-intake asks it for ``tm.jobs.plan``."""
+        return f"{self.prefix}.validator.check"
+
+    @cached_property
+    def consumer_billing(self) -> ConsumerSpec:
+        """job-intake's biller: reads every job event, charges a job's account once the job ended
+        after running.  Idempotent (the charge id is the job id, kept in the account's ledger, and
+        the job's ``billed`` change is recorded once), so redelivery never charges twice."""
+        return ConsumerSpec("billing", self.stream_events.name, self.job_events("*"), 30, 10, batch_size=64)
+
+    @cached_property
+    def bucket_templates(self) -> BucketSpec:
+        return BucketSpec(f"{self.prefix}_templates", history=5, description="saved job parameters (templates)")
+
+    @cached_property
+    def bucket_datasets(self) -> BucketSpec:
+        return BucketSpec(f"{self.prefix}_datasets", history=5, description="datasets and their version list")
+
+    @cached_property
+    def bucket_dataset_versions(self) -> BucketSpec:
+        # key <dataset>.<version>; written with create only: a published version never changes
+        return BucketSpec(f"{self.prefix}_dataset_versions", description="immutable dataset version manifests")
+
+    @cached_property
+    def bucket_accounts(self) -> BucketSpec:
+        return BucketSpec(f"{self.prefix}_accounts", history=5, description="accounts: balance and ledger")
+
+    @property
+    def registry_buckets(self) -> tuple[BucketSpec, ...]:
+        return (self.bucket_templates, self.bucket_datasets, self.bucket_dataset_versions, self.bucket_accounts)
+
+    # ---- scheduler: leader lease of its replicas (the scheduler owns this) -----------------
+    @cached_property
+    def bucket_scheduler(self) -> BucketSpec:
+        # key "leader": {"holder", "term"}, renewed by compare-and-set; see services/scheduler/lease.py
+        return BucketSpec(f"{self.prefix}_scheduler", description="scheduler replicas: the leader lease")
 
 
 def topology_from_settings() -> Topology:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -23,20 +22,14 @@ import structlog
 from faststream.nats import NatsMessage
 
 from services.executor_agent.fingerprint import HostFacts, parse_labels, probe_host
-from services.executor_agent.runner import (
-    Launch,
-    LogSink,
-    Refused,
-    Run,
-    RunKey,
-    free_port,
-    kill_leftovers,
-    plan_launch,
-    preflight,
-    prepare_run_dir,
-)
+from services.executor_agent.inputs import Inputs
+from services.executor_agent.launch import Refused, RunKey
+from services.executor_agent.node import NodeExecutor, Outcome
+from services.executor_agent.runner import LogSink, Run, kill_leftovers
 from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js
+from trainmaster.containers import podman
 from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
+from trainmaster.runtimes import RuntimeSpec
 from trainmaster.service import ServiceContext
 
 # ids go into subjects and folder names: one subject token, no path tricks
@@ -45,6 +38,7 @@ EXIT_FILE = "exit.json"
 REPORTED_FILE = "exit.reported"
 ASSIGN_FILE = "assign.json"
 PID_FILE = "pid"
+CONTAINER_FILE = "container"
 # how long a Cancel is remembered for an Assign that was published before it but handled after
 CANCEL_MEMORY_S = 3600.0
 
@@ -66,6 +60,7 @@ class Agent:
         self.topo = ctx.topo
         self.log = ctx.log
         self.agent_id = ctx.settings.agent_id
+        self.inputs: Inputs | None = None  # issue 3: presets and datasets (inputs.py), set by setup
         self.facts = facts
         self.labels = labels
         # absolute: the children run in their code folder, and paths handed to them must hold there
@@ -73,9 +68,10 @@ class Agent:
         self.started_at = time.time()
         self.runs: dict[RunKey, Run] = {}
         self.watchers: set[asyncio.Task[None]] = set()
-        # job id -> (stream sequence of the Cancel, reason, when)
-        self.cancels: dict[str, tuple[int, str, float]] = {}
+        # job id -> (stream sequence of the Cancel, reason, when, the attempt it stops and earlier: None = all)
+        self.cancels: dict[str, tuple[int, str, float, int | None]] = {}
         self.stopping = False
+        self.executor = NodeExecutor(ctx.settings, self.workdir, ctx.js, ctx.topo, self._publish_log, ctx.log)
 
     # ------------------------------------------------------------------------------ reports
     def report(self, key: RunKey, state: Literal["running", "exited"], exit_code: int | None = None,
@@ -158,76 +154,80 @@ class Agent:
             if self.stopping:
                 # not acked: it is redelivered to this agent once it is back
                 raise RuntimeError("agent is stopping; the assignment will be redelivered")
+            # issue 3: a preset runs as a framework job; dataset sources are staged as their manifest
+            if self.inputs is not None:
+                try:
+                    cmd = await self.inputs.prepare(cmd, run_dir)
+                except Refused as refused:
+                    self.log.warning("assignment refused", reason=refused.reason)
+                    await self.finish_run(key, refused.exit_code, refused.reason)
+                    return
             cancelled = self.cancels.get(cmd.job_id)
-            if cancelled is not None and cancelled[0] > seq:
+            if cancelled is not None and cancelled[0] > seq and (cancelled[3] is None or cmd.attempt <= cancelled[3]):
                 self.log.info("assignment was cancelled before it started", reason=cancelled[1])
                 await self.finish_run(key, 143, f"stopped: {cancelled[1]} (before it started)")
                 return
             await self.start(cmd, key, run_dir, seq)
 
-    def plan(self, cmd: Assign, run_dir: Path) -> Launch:
-        """Write the run folder and plan the launch (synchronous: see ``assign``); may refuse."""
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / ASSIGN_FILE, encode(cmd))
-        launch = plan_launch(cmd, run_dir, python=sys.executable, environ=os.environ,
-                             master_port=free_port(), now=time.time())
-        preflight(launch)
-        try:
-            prepare_run_dir(run_dir, launch)
-        except OSError as exc:
-            raise Refused(f"cannot prepare the run's folders: {exc}") from exc
-        return launch
-
     async def start(self, cmd: Assign, key: RunKey, run_dir: Path, seq: int) -> None:
+        """Plan (synchronously: see ``assign``), then prepare and run in the background: staging
+        data or building a runtime may take far longer than the command's ack wait."""
         try:
-            launch = self.plan(cmd, run_dir)
+            launch, runtime = self.executor.plan(cmd, run_dir, lambda: write_atomic(run_dir / ASSIGN_FILE, encode(cmd)))
         except Refused as refused:
             self.log.warning("assignment refused", reason=refused.reason)
             await self.finish_run(key, refused.exit_code, refused.reason)
             return
-        run = Run(key, launch, self.log, assign_seq=seq)
+        run = Run(key, launch, self.log, assign_seq=seq, containers_conf=self.executor.containers_conf)
         self.runs[key] = run
         try:
-            sink = LogSink(key=key, subject=self.topo.logs(key.job_id, str(key.node)), publish=self._publish_log,
-                           file=launch.log_file, header=launch.header, log=self.log)
+            sink = self.executor.open_sink(cmd, launch)
         except OSError as exc:
             await self.finish_run(key, 2, f"cannot write the log file {launch.log_file}: {exc}")
             return
-        try:
-            await run.start(sink)
-        except OSError as exc:
-            await sink.close(self.settings.publish_timeout_s)
-            await self.finish_run(key, 2, f"cannot start the boot file: {exc}")
-            return
-        assert run.proc is not None
-        # the process group to clean up should this agent die without stopping it
-        (run_dir / PID_FILE).write_text(str(run.proc.pid))
-        # watched from here on, whatever happens to the "running" report below
-        watcher = asyncio.create_task(self.watch(run), name=f"watch-{key.label}")
+        if run.container:
+            # what to remove should this agent die while the container runs (podman outlives it)
+            (run_dir / CONTAINER_FILE).write_text(run.container)
+        watcher = asyncio.create_task(self.watch(run, runtime, sink), name=f"watch-{key.label}")
         self.watchers.add(watcher)
         watcher.add_done_callback(self.watchers.discard)
-        # a failure here raises: the command is redelivered and then only re-sends the report
-        await self.report_running(run)
 
-    async def watch(self, run: Run) -> None:
-        try:
-            code, reason = await run.finish(self.settings.publish_timeout_s)
-        except Exception as exc:
-            self.log.exception("watching the node failed")
-            run.stop("agent error", 0)
-            code, reason = 1, f"the agent failed while watching the node: {type(exc).__name__}: {exc}"
+    def started(self, run: Run) -> None:
+        assert run.proc is not None
+        # the process group to clean up should this agent die without stopping it
+        (run.key.run_dir(self.workdir) / PID_FILE).write_text(str(run.proc.pid))
+        task = asyncio.create_task(self._report_started(run), name=f"running-{run.key.label}")
+        self.watchers.add(task)
+        task.add_done_callback(self.watchers.discard)
+
+    async def _report_started(self, run: Run) -> None:
         try:
             await self.report_running(run)
-        except Exception as exc:  # "exited" below says everything; "running" was only courtesy
+        except Exception as exc:  # sent again before "exited" (see watch)
             self.log.warning("running report not published", error=f"{type(exc).__name__}: {exc}")
-        await self.finish_run(run.key, code, reason)
+
+    async def watch(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink) -> None:
+        try:
+            result = await self.executor.execute(run, runtime, sink, self.started)
+        except Exception as exc:
+            self.log.exception("running the node failed")
+            run.stop("agent error", 0)
+            result = Outcome(1, f"the agent failed while running the node: {type(exc).__name__}: {exc}")
+        if run.proc is not None:
+            try:
+                await self.report_running(run)
+            except Exception as exc:  # "exited" below says everything; "running" was only courtesy
+                self.log.warning("running report not published", error=f"{type(exc).__name__}: {exc}")
+        await self.finish_run(run.key, result.exit_code, result.reason)
 
     def cancel(self, cmd: Cancel, seq: int) -> None:
         now = time.monotonic()
         self.cancels = {job: c for job, c in self.cancels.items() if now - c[2] < CANCEL_MEMORY_S}
-        self.cancels[cmd.job_id] = (seq, cmd.reason, now)
-        # an old Cancel, redelivered, must not stop a later attempt of the job
-        runs = [run for key, run in self.runs.items() if key.job_id == cmd.job_id and run.assign_seq < seq]
+        self.cancels[cmd.job_id] = (seq, cmd.reason, now, cmd.attempt)
+        # an old Cancel, redelivered, must not stop a later attempt of the job; nor one for a superseded
+        # attempt (the scheduler retrying the job) a newer attempt placed here
+        runs = [run for key, run in self.runs.items() if key.job_id == cmd.job_id and run.assign_seq < seq
+                and (cmd.attempt is None or key.attempt <= cmd.attempt)]
         if not runs:
             self.log.info("cancel for a job that does not run here", reason=cmd.reason)
             return
@@ -238,7 +238,8 @@ class Agent:
     def heartbeat(self) -> AgentHeartbeat:
         return AgentHeartbeat(
             agent_id=self.agent_id, host=self.facts.host, pool=self.settings.agent_pool, labels=self.labels,
-            cpus=self.facts.cpus, memory_mb=self.facts.memory_mb, gpus=self.facts.gpus,
+            cpus=self.settings.agent_cpus or self.facts.cpus,
+            memory_mb=self.settings.agent_memory_mb or self.facts.memory_mb, gpus=self.facts.gpus,
             running=sorted(key.label for key in self.runs), sent_at=time.time(), started_at=self.started_at,
         )
 
@@ -273,6 +274,12 @@ class Agent:
                     report = _decode_report((run_dir / EXIT_FILE).read_bytes())
                 elif (run_dir / ASSIGN_FILE).exists():
                     key = RunKey.of(_decode_assign((run_dir / ASSIGN_FILE).read_bytes()))
+                    if (run_dir / CONTAINER_FILE).exists():
+                        # the container runs under conmon, not in the node's process group
+                        name = (run_dir / CONTAINER_FILE).read_text().strip()
+                        code, out = await podman(["rm", "-f", "--ignore", name], self.executor.containers_conf)
+                        self.log.warning("removed the container of a lost node", container=name, code=code,
+                                         output=out[-200:])
                     if (run_dir / PID_FILE).exists():
                         # the death signal reached the boot file only, not what it forked
                         killed = kill_leftovers(int((run_dir / PID_FILE).read_text()), key.job_id)
@@ -308,6 +315,8 @@ async def setup(ctx: ServiceContext) -> None:
     agent = Agent(ctx, facts, parse_labels(ctx.settings.agent_labels))
     ctx.log.info("agent ready", pool=ctx.settings.agent_pool, labels=agent.labels, cpus=facts.cpus,
                  memory_mb=facts.memory_mb, gpus=len(facts.gpus), workdir=str(agent.workdir))
+    # issue 3: presets and dataset manifests (inputs.py)
+    agent.inputs = Inputs(ctx.settings, await ctx.js.key_value(ctx.topo.bucket_dataset_versions.name))
     await agent.reconcile()
     spec = ctx.topo.consumer_agent(agent_id)
     await ensure_consumer(ctx.js, spec)

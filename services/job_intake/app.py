@@ -24,6 +24,7 @@ from services.job_intake.core import (
     request_token,
 )
 from services.job_intake.index import JobIndex
+from services.job_intake.registry import Templates
 from trainmaster.bus import MSG_ID, durable_subscriber, error_reply, publish_js, responder
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import (
@@ -67,6 +68,7 @@ class Intake:
         self.names = names
         self.requests = requests
         self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.templates: Templates | None = None  # issue 3: set by setup
 
     # ------------------------------------------------------------------ accepting a job
     async def accept(self, spec: JobRequest, request_id: str) -> JobRecord:
@@ -89,6 +91,9 @@ class Intake:
         with structlog.contextvars.bound_contextvars(job_id=record.id):
             record = await self.store.create(record)
             self.index.put(record)
+            if spec.save_as is not None and self.templates is not None:
+                # R21: the job's parameters saved as a template (a redelivery saves the same again)
+                await self.templates.save(spec.save_as.name, spec.save_as.description, spec, record.id)
             await publish_js(self.ctx.broker, self.topo.work_validate, encode(WorkItem(record.id)),
                              stream=self.topo.stream_work.name, msg_id=f"{record.id}.validate")
             log.info("job accepted", name=record.name, version=record.version, request_id=request_id)
@@ -247,9 +252,12 @@ class Intake:
 
     async def cancel_nodes(self, record: JobRecord, reason: str) -> None:
         for agent_id in sorted({p.agent_id for p in record.placements}):
+            # the id names the agent: the server dedupes ids per stream, so one id for every agent
+            # would reach only the first
             await publish_js(self.ctx.broker, self.topo.agent_control(agent_id),
-                             encode(Cancel(job_id=record.id, reason=reason)),
-                             stream=self.topo.stream_agent.name, msg_id=f"{record.id}.{record.attempt}.cancel")
+                             encode(Cancel(job_id=record.id, reason=reason, attempt=record.attempt)),
+                             stream=self.topo.stream_agent.name,
+                             msg_id=f"{record.id}.{record.attempt}.{agent_id}.cancel")
 
 
 def _not_found(job_id: str) -> bytes:
@@ -272,3 +280,28 @@ async def setup(ctx: ServiceContext) -> None:
     responder(ctx.broker, topo.jobs("get"), "job-intake", intake.on_get)
     responder(ctx.broker, topo.jobs("list"), "job-intake", intake.on_list)
     responder(ctx.broker, topo.jobs("stop"), "job-intake", intake.on_stop)
+    await setup_issue3(ctx, intake, store)
+
+
+async def setup_issue3(ctx: ServiceContext, intake: Intake, store: JobStore) -> None:
+    """Issue 3: templates, datasets, accounts, algorithms, plan, new versions, billing."""
+    from services.job_intake import datasets, planning, registry
+    from services.job_intake.billing import Biller
+    from trainmaster import accounts
+    from trainmaster.algorithms import load_presets
+    from trainmaster.catalog import load_resources
+    from trainmaster.storage import Storage
+
+    s, topo = ctx.settings, ctx.topo
+    kv = {b.name: await ctx.broker.key_value(b.name, declare=False) for b in topo.registry_buckets}
+    accounts_kv = kv[topo.bucket_accounts.name]
+    await accounts.ensure(accounts_kv, s.default_account, s.default_account_balance, s.currency)
+    intake.templates = registry.Templates(kv[topo.bucket_templates.name], s.max_request_bytes)
+    registry.serve(ctx, intake.templates, registry.Accounts(accounts_kv, s.max_request_bytes, s.currency),
+                   registry.Algorithms(load_presets(s.catalog_dir), s.max_request_bytes))
+    datasets.serve(ctx, datasets.Datasets(kv[topo.bucket_datasets.name], kv[topo.bucket_dataset_versions.name],
+                                          Storage(s), s.max_request_bytes))
+    planning.serve(intake, planning.Planner(intake, accounts_kv))
+    biller = Biller(store, accounts_kv, load_resources(s.catalog_dir), default_account=s.default_account,
+                    currency=s.currency)
+    durable_subscriber(ctx.broker, topo, topo.consumer_billing, biller.on_event)

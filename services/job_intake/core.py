@@ -61,9 +61,10 @@ def decode_as(body: bytes, type_: type[T], max_bytes: int) -> T:
         message = text[: m.start()] if m else text
         code = "unknown_field" if "unknown field" in message else (
             "missing_field" if "missing required field" in message else "invalid_type")
-        named = re.search(r"(?:unknown|missing required) field `([^`]*)`", message)
+        # greedy: a key may itself hold backticks; the message ends with the closing one
+        named = re.search(r"(?:unknown|missing required) field `(.*)`$", message)
         if named:  # the field is the one named in the message, inside the object at the path
-            field = f"{field}.{named.group(1)}" if field != "$" else named.group(1)
+            field = _child_field(field, named.group(1))
         if code == "unknown_field":
             message += "; remove it or check its spelling"
         error = ErrorBody("invalid_request", f"{field}: {message}", [Violation(field, code, message)])
@@ -77,6 +78,14 @@ def decode_as(body: bytes, type_: type[T], max_bytes: int) -> T:
 
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _child_field(parent: str, key: str) -> str:
+    """``parent.key``, or ``parent["key"]`` when the key is no plain name (empty, dots, quotes)."""
+    if _KEY_RE.match(key):
+        return key if parent == "$" else f"{parent}.{key}"
+    quoted = f"[{msgspec.json.encode(key).decode()}]"
+    return quoted if parent == "$" else f"{parent}{quoted}"
 _SEGMENT_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
@@ -115,6 +124,8 @@ def _boot_file(code_dir: str | None, boot_file: str | None) -> str | None:
     boot = _local(boot_file)
     if boot and code_dir and locate(boot).kind == "relative" and locate(code_dir).kind == "local":
         return posixpath.join(code_dir, boot)
+    if boot and code_dir and locate(boot).kind == "relative" and code_dir.lower().startswith("s3://"):
+        return code_dir.rstrip("/") + "/" + boot  # object storage (R2): the validator checks it stays inside
     return boot
 
 
@@ -192,3 +203,52 @@ def select(jobs: Iterable[JobSummary], query: ListRequest) -> tuple[list[JobSumm
     ]
     matching.sort(key=lambda j: (j.created_at, j.id), reverse=True)
     return matching[query.offset : query.offset + query.limit], len(matching)
+
+
+# ------------------------------------------------------------------------------ issue 3: overrides
+def set_path(tree: dict, path: str, value: object) -> None:
+    """``set_path(spec, "parameters.max_iter", 300)``: set a nested key, creating mappings on the way.
+    ``data.0.path`` indexes a list.  Raises ValueError for a path that cannot be followed."""
+    parts = path.split(".")
+    if not path or any(not p for p in parts):
+        raise ValueError(f"override {path!r}: use a dotted path such as parameters.max_iter")
+    node: object = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"override {path!r}: {'.'.join(parts[:i]) or '$'} has no item {part}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = {}
+                    node[part] = child
+                elif not isinstance(child, dict | list):
+                    raise ValueError(f"override {path!r}: {'.'.join(parts[:i + 1])} is not an object")
+                node = child
+        else:
+            raise ValueError(f"override {path!r}: {'.'.join(parts[:i])} is not an object")
+
+
+def with_overrides(spec: JobRequest, overrides: dict[str, object], max_bytes: int) -> JobRequest:
+    """``spec`` with ``overrides`` applied, decoded again: a bad override is a RequestError naming
+    the field, exactly as if the whole request had been sent that way."""
+    tree = msgspec.to_builtins(spec)
+    for path, value in overrides.items():
+        try:
+            set_path(tree, path.strip(), value)
+        except ValueError as exc:
+            raise RequestError(ErrorBody("invalid_request", str(exc),
+                                         [Violation(f"overrides.{path}", "invalid_override", str(exc))])) from None
+    return decode_as(msgspec.json.encode(tree), JobRequest, max_bytes)
+
+
+def without_save_as(spec: JobRequest) -> JobRequest:
+    return msgspec.structs.replace(spec, save_as=None) if spec.save_as is not None else spec

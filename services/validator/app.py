@@ -1,4 +1,6 @@
 """validator service shell: take a job from ``tm.work.validate``, check it, record the verdict.
+Also answers ``tm.validator.check`` (internal request/reply): the same rules on a spec that is
+not a job yet, for ``tm.jobs.plan``.
 
 The verdict is one change with ``change_id="verdict"``, so however often a work item is
 delivered, only one verdict ever lands on a job.  After ``Validated`` the job goes on to the
@@ -7,43 +9,115 @@ scheduler through ``tm.work.schedule`` (``Nats-Msg-Id`` = ``<job_id>.schedule``)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
 from faststream.nats import NatsBroker, NatsMessage
+from nats.js.errors import InvalidKeyError, KeyNotFoundError
 
 from services.validator import facts as facts_adapter
-from services.validator.rules import PathFacts, check, warnings
-from services.validator.subscriptions import check_subscription
-from trainmaster.bus import UNDECODABLE, Handler, Poison, durable_subscriber, publish_js
+from services.validator.model import Facts
+from services.validator.rules import check, warnings
+from trainmaster import accounts
+from trainmaster.bus import UNDECODABLE, Handler, Poison, durable_subscriber, error_reply, publish_js, responder
 from trainmaster.jobstore import JobStore
-from trainmaster.messages import JobRequest, Rejected, Status, Validated, WorkItem, encode
+from trainmaster.messages import (
+    Account,
+    CheckReply,
+    CheckRequest,
+    Dataset,
+    DatasetVersion,
+    JobRequest,
+    Rejected,
+    Status,
+    Validated,
+    WorkItem,
+    encode,
+)
 from trainmaster.service import ServiceContext
+from trainmaster.settings import Settings
 from trainmaster.statemachine import IllegalTransition
+from trainmaster.storage import Storage
 from trainmaster.topology import Topology
 
 log = structlog.get_logger()
 _decode_item = msgspec.json.Decoder(WorkItem).decode
+_decode_check = msgspec.json.Decoder(CheckRequest).decode
 
 VERDICT = "verdict"
 
-Gather = Callable[[JobRequest], PathFacts]
-TopicExists = Callable[[str], Awaitable[bool]]
+Collect = Callable[[JobRequest], Awaitable[Facts]]
 
 
 async def setup(ctx: ServiceContext) -> None:
+    s = ctx.settings
     store = await JobStore(ctx.broker, ctx.topo, source="validator").open()
-    handle = make_handler(store, ctx.broker, ctx.topo, publish_timeout_s=ctx.settings.publish_timeout_s)
+    accounts_kv = await ctx.broker.key_value(ctx.topo.bucket_accounts.name, declare=False)
+    await accounts.ensure(accounts_kv, s.default_account, s.default_account_balance, s.currency)
+    collect = make_collector(ctx.broker, ctx.topo, s)
+    handle = make_handler(store, ctx.broker, ctx.topo, collect, publish_timeout_s=s.publish_timeout_s)
     durable_subscriber(ctx.broker, ctx.topo, ctx.topo.consumer_validator, handle)
+    responder(ctx.broker, ctx.topo.validator_check, "validator", make_checker(collect))
 
 
-def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, *,
-                 gather: Gather = facts_adapter.gather, publish_timeout_s: float = 10.0,
-                 topic_exists: TopicExists | None = None) -> Handler:
-    topic_exists = topic_exists or _topics_bucket_lookup(broker, topo)
+def make_collector(broker: NatsBroker, topo: Topology, settings: Settings) -> Collect:
+    """Facts of a spec: files (local and s3://) and the registries in KV."""
+    storage = Storage(settings)
+    buckets: dict[str, object] = {}
 
+    async def kv(name: str):
+        if name not in buckets:
+            buckets[name] = await broker.key_value(name, declare=False)
+        return buckets[name]
+
+    async def read(bucket: str, key: str, type_: type):
+        try:
+            entry = await (await kv(bucket)).get(key)  # type: ignore[attr-defined]
+        except (KeyNotFoundError, InvalidKeyError):
+            return None
+        return msgspec.json.decode(entry.value, type=type_) if entry.value else None
+
+    async def dataset(name: str) -> Dataset | None:
+        return await read(topo.bucket_datasets.name, name, Dataset)
+
+    async def version(name: str, ver: str) -> DatasetVersion | None:
+        return await read(topo.bucket_dataset_versions.name, f"{name}.{ver}", DatasetVersion)
+
+    async def account(name: str) -> Account | None:
+        return await read(topo.bucket_accounts.name, name, Account)
+
+    async def topic_exists(name: str) -> bool:
+        try:
+            entry = await (await kv(topo.bucket_topics.name)).get(name)  # type: ignore[attr-defined]
+        except (KeyNotFoundError, InvalidKeyError):
+            return False
+        return bool(entry.value)
+
+    lookups = facts_adapter.Lookups(dataset=dataset, version=version, account=account, topic_exists=topic_exists)
+
+    async def collect(spec: JobRequest) -> Facts:
+        return await facts_adapter.collect(spec, storage=storage, lookups=lookups, region=settings.region,
+                                           default_account=settings.default_account,
+                                           catalog_dir=settings.catalog_dir)
+
+    return collect
+
+
+def make_checker(collect: Collect):
+    async def answer(msg: NatsMessage) -> bytes:
+        try:
+            request = _decode_check(msg.body)
+        except UNDECODABLE as exc:
+            return error_reply("invalid_request", f"not a check request: {exc}")
+        facts = await collect(request.spec)
+        return encode(CheckReply(violations=check(request.spec, facts), warnings=warnings(request.spec, facts)))
+
+    return answer
+
+
+def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, collect: Collect, *,
+                 publish_timeout_s: float = 10.0) -> Handler:
     async def schedule(job_id: str) -> None:
         await publish_js(broker, topo.work_schedule, encode(WorkItem(job_id)),
                          stream=topo.stream_work.name, msg_id=f"{job_id}.schedule", timeout=publish_timeout_s)
@@ -69,12 +143,10 @@ def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, *,
             return
 
         spec = record.spec
-        path_facts = await asyncio.to_thread(gather, spec)
-        sub = spec.subscription
-        known = await topic_exists(sub.topic) if sub is not None and sub.topic else None
-        violations = check(spec, path_facts) + check_subscription(spec, known)
+        facts = await collect(spec)
+        violations = check(spec, facts)
         change = (Rejected(change_id=VERDICT, violations=violations) if violations
-                  else Validated(change_id=VERDICT, warnings=warnings(spec, path_facts)))
+                  else Validated(change_id=VERDICT, warnings=warnings(spec, facts)))
         try:
             result = await store.apply(job_id, change)
         except IllegalTransition as exc:
@@ -90,21 +162,3 @@ def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, *,
                      status=result.record.status.value)
 
     return handle
-
-
-def _topics_bucket_lookup(broker: NatsBroker, topo: Topology) -> TopicExists:
-    """Whether a notification topic exists, from the notifier's ``tm_topics`` bucket."""
-    from nats.js.errors import InvalidKeyError, KeyNotFoundError
-
-    bucket: list = []
-
-    async def exists(name: str) -> bool:
-        if not bucket:
-            bucket.append(await broker.key_value(topo.bucket_topics.name, declare=False))
-        try:
-            entry = await bucket[0].get(name)
-        except (KeyNotFoundError, InvalidKeyError):
-            return False
-        return bool(entry.value)
-
-    return exists

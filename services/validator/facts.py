@@ -1,21 +1,41 @@
-"""The validator's filesystem adapter: inspect every local path a job request mentions.
+"""The validator's adapters: everything the rules need to know, gathered as plain data.
 
-Blocking (``os.stat``, ``os.scandir``): the service calls ``gather`` in a worker thread.  The
-result is plain data (``rules.PathFact`` per raw path string) that the pure rules read.
+- ``gather(spec)``: ``os.stat`` of every local path (blocking; run in a worker thread).
+- ``collect(spec, ...)``: all facts (``model.Facts``): local paths, s3:// locations (listing,
+  file counts, names longer than 255 characters, the bucket's region) through ``storage.py``,
+  datasets and versions, the account, the topic, and a scan of a local code directory.  Lookups
+  in the registries come in as async callables, so this module knows no bucket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from services.validator.rules import PathFact, local_paths
-from trainmaster.messages import JobRequest
+from services.validator import codescan
+from services.validator.model import AccountFact, DatasetFact, Facts, PathFact, VersionFact
+from services.validator.rules import is_remote, local_paths, normalise_url, remote_paths
+from trainmaster.algorithms import load_presets
+from trainmaster.catalog import load_engines, load_resources
+from trainmaster.locations import locate
+from trainmaster.messages import Account, Dataset, DatasetVersion, JobRequest
+from trainmaster.storage import Storage, StorageError
+
+NAME_MAX = 255  # R7: longer file names are skipped
 
 
-def gather(spec: JobRequest) -> dict[str, PathFact]:
-    """A ``PathFact`` for every local absolute path in ``spec``, keyed by the raw string."""
-    return {raw: inspect(path) for raw, path in local_paths(spec)}
+def gather(spec: JobRequest, extra: list[str] | None = None) -> dict[str, PathFact]:
+    """A ``PathFact`` for every local absolute path in ``spec`` (and in ``extra``), keyed by the raw string."""
+    found = {raw: inspect(path) for raw, path in local_paths(spec)}
+    for raw in extra or []:
+        loc = locate(raw)
+        if loc.kind == "local" and raw not in found:
+            found[raw] = inspect(loc.path)
+    return found
 
 
 def inspect(path: str) -> PathFact:
@@ -49,3 +69,100 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+def long_name(relative: str) -> bool:
+    return any(len(part) > NAME_MAX for part in relative.split("/"))
+
+
+# ------------------------------------------------------------------------------ everything
+@dataclass
+class Lookups:
+    """Registry lookups (async); each answers None when the thing does not exist."""
+
+    dataset: Callable[[str], Awaitable[Dataset | None]]
+    version: Callable[[str, str], Awaitable[DatasetVersion | None]]
+    account: Callable[[str], Awaitable[Account | None]]
+    topic_exists: Callable[[str], Awaitable[bool]]
+
+
+async def inspect_remote(storage: Storage, raw: str, regions: dict[str, str | None], *,
+                         listing: bool = True) -> PathFact:
+    url = normalise_url(raw)
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    if bucket not in regions:
+        try:
+            regions[bucket] = await storage.bucket_region(url)
+        except StorageError:
+            regions[bucket] = None  # the listing below says what is wrong
+    region = regions[bucket]
+    if not listing:
+        return PathFact(remote=True, real=url, region=region)
+    try:
+        files = await storage.list(url)
+        single = None if files else await storage.stat(url)
+    except StorageError as exc:
+        return PathFact(remote=True, real=url, region=region, error=str(exc).split(": ", 1)[-1])
+    if single is not None:
+        return PathFact(exists=True, is_file=True, readable=True, remote=True, real=url, region=region, files=1,
+                        long_names=int(long_name(single.relative)))
+    return PathFact(exists=bool(files), is_dir=bool(files), readable=bool(files), has_entries=bool(files),
+                    remote=True, real=url, region=region, files=len(files),
+                    long_names=sum(1 for f in files if long_name(f.relative)))
+
+
+def catalogs(catalog_dir: Path | None) -> dict:
+    """The catalogs of ``TM_CATALOG_DIR`` (each file that is missing there: the shipped one)."""
+    def pick(file: str) -> Path | None:
+        return catalog_dir if catalog_dir is not None and (catalog_dir / file).exists() else None
+
+    return {"engines": load_engines(pick("engines.yaml")), "resources": load_resources(pick("resources.yaml")),
+            "presets": load_presets(pick("presets.yaml"))}
+
+
+async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups | None,
+                  region: str | None, default_account: str = "default", catalog_dir: Path | None = None) -> Facts:
+    """Every fact the rules read about ``spec`` (see module doc)."""
+    datasets: dict[str, DatasetFact] | None = None
+    dataset_locations: list[str] = []
+    account: AccountFact | None = None
+    topic_exists: bool | None = None
+    if lookups is not None:
+        datasets = {}
+        for source in spec.data:
+            if not source.dataset or source.dataset in datasets:
+                continue
+            dataset = await lookups.dataset(source.dataset)
+            if dataset is None:
+                continue
+            versions: dict[str, VersionFact] = {}
+            for other in spec.data:
+                if other.dataset == dataset.name and other.version and other.version not in versions:
+                    manifest = await lookups.version(dataset.name, other.version)
+                    if manifest is not None:
+                        versions[other.version] = VersionFact(
+                            len(manifest.files), sum(1 for f in manifest.files if long_name(f.path)))
+            datasets[dataset.name] = DatasetFact(dataset.location, versions)
+            dataset_locations.append(dataset.location)
+        name = getattr(spec, "account", None) or default_account
+        found = await lookups.account(name)
+        account = AccountFact(name, found is not None, found.balance if found else 0.0,
+                              found.currency if found else "")
+        if spec.subscription is not None and spec.subscription.topic:
+            topic_exists = await lookups.topic_exists(spec.subscription.topic)
+
+    paths = await asyncio.to_thread(gather, spec, dataset_locations)
+    if storage is not None:
+        regions: dict[str, str | None] = {}
+        for raw in remote_paths(spec):
+            paths[raw] = await inspect_remote(storage, raw, regions)
+        for raw in dataset_locations:
+            if is_remote(raw) and raw not in paths:
+                paths[raw] = await inspect_remote(storage, raw, regions, listing=False)
+
+    code = None
+    algo = spec.algorithm
+    if algo.source in ("framework", "custom") and algo.code_dir and locate(algo.code_dir).kind == "local":
+        code = await asyncio.to_thread(codescan.scan, locate(algo.code_dir).path)
+    return Facts(paths=paths, datasets=datasets, account=account, topic_exists=topic_exists,
+                 region=region if storage is not None else None, code=code, **catalogs(catalog_dir))

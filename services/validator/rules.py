@@ -10,41 +10,35 @@ fix it.  The codes are part of the public contract: see README.md.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 
+# the facts model lives in model.py; re-exported here because the rules and their tests read it
+from services.validator.model import MISSING, Facts, PathFact, PathFacts, as_facts
 from trainmaster.locations import locate
 from trainmaster.messages import JobRequest, Violation
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BAD_VALUE_CHARS = ("\x00", "\n", "\r")
 
 BILLING_MODES = ("on-demand",)
-SUPPORTED_SOURCES = ("framework",)
-LATER_SOURCES = ("preset", "custom")
+SOURCES = ("framework", "preset", "custom")
+REMOTE_SCHEMES = ("s3",)  # object storage the service reads and writes (S3-compatible: AWS, OBS, MinIO)
 
 
-# ------------------------------------------------------------------------- the facts
-@dataclass(frozen=True)
-class PathFact:
-    """What the filesystem said about one local path when the facts were gathered."""
-
-    exists: bool = False
-    is_dir: bool = False
-    is_file: bool = False
-    readable: bool = False
-    real: str = ""  # os.path.realpath of the path (symlinks and ``..`` resolved)
-    has_entries: bool = False  # a directory with at least one entry
-    error: str | None = None  # why the path could not be inspected (e.g. permission denied)
+def is_remote(raw: str) -> bool:
+    loc = locate(raw)
+    return loc.kind == "remote" and loc.path in REMOTE_SCHEMES
 
 
-PathFacts = Mapping[str, PathFact]
-MISSING = PathFact()
-
-
+def normalise_url(raw: str) -> str:
+    """``s3://b/a/../c//d/`` -> ``s3://b/c/d``: how overlap and containment of URLs are compared."""
+    scheme, _, rest = raw.partition("://")
+    bucket, _, key = rest.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+    return f"{scheme.lower()}://{bucket}/{key}".rstrip("/") if key else f"{scheme.lower()}://{bucket}"
 
 
 def local_paths(spec: JobRequest) -> list[tuple[str, str]]:
@@ -57,12 +51,21 @@ def local_paths(spec: JobRequest) -> list[tuple[str, str]]:
     return out
 
 
+def remote_paths(spec: JobRequest) -> list[str]:
+    """Every ``s3://`` location in ``spec`` (raw strings, once each): what ``facts`` lists."""
+    out: list[str] = []
+    for _field, raw in _locations(spec):
+        if is_remote(raw) and raw not in out:
+            out.append(raw)
+    return out
+
+
 def _locations(spec: JobRequest) -> Iterator[tuple[str, str]]:
     for i, source in enumerate(spec.data or []):
         if source.path:
             yield f"data[{i}].path", source.path
     algo = spec.algorithm
-    if algo is not None and algo.source == "framework":
+    if algo is not None and algo.source in ("framework", "custom"):
         if algo.code_dir:
             yield "algorithm.code_dir", algo.code_dir
         if algo.boot_file:
@@ -81,31 +84,42 @@ def is_within(child: str, parent: str) -> bool:
 
 
 # ------------------------------------------------------------------------- the rules
-def check(spec: JobRequest, facts: PathFacts) -> list[Violation]:
+def check(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
     """Every violation of ``spec``, in a stable order (empty: the job may run)."""
+    from services.validator import catalog_rules
+    from services.validator.subscriptions import check_subscription
+
+    facts = as_facts(facts)
     out: list[Violation] = []
     out += _check_basics(spec)
     data_real = _check_data(spec, facts, out)
-    _check_algorithm(spec, facts, out)
-    _check_output(spec, facts, data_real, out)
-    _check_log(spec, facts, data_real, out)
+    _check_algorithm(spec, facts.paths, out)
+    _check_output(spec, facts.paths, data_real, out)
+    _check_log(spec, facts.paths, data_real, out)
     out += _check_parameters(spec)
     out += _check_resources(spec)
+    out += catalog_rules.check(spec, facts)
+    out += check_subscription(spec, facts.topic_exists)
     return out
 
 
-def warnings(spec: JobRequest, facts: PathFacts) -> list[Violation]:
+def warnings(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
     """Things that do not stop the job but that the user should know about."""
+    from services.validator import catalog_rules
+
+    facts = as_facts(facts)
     out: list[Violation] = []
     if spec.output_path:
         loc = locate(spec.output_path)
-        fact = facts.get(spec.output_path, MISSING)
-        if loc.kind == "local" and fact.exists and fact.is_dir and fact.has_entries:
+        fact = facts.paths.get(spec.output_path, MISSING)
+        if (loc.kind == "local" or fact.remote) and fact.exists and fact.has_entries:
+            where = "directory" if loc.kind == "local" else "location"
             out.append(Violation(
                 "output_path", "output_not_empty",
-                f"output directory {loc.path} is not empty: files the job writes may overwrite or mix with "
-                "what is there; an empty directory is recommended",
+                f"output {where} {loc.path if loc.kind == 'local' else spec.output_path} is not empty: files the "
+                "job writes may overwrite or mix with what is there; an empty directory is recommended",
             ))
+    out += catalog_rules.warnings(spec, facts)
     return out
 
 
@@ -126,12 +140,20 @@ def _check_basics(spec: JobRequest) -> list[Violation]:
     return out
 
 
-def _check_data(spec: JobRequest, facts: PathFacts, out: list[Violation]) -> list[tuple[str, str]]:
-    """Check the data sources; return ``(field, resolved path)`` of the local ones."""
+def _check_data(spec: JobRequest, facts: Facts, out: list[Violation]) -> list[tuple[str, str]]:
+    """Check the data sources; return ``(field, resolved location)`` of each (for overlap checks)."""
     resolved: list[tuple[str, str]] = []
     if not spec.data:
-        out.append(_required("data", "at least one data source (a 'path' to the training data)"))
+        out.append(_required("data", "at least one data source: a 'path' (local or s3://) or a 'dataset' "
+                                     "with its 'version'"))
         return resolved
+    paths = [s for s in spec.data if s.path]
+    if len(paths) > 1 and spec.algorithm.source != "framework":
+        out.append(Violation(
+            "data", "several_data_paths",
+            f"{len(paths)} data paths are given, but only the 'framework' algorithm source takes several data "
+            f"paths (R11); a {spec.algorithm.source} job takes one path, or several datasets",
+        ))
     for i, source in enumerate(spec.data):
         here = f"data[{i}]"
         if source.path and source.dataset:
@@ -140,24 +162,31 @@ def _check_data(spec: JobRequest, facts: PathFacts, out: list[Violation]) -> lis
                 f"data source {i} names both a path and a dataset: give one of them per data source",
             ))
         if source.dataset:
-            out.append(Violation(
-                f"{here}.dataset", "unsupported_source",
-                "dataset sources come in a later release: give the 'path' of the data directory instead",
-            ))
+            if not source.version:
+                out.append(_required(f"{here}.version", f"the version of dataset {source.dataset!r} to train on "
+                                     "(trainmaster dataset show NAME lists them)"))
+            dataset = (facts.datasets or {}).get(source.dataset)
+            if dataset is not None:
+                fact = facts.paths.get(dataset.location, MISSING)
+                resolved.append((f"{here}.dataset", fact.real or _plain(dataset.location)))
+        elif source.version:
+            out.append(Violation(f"{here}.version", "version_without_dataset",
+                                 f"data source {i} gives a version but no dataset: name the dataset too"))
         elif not source.path:
-            out.append(_required(here, "a 'path' to the training data"))
-        if not source.path:
+            out.append(_required(here, "a 'path' to the training data or a 'dataset' with its 'version'"))
+        if not source.path or source.dataset:
             continue
         field = f"{here}.path"
-        path = _local(field, source.path, "data", out)
+        path = _usable(field, source.path, "data", out)
         if path is None:
             continue
-        fact = facts.get(source.path, MISSING)
+        fact = facts.paths.get(source.path, MISSING)
         resolved.append((field, fact.real or path))
         if not fact.exists:
+            what = "has no objects" if fact.remote else "does not exist"
             out.append(Violation(
                 field, "data_path_not_found",
-                f"data path {path} does not exist{_because(fact)}: give an existing file or directory",
+                f"data path {path} {what}{_because(fact)}: give an existing file or directory",
             ))
         elif not fact.readable:
             out.append(Violation(
@@ -168,29 +197,36 @@ def _check_data(spec: JobRequest, facts: PathFacts, out: list[Violation]) -> lis
     return resolved
 
 
+def _plain(location: str) -> str:
+    return normalise_url(location) if is_remote(location) else locate(location).path or location
+
+
 def _check_algorithm(spec: JobRequest, facts: PathFacts, out: list[Violation]) -> None:
     algo = spec.algorithm
-    if algo.source in LATER_SOURCES:
+    if algo.source not in SOURCES:
         out.append(Violation(
             "algorithm.source", "unsupported_source",
-            f"algorithm source {algo.source!r} comes in a later release: use source 'framework' "
-            "with an engine, a code directory and a boot file",
+            f"algorithm source {algo.source!r} is unknown: use 'framework' (engine, code directory, boot file), "
+            "'preset' (a built-in algorithm) or 'custom' (a container image)",
         ))
         return
-    if algo.source not in SUPPORTED_SOURCES:
-        out.append(Violation(
-            "algorithm.source", "unsupported_source",
-            f"algorithm source {algo.source!r} is unknown: use 'framework'",
-        ))
-        return
-    if not algo.engine:
+    if algo.source == "preset":
+        return  # the preset's name and parameters are checked against the catalog (catalog_rules)
+    if algo.source == "custom":
+        if not algo.image:
+            out.append(_required("algorithm.image", "the container image to run, e.g. registry.example.com/me/"
+                                 "trainer:1.0"))
+        if not algo.code_dir and not algo.boot_file:
+            return  # the image carries its code
+    elif not algo.engine:
         out.append(_required("algorithm.engine", "the AI engine the code is written for (e.g. scikit-learn)"))
     code_dir = boot = None
     code_fact = boot_fact = MISSING
     if not algo.code_dir:
-        out.append(_required("algorithm.code_dir", "the directory that holds the training code"))
+        if algo.source == "framework":
+            out.append(_required("algorithm.code_dir", "the directory that holds the training code"))
     else:
-        code_dir = _local("algorithm.code_dir", algo.code_dir, "code directory", out)
+        code_dir = _usable("algorithm.code_dir", algo.code_dir, "code directory", out)
         if code_dir is not None:
             code_fact = facts.get(algo.code_dir, MISSING)
             if not code_fact.exists:
@@ -208,9 +244,10 @@ def _check_algorithm(spec: JobRequest, facts: PathFacts, out: list[Violation]) -
                 ))
                 code_dir = None
     if not algo.boot_file:
-        out.append(_required("algorithm.boot_file", "the boot file: the script in the code directory to run"))
+        if algo.source == "framework":
+            out.append(_required("algorithm.boot_file", "the boot file: the script in the code directory to run"))
     else:
-        boot = _local("algorithm.boot_file", algo.boot_file, "boot file", out)
+        boot = _usable("algorithm.boot_file", algo.boot_file, "boot file", out)
         if boot is not None:
             boot_fact = facts.get(algo.boot_file, MISSING)
             if not boot_fact.exists:
@@ -242,7 +279,7 @@ def _check_output(spec: JobRequest, facts: PathFacts, data_real: list[tuple[str,
     if not spec.output_path:
         out.append(_required("output_path", "the training output location (an empty directory is best)"))
         return
-    path = _local("output_path", spec.output_path, "output location", out)
+    path = _usable("output_path", spec.output_path, "output location", out)
     if path is None:
         return
     fact = facts.get(spec.output_path, MISSING)
@@ -273,7 +310,7 @@ def _check_log(spec: JobRequest, facts: PathFacts, data_real: list[tuple[str, st
     if not spec.log_path:
         out.append(_required("log_path", "the directory where the job's log files are stored"))
         return
-    path = _local("log_path", spec.log_path, "log path", out)
+    path = _usable("log_path", spec.log_path, "log path", out)
     if path is None:
         return
     fact = facts.get(spec.log_path, MISSING)
@@ -329,27 +366,34 @@ def _because(fact: PathFact) -> str:
     return f" ({fact.error})" if fact.error else ""
 
 
-def _local(field: str, raw: str, what: str, out: list[Violation]) -> str | None:
-    """The local path of ``raw``, or None after recording why it is not usable."""
+def _usable(field: str, raw: str, what: str, out: list[Violation]) -> str | None:
+    """The local path (or normalised s3:// URL) of ``raw``, or None after recording why it is not usable."""
     loc = locate(raw)
     if loc.kind == "local":
         return loc.path
+    if is_remote(raw):
+        s3 = normalise_url(raw)
+        if not s3.split("://", 1)[1].split("/", 1)[0]:
+            out.append(Violation(field, "invalid_path", f"{what} {raw!r} names no bucket: use s3://bucket/prefix"))
+            return None
+        return s3
     if loc.kind == "relative":
         out.append(Violation(
             field, "relative_path",
-            f"{what} {raw!r} is a relative path: give an absolute path ('/...' or 'file:///...'); "
-            "the CLI resolves relative paths for you",
+            f"{what} {raw!r} is a relative path: give an absolute path ('/...' or 'file:///...') or an "
+            "s3://bucket/prefix URL; the CLI resolves relative paths for you",
         ))
     elif loc.kind == "remote":
         out.append(Violation(
             field, "unsupported_storage",
-            f"{what} {raw!r} uses '{loc.path}://' storage, which comes in a later release: "
-            "give a local path ('/...' or 'file:///...') for now",
+            f"{what} {raw!r} uses '{loc.path}://' storage, which the service does not read: give a local path "
+            "('/...' or 'file:///...') or s3://bucket/prefix (OBS, MinIO and AWS are all reached as s3://, "
+            "with the endpoint in TM_S3_ENDPOINT_URL)",
         ))
     else:
         out.append(Violation(
             field, "invalid_path",
             f"{what} {raw!r} is not a usable path: give an absolute local path ('/...' or 'file:///...') "
-            "without NUL characters or a host name",
+            "without NUL characters or a host name, or s3://bucket/prefix",
         ))
     return None

@@ -13,43 +13,32 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
-from faststream.nats import NatsBroker
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-
-from trainmaster.bus import provision, publish_js
-from trainmaster.messages import (
-    AgentHeartbeat,
-    Algorithm,
-    Assign,
-    Cancel,
-    DataSource,
-    JobRequest,
-    NodeReport,
-    encode,
+from agent_harness import (
+    AGENT_ID,
+    IRIS,
+    STOP_GRACE_S,
+    TOPO,
+    AgentProcess,
+    Bus,
+    alive,
+    assign,
+    open_bus,
+    script_job,
+    start_agent,
 )
+
+from trainmaster.bus import publish_js
+from trainmaster.messages import Algorithm, Assign, Cancel, DataSource, JobRequest
 from trainmaster.natsd import NatsServer
-from trainmaster.topology import Topology
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-IRIS = REPO / "examples" / "sklearn-iris"
-AGENT_ID = "it-agent"
-STOP_GRACE_S = 2.0
-TOPO = Topology()
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -61,43 +50,6 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
     server.stop()
 
 
-@dataclass
-class AgentProcess:
-    proc: subprocess.Popen[bytes]
-    log_file: Path
-    data_dir: Path
-
-    def output(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def start_agent(nats_url: str, tmp_path: Path, name: str = "agent") -> AgentProcess:
-    data_dir = tmp_path / "data"
-    log_file = tmp_path / f"{name}.log"
-    env = {
-        **os.environ,
-        "TM_NATS_URL": nats_url,
-        "TM_AGENT_ID": AGENT_ID,
-        "TM_DATA_DIR": str(data_dir),
-        "TM_HEARTBEAT_INTERVAL_S": "0.5",
-        "TM_STOP_GRACE_S": str(STOP_GRACE_S),
-    }
-    with log_file.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.executor_agent"], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    return AgentProcess(proc, log_file, data_dir)
-
-
 @pytest.fixture
 def agent(nats_url: str, tmp_path: Path) -> Iterator[AgentProcess]:
     handle = start_agent(nats_url, tmp_path)
@@ -105,122 +57,10 @@ def agent(nats_url: str, tmp_path: Path) -> Iterator[AgentProcess]:
     handle.terminate()
 
 
-@dataclass
-class Bus:
-    """The scheduler's side of the agent protocol."""
-
-    nc: Client
-    js: JetStreamContext
-    broker: NatsBroker
-    heartbeats: list[AgentHeartbeat] = field(default_factory=list)
-    reports: list[NodeReport] = field(default_factory=list)
-
-    async def send(self, command: Assign | Cancel) -> None:
-        await publish_js(self.broker, TOPO.agent_control(AGENT_ID), encode(command), stream=TOPO.stream_agent.name)
-
-    async def report(self, job_id: str, state: str, timeout_s: float = 30.0) -> NodeReport:
-        """The first report of ``job_id`` in ``state``, read through the scheduler's consumer.
-        Reports read while looking for another one are kept for later calls."""
-        deadline = time.monotonic() + timeout_s
-        sub = await self.js.pull_subscribe_bind(durable=TOPO.consumer_scheduler_status.durable,
-                                                stream=TOPO.stream_agent.name)
-        try:
-            while True:
-                for report in self.reports:
-                    if report.job_id == job_id and report.state == state:
-                        self.reports.remove(report)
-                        return report
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no {state!r} report for {job_id} within {timeout_s}s")
-                try:
-                    messages = await sub.fetch(10, timeout=0.5)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                for msg in messages:
-                    await msg.ack()
-                    self.reports.append(msgspec.json.decode(msg.data, type=NodeReport))
-        finally:
-            await sub.unsubscribe()
-
-    async def log_lines(self, job_id: str, until: str, timeout_s: float = 30.0, count: int = 0) -> list[Msg]:
-        """The log messages of node 0 up to the first one containing ``until`` (and at least ``count``)."""
-        sub = await self.js.subscribe(TOPO.logs(job_id, "0"), ordered_consumer=True)
-        lines: list[Msg] = []
-        seen_until = False
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    msg = await sub.next_msg(timeout=timeout_s)
-                    lines.append(msg)
-                    if until in msg.data.decode():
-                        seen_until = True
-                    if seen_until and len(lines) >= count:
-                        return lines
-        finally:
-            await sub.unsubscribe()
-
-    async def heartbeat_with(self, label: str | None, timeout_s: float = 10.0) -> AgentHeartbeat:
-        """A heartbeat sent from now on whose running list has ``label`` (or is empty: None)."""
-        seen = len(self.heartbeats)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for hb in self.heartbeats[seen:]:
-                if (label in hb.running) if label else not hb.running:
-                    return hb
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no heartbeat with running={label!r} within {timeout_s}s")
-
-
 @pytest.fixture
 async def bus(nats_url: str, agent: AgentProcess) -> AsyncIterator[Bus]:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await provision(js, TOPO)  # what the services do at start; idempotent
-    broker = NatsBroker(nats_url)
-    await broker.connect()
-    bus = Bus(nc, js, broker)
-
-    async def on_heartbeat(msg: Msg) -> None:
-        bus.heartbeats.append(msgspec.json.decode(msg.data, type=AgentHeartbeat))
-
-    await nc.subscribe(TOPO.agent_heartbeat(AGENT_ID), cb=on_heartbeat)
-    try:
-        await bus.heartbeat_with(None, timeout_s=30)  # the agent is up
-    except AssertionError:
-        pytest.fail(f"agent did not come up:\n{agent.output()}")
-    yield bus
-    await broker.stop()
-    await nc.close()
-
-
-# ------------------------------------------------------------------------------ helpers
-def assign(job_id: str, spec: JobRequest, attempt: int = 1) -> Assign:
-    return Assign(job_id=job_id, attempt=attempt, node=0, node_count=1, spec=spec, name="t", version="V001")
-
-
-def script_job(tmp_path: Path, body: str, **kwargs: object) -> JobRequest:
-    """A framework job whose boot file is ``body``, with an empty data folder."""
-    code = tmp_path / "code"
-    code.mkdir(exist_ok=True)
-    (code / "main.py").write_text(textwrap.dedent(body))
-    data = tmp_path / "input"
-    data.mkdir(exist_ok=True)
-    fields: dict[str, object] = {
-        "name": "t", "data": [DataSource(path=str(data))],
-        "algorithm": Algorithm(source="framework", engine="scikit-learn", code_dir=str(code), boot_file="main.py"),
-        "output_path": str(tmp_path / "out"), "log_path": str(tmp_path / "logs"),
-    }
-    return JobRequest(**{**fields, **kwargs})  # type: ignore[arg-type]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is gone for our purposes (its parent, the script, has not reaped it)
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "State:\tZ" in status.read_text())
+    async with open_bus(nats_url, agent) as connected:
+        yield connected
 
 
 # Sleeps in a child it forks (so the test sees the whole process group stopped); prints the
@@ -342,16 +182,27 @@ async def test_failing_script_reports_its_exit_code_and_last_error(bus: Bus, tmp
 
 
 async def test_what_the_agent_cannot_run_is_reported_with_a_reason(bus: Bus, tmp_path: Path) -> None:
+    preset = JobRequest(name="t", algorithm=Algorithm(source="preset", preset="x"), output_path=str(tmp_path))
+    await bus.send(assign("job-preset", preset))
+    exited = await bus.report("job-preset", "exited")
+    assert exited.exit_code == 2 and "preset" in (exited.reason or ""), exited.reason  # an unknown preset
+
     custom = JobRequest(name="t", algorithm=Algorithm(source="custom", image="x:1"), output_path=str(tmp_path))
     await bus.send(assign("job-custom", custom))
     exited = await bus.report("job-custom", "exited")
-    assert exited.exit_code == 2
-    assert exited.reason == "algorithm source custom is not supported by this agent yet"
+    assert (exited.exit_code, exited.reason) == (2, "a custom-image job needs algorithm.image and algorithm.command")
 
+    unknown = script_job(tmp_path, "print('never')\n")
+    unknown = msgspec.structs.replace(unknown, algorithm=msgspec.structs.replace(unknown.algorithm, engine="nope"))
+    await bus.send(assign("job-engine", unknown))
+    exited = await bus.report("job-engine", "exited")
+    assert (exited.exit_code, exited.reason) == (2, "algorithm.engine 'nope' is not in this agent's engine catalog")
+
+    # s3:// is staged; this agent has no S3 endpoint configured that answers: a clear failure, not a hang
     s3 = script_job(tmp_path, "print('never')\n", data=[DataSource(path="s3://bucket/iris")])
     await bus.send(assign("job-s3", s3))
-    exited = await bus.report("job-s3", "exited")
-    assert exited.exit_code == 2 and "s3://" in (exited.reason or "")
+    exited = await bus.report("job-s3", "exited", timeout_s=60)
+    assert exited.exit_code in (1, 2) and "staging data[0] s3://bucket/iris failed" in (exited.reason or "")
 
     missing = script_job(tmp_path, "print('never')\n", data=[DataSource(path=str(tmp_path / "nope"))])
     await bus.send(assign("job-missing", missing))

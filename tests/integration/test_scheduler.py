@@ -1,16 +1,15 @@
-"""The scheduler as a real process (with job-intake and the validator) and a fake agent played by
-the test: it heartbeats on ``agent_heartbeat(id)``, pulls its commands from ``agent_control(id)``
-through its own durable consumer, and reports on ``agent_status(id)``.
+"""The scheduler as a real process (with job-intake and the validator) and fake agents played by
+the test (``scheduler_fixtures.FakeAgent``): heartbeats on ``agent_heartbeat(id)``, commands pulled
+from ``agent_control(id)`` through the agent's own durable consumer, reports on ``agent_status(id)``.
 
-Each test uses its own resource pool and agent id, so the tests share one stack and never place
-on each other's agents."""
+Each test uses its own resource pool of the test catalog (``t00``, ``t01``, ...) and its own
+agents, so the tests share one stack and never place on each other's agents.  The stack runs with
+``TM_AGENT_TIMEOUT_S=2``: an agent silent for 2 s is lost."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-import uuid
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,78 +17,28 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeoutError
+from scheduler_fixtures import TEST_POOLS, FakeAgent, pending_job, write_test_catalog
 from support import ServiceProcess, Services, assert_error, eventually, iris_job, read_stream, request_json
 
 from services.scheduler.app import TICK_S  # the placement loop runs at least this often
-from trainmaster.bus import ERROR_HEADER, ensure_consumer
-from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
+from trainmaster.bus import ERROR_HEADER
+from trainmaster.messages import Assign, Cancel, JobRequest
 from trainmaster.topology import Topology
 
 pytestmark = pytest.mark.integration
 
 TOPO = Topology()
-_decode_command = msgspec.json.Decoder(AgentCommand).decode
-
-
-class FakeAgent:
-    def __init__(self, nc: NATS, pool: str) -> None:
-        self.nc = nc
-        self.js = nc.jetstream()
-        self.agent_id = f"fake-{uuid.uuid4().hex[:8]}"
-        self.pool = pool
-        self.started_at = time.time()
-        self._beating: asyncio.Task | None = None
-        self._sub = None
-
-    def heartbeat(self) -> AgentHeartbeat:
-        return AgentHeartbeat(agent_id=self.agent_id, host=f"host-{self.agent_id}", pool=self.pool, labels={},
-                              cpus=4, memory_mb=8192, gpus=[], running=[], sent_at=time.time(),
-                              started_at=self.started_at)
-
-    async def start_heartbeats(self, interval_s: float = 0.5) -> None:
-        async def beat() -> None:
-            while True:
-                await self.nc.publish(TOPO.agent_heartbeat(self.agent_id), encode(self.heartbeat()))
-                await asyncio.sleep(interval_s)
-
-        self._beating = asyncio.create_task(beat())
-
-    async def stop(self) -> None:
-        if self._beating:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
-
-    async def command(self, timeout_s: float = 15.0) -> Assign | Cancel:
-        """The next command for this agent, acknowledged (as the real agent does)."""
-        if self._sub is None:
-            spec = TOPO.consumer_agent(self.agent_id)
-            await ensure_consumer(self.js, spec)
-            self._sub = await self.js.pull_subscribe_bind(spec.durable, stream=spec.stream)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                [msg] = await self._sub.fetch(1, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            await msg.ack()
-            assert msg.subject == TOPO.agent_control(self.agent_id)
-            return _decode_command(msg.data)
-        raise AssertionError(f"no command for {self.agent_id} within {timeout_s}s")
-
-    async def report(self, job_id: str, attempt: int, state: str, exit_code: int | None = None,
-                     reason: str | None = None, node: int = 0) -> None:
-        report = NodeReport(agent_id=self.agent_id, job_id=job_id, attempt=attempt, node=node, state=state,
-                            exit_code=exit_code, reason=reason)
-        await self.js.publish(TOPO.agent_status(self.agent_id), encode(report), stream=TOPO.stream_agent.name,
-                              headers={"Nats-Msg-Id": f"{job_id}.a{attempt}.n{node}.{state}"})
+AGENT_TIMEOUT_S = 2.0
+_pools = iter(TEST_POOLS)
 
 
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def stack(module_nats_server: str, module_services: Services) -> dict[str, ServiceProcess]:
-    started = module_services.start(module_nats_server, "job_intake", "validator", "scheduler")
+def stack(module_nats_server: str, module_services: Services,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, ServiceProcess]:
+    catalog = write_test_catalog(tmp_path_factory.mktemp("catalog"))
+    env = {"TM_CATALOG_DIR": str(catalog), "TM_AGENT_TIMEOUT_S": str(AGENT_TIMEOUT_S)}
+    started = module_services.start(module_nats_server, "job_intake", "validator", "scheduler", env=env)
     return {svc.module: svc for svc in started}
 
 
@@ -106,17 +55,37 @@ async def client(module_nats_server: str, stack: dict[str, ServiceProcess]) -> A
 
 
 @pytest.fixture
-async def agent(client: NATS) -> AsyncIterator[FakeAgent]:
-    fake = FakeAgent(client, pool=f"pool-{uuid.uuid4().hex[:6]}")
+async def pool() -> str:
+    return next(_pools)
+
+
+@pytest.fixture
+async def agent(client: NATS, pool: str) -> AsyncIterator[FakeAgent]:
+    fake = FakeAgent(client, pool=pool)
     yield fake
     await fake.stop()
 
 
-async def create(nc: NATS, work: Path, pool: str, name: str | None = None) -> dict:
-    spec = iris_job(work, name or f"sched-{uuid.uuid4().hex[:6]}", resources={"pool": pool, "node_count": 1})
-    job = await request_json(nc, TOPO.jobs("create"), spec)
-    assert job.get("status") == "Pending", job
-    return job
+@pytest.fixture
+async def agents(client: NATS, pool: str) -> AsyncIterator[list[FakeAgent]]:
+    """Two more agents of the test's pool, each with room for one node of flavor small."""
+    fakes = [FakeAgent(client, pool=pool, cpus=1, memory_mb=1024) for _ in range(2)]
+    yield fakes
+    for fake in fakes:
+        await fake.stop()
+
+
+_names = itertools.count()
+
+
+async def create(nc: NATS, work: Path, pool: str, name: str | None = None, *, node_count: int = 1,
+                 flavor: str | None = None, **fields) -> dict:
+    """A valid job (the sample's spec), Pending as the validator leaves it; read back through intake
+    (the scheduler may have moved it on already)."""
+    name = name or f"sched-{next(_names)}"
+    spec = msgspec.convert({**iris_job(work, name), **fields}, JobRequest)
+    job_id = await pending_job(nc, pool, spec=spec, node_count=node_count, flavor=flavor)
+    return await get(nc, job_id)
 
 
 async def get(nc: NATS, job_id: str) -> dict:
@@ -129,6 +98,11 @@ async def status_becomes(nc: NATS, job_id: str, status: str, timeout_s: float = 
         return record if record["status"] == status else None
 
     return await eventually(check, timeout_s, what=f"job {job_id} to be {status}")
+
+
+def ending(record: dict) -> dict:
+    """The history entry that ended the job (later entries, e.g. billing, leave the status as is)."""
+    return next(e for e in record["history"] if e["status"] in ("Succeeded", "Failed", "Stopped"))
 
 
 async def consumed(nc: NATS, stream: str, durable: str) -> None:
@@ -224,7 +198,7 @@ async def test_stopping_a_running_job_cancels_it_on_its_agent(client: NATS, agen
 
     await agent.report(job["id"], command.attempt, "exited", exit_code=143, reason="stopped: enough")
     record = await status_becomes(client, job["id"], "Stopped")
-    assert record["history"][-1]["reason"] == "enough"
+    assert ending(record)["reason"] == "enough"
 
 
 async def test_bad_reports_and_heartbeats_do_not_stop_the_scheduler(
@@ -247,3 +221,151 @@ async def test_bad_reports_and_heartbeats_do_not_stop_the_scheduler(
     job, command = await placed(agent, client, work)  # and it still places and applies reports
     await agent.report(job["id"], command.attempt, "exited", exit_code=0)
     await status_becomes(client, job["id"], "Succeeded")
+
+
+# ------------------------------------------------------------------------------ flavors, GPUs, never fits
+async def test_a_job_that_can_never_fit_fails_with_the_reason(client: NATS, agent: FakeAgent, work: Path) -> None:
+    await agent.start_heartbeats()  # 4 CPUs, 8 GiB, no GPU
+    await eventually(lambda: request_json(client, TOPO.agents_list, b"{}"), what="agents list")
+    cases = [
+        ({"node_count": 2, "flavor": "large"}, f"pool '{agent.pool}' can hold at most 1 nodes of flavor large"),
+        ({"flavor": "h100"}, f"no agent of pool '{agent.pool}' has H100 GPU"),
+        ({"flavor": "huge"}, f"pool '{agent.pool}' has no flavor 'huge'"),
+    ]
+    jobs = [(await create(client, work, agent.pool, **kw), why) for kw, why in cases]
+    jobs.append(({"id": await pending_job(client, "nowhere")}, "no resource pool 'nowhere'"))
+    for job, why in jobs:
+        record = await status_becomes(client, job["id"], "Failed")
+        assert why in record["failure_reason"], record["failure_reason"]
+    # a job that fits the same agent still runs
+    fits = await create(client, work, agent.pool, flavor="large")
+    command = await agent.command()
+    assert isinstance(command, Assign) and command.job_id == fits["id"]
+
+
+async def test_a_gpu_flavor_goes_to_an_agent_with_that_gpu_model(client: NATS, pool: str, work: Path) -> None:
+    t4 = FakeAgent(client, pool, cpus=8, memory_mb=16384, gpus=("Tesla T4",))
+    h100 = FakeAgent(client, pool, cpus=8, memory_mb=16384, gpus=("NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3"))
+    try:
+        for fake in (t4, h100):
+            await fake.start_heartbeats()
+        job = await create(client, work, pool, flavor="h100")
+        command = await h100.command()
+        assert isinstance(command, Assign) and command.job_id == job["id"]
+        record = await status_becomes(client, job["id"], "Scheduled")
+        assert record["placements"][0]["agent_id"] == h100.agent_id
+    finally:
+        await t4.stop()
+        await h100.stop()
+
+
+# ------------------------------------------------------------------------------ gangs and stop
+async def test_stopping_a_two_node_job_reaches_both_agents(
+    client: NATS, agents: list[FakeAgent], work: Path
+) -> None:
+    for fake in agents:
+        await fake.start_heartbeats()
+    job = await create(client, work, agents[0].pool, node_count=2)  # one node per agent: they hold one each
+    assigns = [await fake.command() for fake in agents]
+    assert sorted(a.node for a in assigns) == [0, 1] and {a.job_id for a in assigns} == {job["id"]}
+    for fake, assign in zip(agents, assigns, strict=True):
+        await fake.report(job["id"], 1, "running", node=assign.node)
+    await status_becomes(client, job["id"], "Running")
+
+    reply = await request_json(client, TOPO.jobs("stop"), {"id": job["id"], "reason": "enough"})
+    assert reply["status"] == "Stopping"
+    cancels = [await fake.command() for fake in agents]
+    assert all(isinstance(c, Cancel) and c.job_id == job["id"] and c.attempt == 1 for c in cancels), cancels
+    for fake, assign in zip(agents, assigns, strict=True):
+        await fake.report(job["id"], 1, "exited", exit_code=143, reason="stopped: enough", node=assign.node)
+    record = await status_becomes(client, job["id"], "Stopped")
+    assert ending(record)["reason"] == "enough"
+
+
+# ------------------------------------------------------------------------------ retries, lost agents, timeouts
+async def test_a_lost_agent_restarts_the_job_elsewhere_and_its_late_report_is_ignored(
+    client: NATS, agents: list[FakeAgent], work: Path
+) -> None:
+    first, second = agents
+    await first.start_heartbeats()
+    job = await create(client, work, first.pool, retry={"max_retries": 1})
+    assign = await first.command()
+    assert isinstance(assign, Assign) and assign.attempt == 1
+    await first.report(job["id"], 1, "running")
+    await status_becomes(client, job["id"], "Running")
+
+    await second.start_heartbeats()
+    await first.stop()  # the host dies: silent from now on
+    retry = await second.command(timeout_s=AGENT_TIMEOUT_S + TICK_S + 10)
+    assert isinstance(retry, Assign) and (retry.job_id, retry.attempt) == (job["id"], 2)
+    record = await get(client, job["id"])
+    lost = next(e for e in record["history"] if e["change"] == "agent_lost")
+    assert lost["status"] == "Pending"
+    assert lost["reason"] == f"agent {first.agent_id} lost (node 0); retrying (retry 1 of 1)"
+    listed = await request_json(client, TOPO.agents_list, b"{}")
+    assert first.agent_id in listed["lost"]
+    # the lost agent is told to stop attempt 1 (it reads it if it comes back)
+    cancel = await first.command()
+    assert isinstance(cancel, Cancel) and (cancel.job_id, cancel.attempt) == (job["id"], 1)
+
+    # attempt 1 reports late (the host was only cut off): ignored
+    await first.report(job["id"], 1, "exited", exit_code=0)
+    await second.report(job["id"], 2, "running")
+    await status_becomes(client, job["id"], "Running")
+    await consumed(client, TOPO.consumer_scheduler_status.stream, TOPO.consumer_scheduler_status.durable)
+    await second.report(job["id"], 2, "exited", exit_code=0)
+    record = await status_becomes(client, job["id"], "Succeeded")
+    assert record["attempt"] == 2 and record["placements"][0]["agent_id"] == second.agent_id
+    assert [e["status"] for e in record["history"][:ending(record)["seq"] + 1]] == [
+        "Initializing", "Pending", "Scheduled", "Running", "Pending", "Scheduled", "Running", "Succeeded"]
+
+
+async def test_a_lost_agent_without_retries_fails_the_job(client: NATS, agent: FakeAgent, work: Path) -> None:
+    job, command = await placed(agent, client, work)
+    await agent.report(job["id"], command.attempt, "running")
+    await status_becomes(client, job["id"], "Running")
+    await agent.stop()
+    record = await status_becomes(client, job["id"], "Failed", timeout_s=AGENT_TIMEOUT_S + TICK_S + 10)
+    assert record["failure_reason"] == f"agent {agent.agent_id} lost (node 0)"
+
+
+async def test_retryable_exit_codes_retry_until_the_retries_are_used_up(
+    client: NATS, agent: FakeAgent, work: Path
+) -> None:
+    await agent.start_heartbeats()
+    job = await create(client, work, agent.pool, retry={"max_retries": 1, "retry_exit_codes": [137]})
+    for attempt in (1, 2):
+        assign = await agent.command()
+        assert isinstance(assign, Assign) and (assign.job_id, assign.attempt) == (job["id"], attempt)
+        await agent.report(job["id"], attempt, "running")
+        await agent.report(job["id"], attempt, "exited", exit_code=137, reason="killed: out of memory")
+    record = await status_becomes(client, job["id"], "Failed")
+    assert record["failure_reason"] == "killed: out of memory; no retries left (2 attempts)"
+    assert record["exit_code"] == 137 and record["attempt"] == 2
+
+    # a code outside the retryable class fails at once, retries or not
+    other = await create(client, work, agent.pool, retry={"max_retries": 3})
+    assign = await agent.command()
+    assert isinstance(assign, Assign) and assign.job_id == other["id"]
+    await agent.report(other["id"], 1, "exited", exit_code=127, reason="command not found")
+    record = await status_becomes(client, other["id"], "Failed")
+    assert (record["attempt"], record["failure_reason"]) == (1, "command not found")
+
+
+async def test_a_job_past_its_max_run_time_is_cancelled_and_fails(client: NATS, agent: FakeAgent, work: Path) -> None:
+    await agent.start_heartbeats()
+    job = await create(client, work, agent.pool, max_run_time_s=1.0, retry={"max_retries": 2})
+    assign = await agent.command()
+    assert isinstance(assign, Assign)
+    await agent.report(job["id"], 1, "running")
+    await status_becomes(client, job["id"], "Running")
+    cancel = await agent.command(timeout_s=1.0 + TICK_S + 10)
+    assert isinstance(cancel, Cancel) and (cancel.job_id, cancel.attempt) == (job["id"], 1)
+    record = await get(client, job["id"])
+    assert record["status"] == "Stopping"
+    await agent.report(job["id"], 1, "exited", exit_code=143, reason="stopped: timed out")
+    record = await status_becomes(client, job["id"], "Failed")
+    assert record["failure_reason"] == "timed out: ran longer than max_run_time_s (1 s)"
+    assert record["attempt"] == 1, "a timeout is not retried"
+    events = await read_stream(client, TOPO.job_events(job["id"]), until=lambda e: e["data"]["status"] == "Failed")
+    assert [e["type"] for _, e in events][-2:] == ["tm.job.stopping", "tm.job.failed"]

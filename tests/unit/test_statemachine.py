@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainmaster.messages import (
+    AgentLost,
     HistoryEntry,
     JobRecord,
     JobRequest,
@@ -21,8 +22,10 @@ from trainmaster.messages import (
     Rejected,
     Requeued,
     Resources,
+    RetryPolicy,
     Status,
     StopRequested,
+    TimedOut,
     Validated,
     Violation,
 )
@@ -42,8 +45,8 @@ T0 = 1_700_000_000.0
 
 
 # ------------------------------------------------------------------------- helpers
-def fresh(nodes: int = 1) -> JobRecord:
-    spec = JobRequest(name="iris", resources=Resources(node_count=nodes))
+def fresh(nodes: int = 1, retry: RetryPolicy | None = None) -> JobRecord:
+    spec = JobRequest(name="iris", resources=Resources(node_count=nodes), retry=retry or RetryPolicy())
     return new_record(job_id="job-1", name="iris", version="V001", spec=spec, request_id="req-1", now=T0)
 
 
@@ -64,9 +67,9 @@ def placements(nodes: int) -> list[Placement]:
     return [Placement(node=i, agent_id=f"agent-{i}", host=f"host-{i}") for i in range(nodes)]
 
 
-def record_in(status: Status, nodes: int = 1) -> JobRecord:
+def record_in(status: Status, nodes: int = 1, retry: RetryPolicy | None = None) -> JobRecord:
     """A record that reached ``status`` through legal transitions."""
-    d = Driver(fresh(nodes))
+    d = Driver(fresh(nodes, retry))
     if status == S.INITIALIZING:
         return d.record
     if status == S.FAILED:
@@ -108,6 +111,8 @@ CHANGES = {
     "node_exited_fail": lambda r: NodeExited("c", attempt=r.attempt, node=0, exit_code=3),
     "stop_requested": lambda r: StopRequested("c", reason="user"),
     "requeued": lambda r: Requeued("c", reason="agent lost"),
+    "agent_lost": lambda r: AgentLost("c", attempt=r.attempt, agent_id="agent-0"),
+    "timed_out": lambda r: TimedOut("c", attempt=r.attempt, limit_s=60),
 }
 
 ILLEGAL, STALE = "illegal", "stale"
@@ -117,33 +122,33 @@ EXPECTED: dict[Status, dict[str, Status | str]] = {
     S.INITIALIZING: {
         "validated": S.PENDING, "rejected": S.FAILED, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": STALE, "node_exited_ok": STALE, "node_exited_fail": STALE,
-        "stop_requested": S.STOPPED, "requeued": ILLEGAL,
+        "stop_requested": S.STOPPED, "requeued": ILLEGAL, "agent_lost": STALE, "timed_out": STALE,
     },
     S.PENDING: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": S.SCHEDULED, "placement_impossible": S.FAILED,
         "node_running": STALE, "node_exited_ok": STALE, "node_exited_fail": STALE,
-        "stop_requested": S.STOPPED, "requeued": ILLEGAL,
+        "stop_requested": S.STOPPED, "requeued": ILLEGAL, "agent_lost": STALE, "timed_out": STALE,
     },
     S.SCHEDULED: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": S.RUNNING, "node_exited_ok": S.SUCCEEDED, "node_exited_fail": S.FAILED,
-        "stop_requested": S.STOPPING, "requeued": S.PENDING,
+        "stop_requested": S.STOPPING, "requeued": S.PENDING, "agent_lost": S.FAILED, "timed_out": S.STOPPING,
     },
     S.RUNNING: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": S.RUNNING, "node_exited_ok": S.SUCCEEDED, "node_exited_fail": S.FAILED,
-        "stop_requested": S.STOPPING, "requeued": S.PENDING,
+        "stop_requested": S.STOPPING, "requeued": S.PENDING, "agent_lost": S.FAILED, "timed_out": S.STOPPING,
     },
     S.STOPPING: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": S.STOPPING, "node_exited_ok": S.STOPPED, "node_exited_fail": S.STOPPED,
-        "stop_requested": STALE, "requeued": ILLEGAL,
+        "stop_requested": STALE, "requeued": ILLEGAL, "agent_lost": S.STOPPED, "timed_out": STALE,
     },
     **{
         terminal: {
             "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
             "node_running": STALE, "node_exited_ok": STALE, "node_exited_fail": STALE,
-            "stop_requested": ILLEGAL, "requeued": ILLEGAL,
+            "stop_requested": ILLEGAL, "requeued": ILLEGAL, "agent_lost": STALE, "timed_out": STALE,
         }
         for terminal in (S.SUCCEEDED, S.FAILED, S.STOPPED)
     },
@@ -157,7 +162,7 @@ def test_table_covers_every_status_and_change_kind():
     assert all(set(row) == set(CHANGES) for row in EXPECTED.values())
     kinds = {change_kind(make(fresh())) for make in CHANGES.values()}
     assert kinds == {"validated", "rejected", "placed", "placement_impossible", "node_running",
-                     "node_exited", "stop_requested", "requeued"}
+                     "node_exited", "stop_requested", "requeued", "agent_lost", "timed_out"}
 
 
 # ------------------------------------------------------------------------- the table
@@ -507,6 +512,8 @@ def _change_for(status: Status, attempt: int, count: int, plausible: bool) -> st
     ]
     stop = st.builds(StopRequested, change_ids, reason=reasons)
     requeue = st.builds(Requeued, change_ids, reason=reasons)
+    lost = st.builds(AgentLost, change_ids, attempt=attempts, agent_id=st.sampled_from(["a0", "a1", "a9"]))
+    timeout = st.builds(TimedOut, change_ids, attempt=attempts, limit_s=st.just(60.0))
     verdicts = [st.builds(Validated, change_ids, warnings=some_warnings),
                 st.builds(Rejected, change_ids, violations=some_violations)]
     placement = st.builds(
@@ -515,19 +522,22 @@ def _change_for(status: Status, attempt: int, count: int, plausible: bool) -> st
         change_ids, next_attempt, placed_nodes)
     impossible = st.builds(PlacementImpossible, change_ids, reason=reasons)
     if not plausible or status.terminal:
-        return st.one_of(*verdicts, placement, impossible, *reports, stop, requeue)
+        return st.one_of(*verdicts, placement, impossible, *reports, stop, requeue, lost, timeout)
     if status == S.INITIALIZING:
         return weighted((6, verdicts[0]), (1, verdicts[1]), (1, stop))
     if status == S.PENDING:
         return weighted((6, placement), (1, impossible), (1, stop))
     # Scheduled, Running, Stopping: mostly node reports
-    return weighted((6, reports[0]), (6, reports[1]), (1, stop), (1, requeue))
+    return weighted((6, reports[0]), (6, reports[1]), (1, stop), (1, requeue), (1, lost), (1, timeout))
 
 
 @settings(max_examples=300, deadline=None)
-@given(node_count=st.integers(min_value=1, max_value=3), data=st.data())
-def test_random_change_sequences_keep_the_invariants(node_count, data):
-    record = fresh(node_count)
+@given(node_count=st.integers(min_value=1, max_value=3), data=st.data(),
+       retry=st.builds(RetryPolicy, max_retries=st.integers(0, 2),
+                       retry_exit_codes=st.lists(st.sampled_from([1, 137, 143]), max_size=2),
+                       retry_on_agent_lost=st.booleans()))
+def test_random_change_sequences_keep_the_invariants(node_count, data, retry):
+    record = fresh(node_count, retry)
     now = T0
     steps = data.draw(st.integers(min_value=1, max_value=50), label="steps")
     for _ in range(steps):
@@ -565,4 +575,114 @@ def test_random_change_sequences_keep_the_invariants(node_count, data):
         if updated.status == S.PENDING and record.status != S.INITIALIZING:
             assert updated.nodes == [] and updated.placements == []
         assert updated.attempt >= record.attempt
+        # automatic retries (a retryable exit, a lost agent) never exceed the policy's budget
+        retries = [e for prev, e in zip(updated.history, updated.history[1:], strict=False)
+                   if e.status == S.PENDING and prev.status in (S.SCHEDULED, S.RUNNING)
+                   and e.change in ("node_exited", "agent_lost")]
+        assert len(retries) <= retry.max_retries
+        if updated.status == S.PENDING and entry.change in ("node_exited", "agent_lost"):
+            assert "retrying (retry" in (entry.reason or "")
+        if updated.status == S.FAILED and record.status == S.STOPPING:
+            assert any(e.change == "timed_out" for e in updated.history)
         record = updated
+
+
+# ------------------------------------------------------------------------- retries, lost agents, timeouts
+RETRY_1 = RetryPolicy(max_retries=1)
+
+
+@pytest.mark.parametrize("status", [S.SCHEDULED, S.RUNNING])
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda r: NodeExited("e", attempt=r.attempt, node=0, exit_code=137), S.PENDING),
+    (lambda r: NodeExited("e", attempt=r.attempt, node=0, exit_code=143), S.PENDING),
+    (lambda r: NodeExited("e", attempt=r.attempt, node=0, exit_code=1), S.FAILED),
+    (lambda r: NodeExited("e", attempt=r.attempt, node=0, exit_code=2), S.FAILED),
+    (lambda r: NodeExited("e", attempt=r.attempt, node=0, exit_code=126), S.FAILED),
+    (lambda r: NodeExited("e", attempt=r.attempt, node=0, exit_code=127), S.FAILED),
+    (lambda r: AgentLost("l", attempt=r.attempt, agent_id="agent-0"), S.PENDING),
+], ids=["137", "143", "1", "2", "126", "127", "agent-lost"])
+def test_retryable_failures_requeue_while_retries_are_left(status, change, expected):
+    record = record_in(status, retry=RETRY_1)
+    after = transition(record, change(record), T0 + 100)
+    assert after.status == expected
+    if expected == S.PENDING:
+        assert after.nodes == [] and after.placements == [] and after.failure_reason is None
+        assert after.history[-1].reason.endswith("retrying (retry 1 of 1)")
+        assert event_type(after, after.history[-1]) == "tm.job.pending"
+    else:
+        assert after.failure_reason and "retr" not in after.failure_reason
+
+
+def test_a_retry_is_a_new_attempt_and_the_old_attempt_is_fenced_off():
+    d = Driver(record_in(S.RUNNING, nodes=2, retry=RetryPolicy(max_retries=2)))
+    d(AgentLost("lost-a1", attempt=1, agent_id="agent-1"))
+    assert d.record.status == S.PENDING and d.record.attempt == 1
+    assert d.record.history[-1].reason == "agent agent-1 lost (node 1); retrying (retry 1 of 2)"
+    d(Placed("p2", attempt=2, placements=placements(2)))
+    # the late report of attempt 1 (the surviving node, or the lost agent coming back) is ignored
+    for late in (NodeExited("late", attempt=1, node=0, exit_code=0), NodeRunning("late-r", attempt=1, node=1),
+                 AgentLost("lost-again", attempt=1, agent_id="agent-1")):
+        with pytest.raises(StaleChange):
+            transition(d.record, late, d.now + 1)
+    d(NodeRunning("r0", attempt=2, node=0))
+    d(NodeExited("oom", attempt=2, node=1, exit_code=137, reason="killed: out of memory"))
+    assert d.record.status == S.PENDING
+    assert d.record.history[-1].reason == "killed: out of memory; retrying (retry 2 of 2)"
+    d(Placed("p3", attempt=3, placements=placements(2)))
+    d(NodeExited("oom3", attempt=3, node=0, exit_code=137))
+    assert d.record.status == S.FAILED and d.record.exit_code == 137
+    assert d.record.failure_reason == "node 0 exited with code 137; no retries left (3 attempts)"
+
+
+def test_agent_lost_without_retries_fails_with_the_reason():
+    d = Driver(record_in(S.RUNNING, nodes=3))
+    d(AgentLost("l", attempt=1, agent_id="agent-2"))
+    assert d.record.status == S.FAILED and d.record.failure_reason == "agent agent-2 lost (node 2)"
+    assert d.record.exit_code is None
+
+
+def test_agent_lost_is_not_retried_when_the_policy_says_so():
+    record = record_in(S.RUNNING, retry=RetryPolicy(max_retries=3, retry_on_agent_lost=False))
+    after = transition(record, AgentLost("l", attempt=1, agent_id="agent-0"), T0 + 100)
+    assert after.status == S.FAILED and after.failure_reason == "agent agent-0 lost (node 0)"
+
+
+def test_agent_lost_for_an_agent_without_live_nodes_is_stale():
+    d = Driver(record_in(S.RUNNING, nodes=2, retry=RETRY_1))
+    with pytest.raises(StaleChange):
+        transition(d.record, AgentLost("l", attempt=1, agent_id="agent-7"), d.now + 1)
+    d(NodeExited("e1", attempt=1, node=1, exit_code=0))
+    with pytest.raises(StaleChange):  # its node ended before: nothing was lost
+        transition(d.record, AgentLost("l", attempt=1, agent_id="agent-1"), d.now + 1)
+
+
+def test_a_lost_agent_while_stopping_counts_its_nodes_as_stopped():
+    d = Driver(record_in(S.RUNNING, nodes=2, retry=RETRY_1))
+    d(StopRequested("stop", reason="user"))
+    d(AgentLost("l", attempt=1, agent_id="agent-0"))
+    assert d.record.status == S.STOPPING and [n.state for n in d.record.nodes] == ["exited", "running"]
+    d(NodeExited("e1", attempt=1, node=1, exit_code=143))
+    assert d.record.status == S.STOPPED and d.record.history[-1].reason == "user"
+
+
+@pytest.mark.parametrize("status", [S.SCHEDULED, S.RUNNING])
+def test_a_timeout_stops_every_node_then_fails(status):
+    d = Driver(record_in(status, nodes=2, retry=RetryPolicy(max_retries=5)))
+    d(TimedOut("t", attempt=1, limit_s=90))
+    assert d.record.status == S.STOPPING
+    assert d.record.failure_reason == "timed out: ran longer than max_run_time_s (90 s)"
+    with pytest.raises(StaleChange):  # a user's stop now changes nothing
+        transition(d.record, StopRequested("stop", reason="user"), d.now + 1)
+    d(NodeExited("e0", attempt=1, node=0, exit_code=143))
+    assert d.record.status == S.STOPPING
+    d(NodeExited("e1", attempt=1, node=1, exit_code=137))  # a timeout is never retried
+    assert d.record.status == S.FAILED
+    assert d.record.history[-1].reason == "timed out: ran longer than max_run_time_s (90 s)"
+    assert [event_type(d.record, e) for e in d.record.history[-3:]] == [
+        "tm.job.stopping", "tm.job.node_exited", "tm.job.failed"]
+
+
+def test_a_timeout_of_another_attempt_is_stale():
+    record = record_in(S.RUNNING)
+    with pytest.raises(StaleChange):
+        transition(record, TimedOut("t", attempt=0, limit_s=5), T0 + 100)

@@ -166,18 +166,18 @@ CASES: list[tuple[str, Callable[[Tree], JobRequest], str, str]] = [
     ("name-too-long", lambda t: t.spec(name="a" * 65), "name", "invalid_name"),
     ("billing-yearly", lambda t: t.spec(billing_mode="yearly"), "billing_mode", "unsupported_billing_mode"),
     # -- sources for a later release
-    ("dataset-source", lambda t: t.spec(data=[DataSource(dataset="mnist", version="v1")]),
-     "data[0].dataset", "unsupported_source"),
+    ("dataset-without-version", lambda t: t.spec(data=[DataSource(dataset="mnist")]), "data[0].version", "required"),
+    ("version-without-dataset", lambda t: t.spec(data=[DataSource(path=str(t.data), version="V001")]),
+     "data[0].version", "version_without_dataset"),
     ("path-and-dataset", lambda t: t.spec(data=[DataSource(path=str(t.data), dataset="mnist")]),
      "data[0]", "ambiguous_source"),
-    ("preset-algorithm", lambda t: t.spec(algorithm=Algorithm(source="preset", preset="resnet50")),
-     "algorithm.source", "unsupported_source"),
-    ("custom-image", lambda t: t.spec(algorithm=Algorithm(source="custom", image="me/trainer:1")),
-     "algorithm.source", "unsupported_source"),
+    ("preset-unknown", lambda t: t.spec(algorithm=Algorithm(source="preset", preset="resnet50")),
+     "algorithm.preset", "unknown_preset"),
+    ("custom-without-image", lambda t: t.spec(algorithm=Algorithm(source="custom")), "algorithm.image", "required"),
     ("unknown-source", lambda t: t.spec(algorithm=t.algo(source="magic")), "algorithm.source", "unsupported_source"),
     # -- location forms
-    ("data-s3", lambda t: t.spec(data=[DataSource(path=str(t.data)), DataSource(path="s3://bucket/iris/")]),
-     "data[1].path", "unsupported_storage"),
+    ("data-s3-unlisted", lambda t: t.spec(data=[DataSource(path=str(t.data)), DataSource(path="s3://bucket/iris/")]),
+     "data[1].path", "data_path_not_found"),
     ("data-obs", lambda t: t.spec(data=[DataSource(path="obs://bucket/iris")]), "data[0].path", "unsupported_storage"),
     ("data-relative", lambda t: t.spec(data=[DataSource(path="data/iris")]), "data[0].path", "relative_path"),
     ("data-dot-relative", lambda t: t.spec(data=[DataSource(path="./data")]), "data[0].path", "relative_path"),
@@ -189,9 +189,11 @@ CASES: list[tuple[str, Callable[[Tree], JobRequest], str, str]] = [
     ("code-dir-relative", lambda t: t.spec(algorithm=t.algo(code_dir="code")), "algorithm.code_dir", "relative_path"),
     ("boot-relative", lambda t: t.spec(algorithm=t.algo(boot_file="train.py")), "algorithm.boot_file",
      "relative_path"),
-    ("code-dir-s3", lambda t: t.spec(algorithm=t.algo(code_dir="s3://b/code", boot_file="s3://b/code/train.py")),
-     "algorithm.code_dir", "unsupported_storage"),
-    ("output-s3", lambda t: t.spec(output_path="s3://bucket/out"), "output_path", "unsupported_storage"),
+    ("code-dir-s3-unlisted", lambda t: t.spec(algorithm=t.algo(code_dir="s3://b/code",
+                                                                boot_file="s3://b/code/train.py")),
+     "algorithm.code_dir", "code_dir_not_found"),
+    ("output-obs", lambda t: t.spec(output_path="obs://bucket/out"), "output_path", "unsupported_storage"),
+    ("output-s3-no-bucket", lambda t: t.spec(output_path="s3:///out"), "output_path", "invalid_path"),
     ("output-relative", lambda t: t.spec(output_path="out"), "output_path", "relative_path"),
     ("log-https", lambda t: t.spec(log_path="https://logs.example.com/x"), "log_path", "unsupported_storage"),
     ("log-relative", lambda t: t.spec(log_path="../logs"), "log_path", "relative_path"),
@@ -301,16 +303,15 @@ def test_a_data_path_that_cannot_be_inspected_says_why():
     assert "permission denied" in found[0].message
 
 
-def test_dataset_sources_are_not_pretended_to_be_supported(tree):
-    violations = run(tree.spec(data=[DataSource(dataset="mnist", version="v2")]))
-    (v,) = [v for v in violations if v.field == "data[0].dataset"]
-    assert "later release" in v.message
+def test_a_dataset_source_needs_no_local_facts(tree):
+    # whether the dataset and version exist is the registry's fact (see test_catalog_rules)
+    assert run(tree.spec(data=[DataSource(dataset="mnist", version="V002")])) == []
 
 
-def test_s3_is_reported_as_a_later_release(tree):
-    (v,) = run(tree.spec(output_path="s3://bucket/out"))
+def test_other_storage_schemes_point_to_s3(tree):
+    (v,) = run(tree.spec(output_path="obs://bucket/out"))
     assert (v.field, v.code) == ("output_path", "unsupported_storage")
-    assert "later release" in v.message and "s3://" in v.message
+    assert "s3://" in v.message
 
 
 def test_relative_path_message_says_to_give_an_absolute_path(tree):
@@ -336,14 +337,14 @@ def test_every_violation_comes_back_at_once(tree):
                             boot_file=f"{tree.code}/../elsewhere/evil.py"),
         parameters={"ok": 1, "9lives": 2, "msg": "two\nlines"},
         output_path=None,
-        log_path="s3://bucket/logs",
+        log_path="obs://bucket/logs",
         resources=Resources(node_count=0),
     )
     assert pairs(run(spec)) == {
         ("name", "invalid_name"),
         ("billing_mode", "unsupported_billing_mode"),
         ("data[0].path", "relative_path"),
-        ("data[1].dataset", "unsupported_source"),
+        ("data[1].version", "required"),
         ("data[2]", "required"),
         ("data[3].path", "data_path_not_found"),
         ("algorithm.engine", "required"),

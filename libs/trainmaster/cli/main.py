@@ -25,6 +25,21 @@ app.add_typer(agent_app, name="agent")
 from trainmaster.cli.topics import topic_app  # noqa: E402
 
 app.add_typer(topic_app, name="topic")
+# issue 3: datasets, templates, accounts, preset algorithms (cli/registry.py)
+from trainmaster.cli.registry import (  # noqa: E402
+    account_app,
+    algorithm_app,
+    confirm_plan,
+    dataset_app,
+    parse_overrides,
+    show_plan,
+    template_app,
+)
+
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(template_app, name="template")
+app.add_typer(account_app, name="account")
+app.add_typer(algorithm_app, name="algorithm")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SAMPLE_JOB = REPO_ROOT / "examples" / "sklearn-iris" / "job.yaml"
@@ -206,16 +221,31 @@ def provision_cmd(nats_url: NatsOpt = None) -> None:
 # ----------------------------------------------------------------------------------- jobs
 @job_app.command("create")
 def job_create(
-    file: Annotated[Path, typer.Option("--file", "-f", help="job file, YAML or JSON")],
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="job file, YAML or JSON")] = None,
+    template: Annotated[str | None, typer.Option(help="start from saved job parameters (a template)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: key.path=value")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="create without showing the plan and asking")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="show status and logs until the job ends")] = False,
     request_id: Annotated[str | None, typer.Option(help="idempotency key: a retry creates no second job")] = None,
     nats_url: NatsOpt = None,
 ) -> None:
-    """Create a job from a file; with --follow, stay until it ends (exit 0 only if it succeeded)."""
+    """Create a job from a file or a template: shows the normalised spec, warnings and the price per
+    hour, and asks to confirm (unless --yes).  With --follow, stay until it ends (exit 0 only if it
+    succeeded)."""
+    if (file is None) == (template is None):
+        err_console.print("[red]error[/red]: give exactly one of --file FILE or --template NAME")
+        raise typer.Exit(2)
+
     async def go() -> int:
-        spec = apply_overrides(load_job_file(file), set_ or [])
         async with _client(nats_url) as client:
+            if template is not None:
+                spec = (await client.registry.call("templates", "get", {"name": template}))["spec"]
+            else:
+                assert file is not None
+                spec = load_job_file(file)
+            spec = apply_overrides(spec, set_ or [])
+            if not yes and not confirm_plan(await client.plan(spec), yes):
+                return 1
             job = await client.create(spec, request_id)
             console.print(f"created {job['name']} {job['version']}: {job['id']} ({status(job['status'])})")
             if not follow:
@@ -223,6 +253,52 @@ def job_create(
             final = await follow_job(client, job["id"])
             console.print(f"{final['name']} {final['version']} {status(final['status'])}"
                           + (f": {final['failure_reason']}" if final.get("failure_reason") else ""))
+            return 0 if final["status"] == "Succeeded" else 1
+
+    _run(go)
+
+
+@job_app.command("plan")
+def job_plan(
+    file: Annotated[Path, typer.Option("--file", "-f", help="job file, YAML or JSON")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: key.path=value")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Dry run: the normalised spec, every problem and warning, the price per hour; creates nothing."""
+    async def go() -> int:
+        spec = apply_overrides(load_job_file(file), set_ or [])
+        async with _client(nats_url) as client:
+            plan = await client.plan(spec)
+        if as_json:
+            print(json.dumps(plan, indent=2))
+        else:
+            show_plan(plan)
+        return 0 if plan["valid"] else 1
+
+    _run(go)
+
+
+@job_app.command("new-version")
+def job_new_version(
+    name: str,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="change a field: key.path=value")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="create without showing the plan and asking")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="show status and logs until the job ends")] = False,
+    nats_url: NatsOpt = None,
+) -> None:
+    """The next version of job NAME: the latest version's parameters with the --set changes."""
+    async def go() -> int:
+        overrides = parse_overrides(set_ or [])
+        async with _client(nats_url) as client:
+            if not yes and not confirm_plan(await client.new_version(name, overrides, dry_run=True), yes):
+                return 1
+            job = await client.new_version(name, overrides)
+            console.print(f"created {job['name']} {job['version']}: {job['id']} ({status(job['status'])})")
+            if not follow:
+                return 0
+            final = await follow_job(client, job["id"])
+            console.print(f"{final['name']} {final['version']} {status(final['status'])}")
             return 0 if final["status"] == "Succeeded" else 1
 
     _run(go)

@@ -59,7 +59,9 @@ def job_details(job: dict[str, Any]) -> None:
     console.print(f"  data: {', '.join(sources) or '-'}")
     params = " ".join(f"--{k}={v}" for k, v in spec["parameters"].items())
     console.print(f"  parameters: {params or '-'}")
-    console.print(f"  resources: pool {spec['resources']['pool']}, {spec['resources']['node_count']} node(s)")
+    res = spec["resources"]
+    console.print(f"  resources: pool {res['pool']}, flavor {res.get('flavor') or '(default)'}, "
+                  f"{res['node_count']} node(s); account {spec.get('account', 'default')}")
     console.print(f"  output: {spec.get('output_path')}")
     console.print(f"  logs:   {spec.get('log_path')}")
     for p in job.get("placements", []):
@@ -72,6 +74,10 @@ def job_details(job: dict[str, Any]) -> None:
         console.print(f"  [yellow]warning[/yellow] {w['field']}: {w['message']} [dim]({w['code']})[/dim]")
     if job.get("exit_code") is not None:
         console.print(f"  exit code: {job['exit_code']}")
+    if job.get("billing"):  # issue 3: what the job cost (R23)
+        b = job["billing"]
+        console.print(f"  billed: {b['duration_s']:.1f} s at {b['price_per_hour']:g} {b['currency']}/h = "
+                      f"{b['cost']:.4f} {b['currency']} to account {b['account']}")
     table = Table(title="history")
     for col in ("#", "TIME", "CHANGE", "STATUS", "REASON"):
         table.add_column(col)

@@ -1,0 +1,291 @@
+"""Issue 3 commands: ``trainmaster dataset|template|account|algorithm ...`` and the plan display
+used by ``job create`` / ``job new-version`` before they ask to confirm (R22)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from trainmaster.cli.render import console, err_console, ts
+from trainmaster.jobfile import JobFileError
+
+dataset_app = typer.Typer(no_args_is_help=True, help="datasets: a storage location with immutable, published versions")
+template_app = typer.Typer(no_args_is_help=True, help="saved job parameters (templates; save_as in a job creates one)")
+account_app = typer.Typer(no_args_is_help=True, help="accounts: balances, charges of ended jobs, credits")
+algorithm_app = typer.Typer(no_args_is_help=True, help="the preset algorithms and their hyperparameters")
+
+NatsOpt = Annotated[str | None, typer.Option("--nats-url", envvar="TM_NATS_URL", help="NATS server URL")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the reply as JSON")]
+
+
+def _go(nats_url: str | None, fn: Any) -> None:
+    from trainmaster.cli.main import _client, _run
+
+    async def go() -> None:
+        async with _client(nats_url) as client:
+            await fn(client.registry)
+
+    _run(go)
+
+
+def _json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set a.b=value`` pairs as a mapping (values read as YAML scalars: 300, 0.1, true, text)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise JobFileError(f"--set {item!r}: use key=value, e.g. parameters.max_iter=300")
+        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+# ----------------------------------------------------------------------------------- the plan
+def show_plan(plan: dict[str, Any]) -> None:
+    """The normalised spec, violations, warnings and the price per hour (R22)."""
+    spec = {k: v for k, v in plan["spec"].items() if v not in (None, [], {})}
+    console.print("[bold]the job, as it will be created[/bold]" + (
+        f" (version {plan['next_version']})" if plan.get("next_version") else ""))
+    console.out(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True).rstrip(), highlight=False)
+    for v in plan["violations"]:
+        err_console.print(f"[red]error[/red] {v['field']}: {v['message']} [dim]({v['code']})[/dim]")
+    for w in plan["warnings"]:
+        console.print(f"[yellow]warning[/yellow] {w['field']}: {w['message']} [dim]({w['code']})[/dim]")
+    price = plan.get("price_per_hour")
+    nodes = plan["spec"]["resources"]["node_count"]
+    if price is not None:
+        console.print(f"price: [bold]{price:g} {plan['currency']} per hour[/bold] while it runs "
+                      f"(flavor {plan.get('flavor')} x {nodes} node(s)), billed on demand")
+    if plan.get("account_balance") is not None:
+        console.print(f"account {plan['spec'].get('account', 'default')}: balance {plan['account_balance']:.2f} "
+                      f"{plan['currency']}")
+
+
+def confirm_plan(plan: dict[str, Any], yes: bool) -> bool:
+    """Show the plan; True when the job should be created (valid, and confirmed or ``--yes``)."""
+    show_plan(plan)
+    if not plan["valid"]:
+        err_console.print(f"[red]not created[/red]: {len(plan['violations'])} problem(s) above")
+        return False
+    return yes or typer.confirm("create this job?", default=False)
+
+
+# ----------------------------------------------------------------------------------- datasets
+@dataset_app.command("create")
+def dataset_create(name: str, location: Annotated[str, typer.Option(help="a local folder or s3://bucket/prefix")],
+                   description: str = "", nats_url: NatsOpt = None) -> None:
+    """Create a dataset over a storage location (then publish versions of it)."""
+    loc = location if "://" in location else str(Path(location).resolve())
+
+    async def fn(reg: Any) -> None:
+        ds = await reg.call("datasets", "create", {"name": name, "location": loc, "description": description})
+        console.print(f"created dataset {ds['name']} over {ds['location']}")
+
+    _go(nats_url, fn)
+
+
+@dataset_app.command("publish")
+def dataset_publish(name: str, description: str = "", nats_url: NatsOpt = None) -> None:
+    """Snapshot the dataset's files (names, sizes, checksums) as its next, immutable version."""
+    async def fn(reg: Any) -> None:
+        v = await reg.call("datasets", "publish", {"name": name, "description": description})
+        console.print(f"published {v['dataset']} {v['version']}: {len(v['files'])} file(s), {v['total_bytes']} bytes")
+
+    _go(nats_url, fn)
+
+
+@dataset_app.command("list")
+def dataset_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
+    """Every dataset with its latest version."""
+    async def fn(reg: Any) -> None:
+        items = (await reg.call("datasets", "list"))["datasets"]
+        if as_json:
+            return _json(items)
+        table = Table(title=f"{len(items)} dataset(s)")
+        for col in ("NAME", "LOCATION", "VERSIONS", "LATEST", "DESCRIPTION"):
+            table.add_column(col)
+        for d in items:
+            latest = d["versions"][-1]["version"] if d["versions"] else "-"
+            table.add_row(d["name"], d["location"], str(len(d["versions"])), latest, d["description"])
+        console.print(table)
+
+    _go(nats_url, fn)
+
+
+@dataset_app.command("show")
+def dataset_show(name: str, version: Annotated[str | None, typer.Option(help="show this version's files")] = None,
+                 as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
+    """A dataset and its versions; with --version, that version's manifest (files, sizes, checksums)."""
+    async def fn(reg: Any) -> None:
+        if version:
+            v = await reg.call("datasets", "version", {"name": name, "version": version})
+            if as_json:
+                return _json(v)
+            console.print(f"{v['dataset']} {v['version']} of {v['location']}, {ts(v['created_at'])}: "
+                          f"{len(v['files'])} file(s), {v['total_bytes']} bytes")
+            for path, size, checksum in v["files"]:
+                console.out(f"  {size:>12}  {checksum or '-':<34}  {path}", highlight=False)
+            return None
+        d = await reg.call("datasets", "get", {"name": name})
+        if as_json:
+            return _json(d)
+        console.print(f"[bold]{d['name']}[/bold] over {d['location']} {d['description']}")
+        for v in d["versions"]:
+            console.print(f"  {v['version']}  {ts(v['created_at'])}  {v['files']} file(s)  {v['bytes']} bytes  "
+                          f"{v['description']}")
+        return None
+
+    _go(nats_url, fn)
+
+
+# ----------------------------------------------------------------------------------- templates
+@template_app.command("list")
+def template_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
+    """Saved job parameters."""
+    async def fn(reg: Any) -> None:
+        items = (await reg.call("templates", "list"))["templates"]
+        if as_json:
+            return _json(items)
+        table = Table(title=f"{len(items)} template(s)")
+        for col in ("NAME", "JOB NAME", "ALGORITHM", "UPDATED", "DESCRIPTION"):
+            table.add_column(col)
+        for t in items:
+            algo = t["spec"]["algorithm"]
+            table.add_row(t["name"], t["spec"].get("name") or "-", algo.get("preset") or algo.get("engine") or
+                          algo["source"], ts(t["updated_at"]), t["description"])
+        console.print(table)
+
+    _go(nats_url, fn)
+
+
+@template_app.command("show")
+def template_show(name: str, nats_url: NatsOpt = None) -> None:
+    """One template's job specification (YAML)."""
+    async def fn(reg: Any) -> None:
+        t = await reg.call("templates", "get", {"name": name})
+        console.print(f"[bold]{t['name']}[/bold] {t['description']} (updated {ts(t['updated_at'])})")
+        console.out(yaml.safe_dump(t["spec"], sort_keys=False).rstrip(), highlight=False)
+
+    _go(nats_url, fn)
+
+
+@template_app.command("update")
+def template_update(
+    name: str,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="change a field: key.path=value")] = None,
+    description: Annotated[str | None, typer.Option(help="a new description")] = None,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Change a template's fields (--set) or description."""
+    overrides = parse_overrides(set_ or [])
+
+    async def fn(reg: Any) -> None:
+        body: dict[str, Any] = {"name": name, "overrides": overrides}
+        if description is not None:
+            body["description"] = description
+        t = await reg.call("templates", "update", body)
+        console.print(f"updated template {t['name']}")
+
+    _go(nats_url, fn)
+
+
+@template_app.command("delete")
+def template_delete(name: str, nats_url: NatsOpt = None) -> None:
+    async def fn(reg: Any) -> None:
+        await reg.call("templates", "delete", {"name": name})
+        console.print(f"deleted template {name}")
+
+    _go(nats_url, fn)
+
+
+# ----------------------------------------------------------------------------------- accounts
+def _account_line(a: dict[str, Any]) -> str:
+    state = " [red](in arrears: jobs cannot start)[/red]" if a["balance"] < 0 else ""
+    return f"{a['name']}: {a['balance']:.2f} {a['currency']}{state}"
+
+
+@account_app.command("list")
+def account_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
+    async def fn(reg: Any) -> None:
+        items = (await reg.call("accounts", "list"))["accounts"]
+        if as_json:
+            return _json(items)
+        for a in items:
+            console.print(_account_line(a))
+        return None
+
+    _go(nats_url, fn)
+
+
+@account_app.command("show")
+def account_show(name: Annotated[str, typer.Argument(help="the account")] = "default", as_json: JsonOpt = False,
+                 nats_url: NatsOpt = None) -> None:
+    """Balance and the latest charges (one per ended job) and credits."""
+    async def fn(reg: Any) -> None:
+        a = await reg.call("accounts", "get", {"name": name})
+        if as_json:
+            return _json(a)
+        console.print(_account_line(a))
+        for e in a["ledger"][-20:]:
+            console.print(f"  {ts(e['at'])}  {e['kind']:<6} {e['amount']:>12.4f}  {e.get('job_id') or ''} {e['note']}")
+        return None
+
+    _go(nats_url, fn)
+
+
+@account_app.command("credit")
+def account_credit(name: str, amount: float, note: str = "",
+                   credit_id: Annotated[str | None, typer.Option(help="idempotency key")] = None,
+                   nats_url: NatsOpt = None) -> None:
+    """Add AMOUNT to an account (created if needed)."""
+    async def fn(reg: Any) -> None:
+        body: dict[str, Any] = {"name": name, "amount": amount, "note": note}
+        if credit_id:
+            body["credit_id"] = credit_id
+        console.print(_account_line(await reg.call("accounts", "credit", body)))
+
+    _go(nats_url, fn)
+
+
+# ----------------------------------------------------------------------------------- algorithms
+@algorithm_app.command("list")
+def algorithm_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
+    async def fn(reg: Any) -> None:
+        items = (await reg.call("algorithms", "list"))["algorithms"]
+        if as_json:
+            return _json(items)
+        for p in items:
+            console.print(f"[bold]{p['name']}[/bold] ({p['engine']} {p['engine_version']}): {p['description']}")
+        return None
+
+    _go(nats_url, fn)
+
+
+@algorithm_app.command("show")
+def algorithm_show(name: str, as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
+    """A preset's hyperparameters: type, range or choices, default, what it does."""
+    from trainmaster.algorithms import PresetParameter, describe
+
+    async def fn(reg: Any) -> None:
+        p = await reg.call("algorithms", "get", {"name": name})
+        if as_json:
+            return _json(p)
+        console.print(f"[bold]{p['name']}[/bold]: {p['description']} (engine {p['engine']} {p['engine_version']}; "
+                      f"writes {', '.join(p['outputs'])})")
+        table = Table(title="hyperparameters (run parameters)")
+        for col in ("NAME", "TAKES", "DEFAULT", "WHAT"):
+            table.add_column(col)
+        for param in p["parameters"]:
+            spec = PresetParameter(**param)
+            table.add_row(spec.name, describe(spec), json.dumps(spec.default), spec.doc)
+        console.print(table)
+
+    _go(nats_url, fn)

@@ -1,0 +1,208 @@
+"""The life of one node after its Assign was accepted: plan, prepare (stage the data, build or
+reuse the engine's runtime, meet the other nodes of a distributed job), run, store the outputs and
+the log, and say how it ended.  ``NodeExecutor`` holds what the agent shares between nodes (the
+data cache, the runtime cache, the rendezvous, the podman configuration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from nats.js import JetStreamContext
+
+from services.executor_agent.launch import (
+    HostFacts,
+    Launch,
+    Peer,
+    Refused,
+    RunKey,
+    distributed_env,
+    local_path,
+    node_log_limit,
+    outcome,
+    plan_launch,
+)
+from services.executor_agent.rendezvous import Rendezvous, RendezvousFailed, advertised_addr, free_port
+from services.executor_agent.runner import LogSink, Publish, Run, clean_inputs, preflight, prepare_run_dir
+from services.executor_agent.staging import (
+    DataCache,
+    StagingFailed,
+    human_bytes,
+    upload_log,
+    upload_outputs,
+)
+from trainmaster.catalog import CatalogError, load_engines, load_resources
+from trainmaster.containers import find_podman, podman_env, write_containers_conf
+from trainmaster.messages import Assign
+from trainmaster.runtimes import RuntimeBuildFailed, RuntimeCache, RuntimeSpec, read_requirements
+from trainmaster.settings import Settings
+from trainmaster.storage import Storage
+from trainmaster.topology import Topology
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    reason: str | None
+
+
+class NodeExecutor:
+    def __init__(self, settings: Settings, workdir: Path, js: JetStreamContext, topo: Topology, publish_log: Publish,
+                 log: structlog.stdlib.BoundLogger) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.topo = topo
+        self.publish_log = publish_log
+        self.log = log
+        self.storage = Storage(settings)
+        self.cache = DataCache(workdir / "cache", self.storage, endpoint=settings.s3_endpoint_url,
+                               concurrency=settings.stage_concurrency, max_bytes=settings.stage_cache_max_bytes)
+        self.runtimes = RuntimeCache(workdir / "runtimes", base_python=sys.executable,
+                                     pip_timeout_s=settings.runtime_pip_timeout_s)
+        self.rendezvous = Rendezvous(js, topo.bucket_rendezvous.name, settings.rendezvous_timeout_s)
+        self.addr = advertised_addr(settings.nats_url, settings.agent_addr)
+        self.podman = find_podman()
+        self.containers_conf = write_containers_conf(workdir / "containers.conf")
+
+    # ------------------------------------------------------------------------------ plan
+    def runtime_spec(self, cmd: Assign) -> RuntimeSpec | None:
+        algo = cmd.spec.algorithm
+        if algo.source != "framework" or not algo.engine:
+            return None
+        try:
+            engine = load_engines(self.settings.catalog_dir).engine(algo.engine)
+        except (CatalogError, OSError) as exc:
+            raise Refused(f"the engine catalog cannot be read: {exc}", 1) from exc
+        if engine is None:
+            raise Refused(f"algorithm.engine {algo.engine!r} is not in this agent's engine catalog")
+        version = engine.version(algo.engine_version)
+        if version is None:
+            raise Refused(f"{engine.name} has no version {algo.engine_version!r} in this agent's engine catalog")
+        requirements = read_requirements(local_path(algo.code_dir, "algorithm.code_dir")) if algo.code_dir else ""
+        return self.runtimes.spec(engine.name, version.version, version.packages, requirements)
+
+    def flavor_limits(self, cmd: Assign) -> tuple[float | None, int | None]:
+        try:
+            pool = load_resources(self.settings.catalog_dir).pool(cmd.spec.resources.pool)
+        except (CatalogError, OSError):
+            return None, None
+        flavor = pool.flavor(cmd.spec.resources.flavor) if pool else None
+        if flavor is None:
+            return None, None
+        # podman refuses more CPUs than the host has
+        return min(flavor.cpus, float(os.cpu_count() or 1)), flavor.memory_mb
+
+    def plan(self, cmd: Assign, run_dir: Path, record: Callable[[], None]) -> tuple[Launch, RuntimeSpec | None]:
+        """Synchronous on purpose (see ``Agent.assign``); ``record`` writes the assignment into the
+        run folder first (a restarted agent finds it there); raises ``Refused``."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record()
+        runtime = self.runtime_spec(cmd)
+        python = str(self.runtimes.python_of(runtime)) if runtime else sys.executable
+        cpus, memory_mb = self.flavor_limits(cmd)
+        host = HostFacts(environ=os.environ, python=python,
+                         podman=self.podman, container_network=self.settings.container_network,
+                         stage_local="copy" if self.settings.stage_local == "copy" else "link",
+                         cpus=cpus, memory_mb=memory_mb, now=time.time())
+        launch = plan_launch(cmd, run_dir, host)
+        preflight(launch)
+        try:
+            prepare_run_dir(run_dir, launch)
+        except OSError as exc:
+            raise Refused(f"cannot prepare the run's folders: {exc}") from exc
+        return launch, runtime
+
+    def open_sink(self, cmd: Assign, launch: Launch) -> LogSink:
+        key = RunKey.of(cmd)
+        return LogSink(key=key, subject=self.topo.logs(key.job_id, str(key.node)), publish=self.publish_log,
+                       file=launch.log_file, header=launch.header, log=self.log,
+                       limit_bytes=node_log_limit(self.settings.job_log_limit_bytes, cmd.node_count))
+
+    # ------------------------------------------------------------------------------ prepare
+    async def prepare(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink) -> dict[str, str]:
+        """Stage, build, meet: the environment the process gets on top of its plan."""
+        launch = run.launch
+        for source in launch.sources:
+            if source.staged:
+                await self.cache.stage(source, sink.note)
+        if runtime is not None:
+            built = await self.runtimes.ensure(runtime, sink.note)
+            if built.built and built.installed:
+                sink.note(f"runtime {runtime.describe()} ready in {built.seconds:.1f} s")
+            self.log.info("runtime ready", runtime=built.key, built=built.built, seconds=round(built.seconds, 3))
+        if launch.node_count == 1:
+            peers = [Peer("127.0.0.1", free_port("127.0.0.1"), self.settings.agent_id)]
+        else:
+            me = Peer(self.addr, free_port(), self.settings.agent_id)
+            sink.note(f"waiting for the other {launch.node_count - 1} nodes (this node: {me.addr}:{me.port})")
+            peers = await self.rendezvous.meet(run.key, launch.node_count, me)
+            sink.note(f"all {launch.node_count} nodes ready; master {peers[0].addr}:{peers[0].port}")
+        return distributed_env(run.key.node, launch.node_count, peers)
+
+    # ------------------------------------------------------------------------------ the whole node
+    async def execute(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink,
+                      on_started: Callable[[Run], None]) -> Outcome:
+        """Prepare, run and finish one node; never raises for the node's own failures."""
+        launch = run.launch
+        run.preparing = asyncio.create_task(self.prepare(run, runtime, sink), name=f"prepare-{run.key.label}")
+        await asyncio.wait({run.preparing})
+        failure: Outcome | None = None
+        if run.preparing.cancelled():
+            failure = Outcome(143, run.stop_reason or "stopped")
+        elif (exc := run.preparing.exception()) is not None:
+            failure = self._prepare_failure(exc)
+            sink.note(failure.reason or "preparation failed")
+        if failure is not None:
+            await sink.close(self.settings.publish_timeout_s)
+            clean_inputs(launch.output_dir.parent)
+            return failure
+        extra_env = run.preparing.result()
+        try:
+            await run.start(sink, launch.process_argv(extra_env), launch.process_env(
+                podman_env(self.containers_conf), extra_env))
+        except OSError as exc:
+            await sink.close(self.settings.publish_timeout_s)
+            return Outcome(2, f"cannot start the node: {exc}")
+        on_started(run)
+        returncode = await run.wait()
+        return await self.finish(run, sink, returncode)
+
+    def _prepare_failure(self, exc: BaseException) -> Outcome:
+        if isinstance(exc, Refused | StagingFailed):
+            return Outcome(exc.exit_code, exc.reason)
+        if isinstance(exc, RuntimeBuildFailed):
+            return Outcome(2, exc.reason)
+        if isinstance(exc, RendezvousFailed):
+            return Outcome(1, exc.reason)
+        self.log.error("preparing the node failed", error=f"{type(exc).__name__}: {exc}")
+        return Outcome(1, f"the agent could not prepare the node: {type(exc).__name__}: {exc}")
+
+    async def finish(self, run: Run, sink: LogSink, returncode: int) -> Outcome:
+        launch = run.launch
+        problems: list[str] = []
+        files, copy_error = await upload_outputs(self.storage, launch.output_dir, launch.output_url)
+        if copy_error:
+            self.log.error("output copy failed", error=copy_error)
+            problems.append(copy_error)
+            sink.note(copy_error)
+        elif launch.output_url and launch.output_url.lower().startswith("s3://"):
+            size = sum(p.stat().st_size for p in launch.output_dir.rglob("*") if p.is_file())
+            sink.note(f"outputs: {files} files ({human_bytes(size)}) uploaded to {launch.output_url}")
+        if launch.log_url:
+            sink.note(f"log: uploading to {launch.log_url} (a copy stays at {launch.log_file})")
+        await sink.close(self.settings.publish_timeout_s)
+        if launch.log_url and (log_error := await upload_log(self.storage, launch.log_file, launch.log_url)):
+            self.log.error("log upload failed", error=log_error)
+            problems.append(log_error)
+        clean_inputs(launch.output_dir.parent)
+        code, reason = outcome(returncode, run.stop_reason, "; ".join(problems) or None, run.last_error_line,
+                               container=run.container is not None)
+        self.log.info("node exited", returncode=returncode, exit_code=code, reason=reason, log_lines=sink.lines)
+        return Outcome(code, reason)
