@@ -163,6 +163,11 @@ async def read_records(kv, ids: set[str]) -> dict[str, JobRecord]:
     return out
 
 
+def _placed_running(record: JobRecord) -> tuple[float, float | None]:
+    placed = next(e.at for e in record.history if e.change == "placed")
+    return placed, next((e.at for e in record.history if e.status.value == "Running"), None)
+
+
 def timings(records: dict[str, JobRecord]) -> tuple[list[float], list[float]]:
     queued, placed = [], []
     for record in records.values():
@@ -175,8 +180,8 @@ def timings(records: dict[str, JobRecord]) -> tuple[list[float], list[float]]:
 
 
 async def full_cluster_gang(nc, sub: Submitter, args: argparse.Namespace, before: dict[str, Any]) -> dict[str, Any]:
-    """3. A 64-node gang on a *full* cluster: the free CPUs taken by long jobs, except a zone of
-    ``--churn-cpus`` taken by short ones (5-20 s), and a stream of short jobs at ``--churn-rate``
+    """3. A 64-node gang on a *full* cluster: the free CPUs taken by long jobs (placed first), except a
+    zone of ``--churn-cpus`` taken by short ones (5-20 s), and a stream of short jobs at ``--churn-rate``
     (more than the zone frees: a backlog builds) that keeps refilling what ends.  Without a
     reservation the gang would wait for ever (bin-packing refills the same agents); it waits until
     it has been blocked for ``TM_SCHEDULER_RESERVE_AFTER_S``, then for the agents held back to drain."""
@@ -188,7 +193,11 @@ async def full_cluster_gang(nc, sub: Submitter, args: argparse.Namespace, before
 
     free = int(before["cpus_total"] - before["cpus_used"])
     t0 = time.time()
-    await sub.submit([long for _ in range(max(free - args.churn_cpus, 0))])
+    # the long jobs first, placed before any short one: queued together, fair share would mix them
+    # on every agent, and then no agent could ever drain (the gang could not fit for an hour)
+    longs = max(free - args.churn_cpus, 0)
+    await sub.submit([long for _ in range(longs)])
+    await wait_assigns(nc, before["assigns"] + longs, args.timeout, "phase 3 long fill")
     await sub.submit([churn for _ in range(min(args.churn_cpus, free))])
     stop = asyncio.Event()
 
@@ -249,6 +258,9 @@ async def drive(url: str, topo: Topology, args: argparse.Namespace, pids: dict[s
         got = await read_records(sub.kv, set(ids))
         queued, placed = timings(got)
         latencies = sorted(p - q for q, p in zip(queued, placed, strict=True))
+        # the other half of the scheduler's work per job: applying the agent's "running" report
+        reported = sorted(r - p for p, r in (_placed_running(rec) for rec in got.values()) if r is not None)
+        not_yet = sum(1 for rec in got.values() if _placed_running(rec)[1] is None)
         order = sorted(placed)
         n = len(order)
         lo, hi = order[int(n * 0.1)], order[max(int(n * 0.9) - 1, 0)]
@@ -259,6 +271,9 @@ async def drive(url: str, topo: Topology, args: argparse.Namespace, pids: dict[s
             "steady_placements_per_second_10_to_90": (int(n * 0.9) - 1 - int(n * 0.1)) / (hi - lo) if hi > lo else None,
             "queued_to_placed_s": {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90),
                                    "p99": percentile(latencies, 99), "max": latencies[-1]},
+            "placed_to_running_applied_s": {"n": len(reported), "p50": percentile(reported, 50),
+                                            "p99": percentile(reported, 99)},
+            "running_reports_not_applied_when_last_placed": not_yet,
             "cpu_seconds": cpu, "cpu_share_of_one_core": {k: v / wall for k, v in cpu.items()},
             "machine_cpu": machine_cpu, "sim": stats,
         }
@@ -396,6 +411,9 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
     print(f"  steady 10-90 %:      {t['steady_placements_per_second_10_to_90'] or float('nan'):>8,.0f} /s")
     print(f"  queued -> placed:    p50 {lat['p50'] * 1000:,.0f} ms, p90 {lat['p90'] * 1000:,.0f} ms, "
           f"p99 {lat['p99'] * 1000:,.0f} ms, max {lat['max'] * 1000:,.0f} ms")
+    rep = t["placed_to_running_applied_s"]
+    print(f"  placed -> 'running' report applied: p50 {rep['p50'] * 1000:,.0f} ms, p99 {rep['p99'] * 1000:,.0f} ms; "
+          f"{t['running_reports_not_applied_when_last_placed']:,} not yet applied when the last job was placed")
     share = t["cpu_share_of_one_core"]
     print(f"  CPU (share of one core): scheduler {share['scheduler']:.0%}, nats-server {share['nats-server']:.0%}, "
           f"simulated agents {share['sim-agents']:.0%}; other processes "

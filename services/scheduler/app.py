@@ -21,13 +21,14 @@ from nats.js.errors import InvalidKeyError
 from opentelemetry import propagate, trace
 
 from services.scheduler.commands import AgentCommands
+from services.scheduler.consumer import PullConsumer
 from services.scheduler.lease import LeaderLease
 from services.scheduler.placement import ShapeCatalog
 from services.scheduler.planner import PassResult, PassSettings, plan_pass
 from services.scheduler.queue import QueuedJob
 from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.view import HOLDS_CAPACITY, SchedulerView
-from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, responder
+from trainmaster.bus import UNDECODABLE, Poison, responder
 from trainmaster.catalog import load_resources
 from trainmaster.jobstore import ApplyResult, JobNotFound, JobStore
 from trainmaster.messages import (
@@ -63,6 +64,7 @@ TICK_S = 2.0  # the loop runs at least this often (lost agents, timeouts, queued
 BUSY_GAP_S = 0.02
 IDLE_GAP_S = 0.25
 CATCH_UP_S = 5.0  # how long a new leader waits for its view to reach the bucket's last write
+FETCH_BATCH = 256  # reports / work items fetched, and handled concurrently, at a time (max ack pending 1000)
 _tracer = trace.get_tracer("trainmaster.scheduler")
 
 
@@ -298,9 +300,9 @@ class Scheduler:
                 await self.commands.cancel(before.id, before.attempt, agents_to_cancel(before), reason)
 
     # ------------------------------------------------------------------ handlers
-    async def on_work(self, msg: NatsMessage) -> None:
+    async def on_work(self, body: bytes) -> None:
         try:
-            item = _decode_work(msg.body)
+            item = _decode_work(body)
         except UNDECODABLE as exc:
             raise Poison(str(exc)) from exc
         if item.job_id not in self.view.records:  # the watch usually brought it already
@@ -311,9 +313,9 @@ class Scheduler:
                 return
         self._wake.set()
 
-    async def on_report(self, msg: NatsMessage) -> None:
+    async def on_report(self, body: bytes) -> None:
         try:
-            report = _decode_report(msg.body)
+            report = _decode_report(body)
         except UNDECODABLE as exc:
             raise Poison(str(exc)) from exc
         tag = f"a{report.attempt}.n{report.node}"
@@ -383,10 +385,13 @@ async def setup(ctx: ServiceContext) -> None:
     # plain nats-py, not a faststream subscriber: a heartbeat is no part of any job's trace
     await ctx.broker.connection.subscribe(topo.agent_heartbeat("*"), cb=scheduler.on_heartbeat)
 
-    durable_subscriber(ctx.broker, topo, topo.consumer_scheduler_queue, scheduler.on_work)
-    durable_subscriber(ctx.broker, topo, topo.consumer_scheduler_status, scheduler.on_report)
     responder(ctx.broker, topo.agents_list, "scheduler", scheduler.on_agents_list)
     await scheduler.load()
+    # plain pull loops (consumer.py): reports and work items come with every job
+    for spec, handle in ((topo.consumer_scheduler_queue, scheduler.on_work),
+                         (topo.consumer_scheduler_status, scheduler.on_report)):
+        consumer = PullConsumer(ctx.js, topo, spec, handle, batch_size=FETCH_BATCH, tracing=scheduler.tracing)
+        ctx.background(consumer.run(), spec.durable)
     ctx.background(lease.run(), "leader-lease")
     ctx.background(scheduler.run(), "placement-loop")
     ctx.on_stop.append(lease.release)

@@ -22,7 +22,10 @@ from trainmaster.topology import Topology
 
 pytest.importorskip("torch", reason="the 3-node sample needs PyTorch: make test installs torch==2.13.0 (CPU)")
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Three PyTorch/gloo processes on a 2-core machine: gloo's teardown has aborted a rank now and
+# then ("terminate called without an active exception") even with a barrier before
+# destroy_process_group. A rerun is a fresh job; a real break fails all three tries.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.flaky(reruns=2)]
 
 TOPO = Topology()
 AGENTS = ("ddp-1", "ddp-2", "ddp-3")

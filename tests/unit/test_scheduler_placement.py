@@ -226,6 +226,17 @@ def test_a_reservation_takes_the_most_free_agents_and_keeps_them_among_equals():
     assert reserve(PoolIndex([agent(x, cpus=2) for x in "abc"], {}), SMALL, 7) is None
 
 
+def test_a_reservation_prefers_agents_expected_to_drain_soon_over_merely_free_ones():
+    # a..d: half full of jobs that have run for an hour; e..h: full of jobs started seconds ago
+    agents = [agent(x, cpus=4) for x in "abcdefgh"]
+    used = {x: Demand(2, 0) for x in "abcd"} | {x: Demand(4, 0) for x in "efgh"}
+    started = {x: 1000.0 - 3600 for x in "abcd"} | {x: 1000.0 - 10 for x in "efgh"}
+    index = PoolIndex(agents, used)
+    assert reserve(index, SMALL, 8) == ["d", "c"], "without estimates: the most free"
+    drain_at = {x: 2 * 1000.0 - t for x, t in started.items()}.__getitem__  # as long again as they ran
+    assert reserve(index, SMALL, 8, drain_at=drain_at, now=1000.0) == ["h", "g"]
+
+
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_a_reservation_on_a_full_cluster_ends_on_draining_agents(seed):

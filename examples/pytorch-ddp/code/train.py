@@ -102,6 +102,10 @@ def main(argv: list[str]) -> int:
                    "replicas_in_sync": in_sync, "rows": int(x.shape[0])}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"rank 0: saved model.pt and metrics.json: {metrics}", flush=True)
+    # leave together: a rank tearing gloo down while a peer still talks to it can abort the
+    # process ("terminate called without an active exception"); DDP's reducer holds the group
+    dist.barrier()
+    del model
     dist.destroy_process_group()
     return 0 if in_sync else 1
 
