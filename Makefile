@@ -5,22 +5,41 @@ PY     := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP    := $(VENV)/.test-installed
 
-.PHONY: run up test lint unit integration e2e bench schema clean
+# every install comes from a lock (exact versions and hashes); a filled wheelhouse/ (make wheelhouse)
+# makes the installs work off-line
+PIP_INSTALL := $(PY) -m pip install -q --require-hashes --no-deps $(if $(wildcard wheelhouse/*.whl),--no-index --find-links wheelhouse)
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--find-links /opt/wheels --no-header --quiet
 
+.PHONY: run up test lint unit integration e2e chaos bench schema clean lock lock-upgrade wheelhouse
+
+# the venv's own pip (the one Python ships) installs the locks: nothing unpinned is fetched
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 
-$(RUNTIME_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+$(RUNTIME_STAMP): requirements/runtime.lock pyproject.toml | $(PY)
+	$(PIP_INSTALL) -r requirements/runtime.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PY) -m pip install -q -e ".[test]"
-	# PyTorch (CPU) for the 3-node sample and its test: the exact version, installed on its own, so pip
-	# takes the CPU build and no dependency range can pull a CUDA one (about 20 s, 750 MB)
-	$(PY) -m pip install -q torch==2.13.0
+$(TEST_STAMP): requirements/test.lock $(RUNTIME_STAMP)
+	$(PIP_INSTALL) -r requirements/test.lock
 	touch $@
+
+## lock: re-resolve requirements/*.lock after a change to pyproject.toml, keeping every pin that still fits
+lock: $(TEST_STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) $(UV_FLAGS) \
+		-o requirements/runtime.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test requirements/build.in requirements/torch-cpu.in \
+		requirements/lock-tools.in -c requirements/runtime.lock $(LOCK_FLAGS) $(UV_FLAGS) -o requirements/test.lock
+
+## lock-upgrade: the newest versions of everything that pyproject.toml allows (then run make test)
+lock-upgrade:
+	$(MAKE) lock UV_FLAGS=--upgrade
+
+## wheelhouse: download every locked wheel into wheelhouse/, so later installs need no network
+wheelhouse: | $(PY)
+	$(PY) -m pip download -q --require-hashes --no-deps -r requirements/test.lock -d wheelhouse
 
 ## run: start nats-server, the five services and one agent, run the sample job, stay up until Ctrl-C
 run: $(RUNTIME_STAMP)

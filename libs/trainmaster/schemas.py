@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -56,9 +59,27 @@ def write_schemas(out: Path) -> list[Path]:
     written = []
     for name, type_ in PUBLIC_TYPES.items():
         path = out / f"{name}.schema.json"
-        schema = msgspec.json.schema(type_)
+        schema = _normalise_descriptions(msgspec.json.schema(type_))
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["title"] = type_.__name__
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
         written.append(path)
     return written
+
+
+def _normalise_descriptions(node: Any) -> Any:
+    """Descriptions come from docstrings, and msgspec releases differ in how they dedent them:
+    reflow each paragraph onto one line so the documented schema depends on the text alone."""
+    if isinstance(node, dict):
+        return {
+            key: _reflow(value) if key == "description" and isinstance(value, str) else _normalise_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_normalise_descriptions(item) for item in node]
+    return node
+
+
+def _reflow(text: str) -> str:
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs if paragraph.strip())
