@@ -16,6 +16,7 @@ import structlog
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
@@ -66,6 +67,7 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         discard=spec.discard,
         storage=spec.storage,
         num_replicas=replicas,
+        allow_direct=spec.allow_direct,
     )
 
 
@@ -209,3 +211,31 @@ async def publish_js(
     if msg_id:
         hdrs[MSG_ID] = msg_id
     await broker.publish(body, subject, headers=hdrs, stream=stream, timeout=timeout)
+
+
+DIRECT_GET_MAX_SUBJECTS = 1024  # the server's limit on ``multi_last`` subjects in one request
+
+
+async def last_message_ids(nc: NATS, stream: str, subjects: list[str], timeout: float = 10.0) -> dict[str, str]:
+    """The ``Nats-Msg-Id`` of the last message on each of ``subjects`` in ``stream`` (which must
+    allow direct gets): one batched direct get per 1024 subjects instead of a request each.
+    A subject without messages (or whose last message has no id) is left out."""
+    found: dict[str, str] = {}
+    for start in range(0, len(subjects), DIRECT_GET_MAX_SUBJECTS):
+        chunk = subjects[start:start + DIRECT_GET_MAX_SUBJECTS]
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        try:
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode({"multi_last": chunk}), reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                headers = msg.headers or {}
+                if headers.get("Status"):  # 204 EOB ends the batch; 404: none of them has a message
+                    if headers["Status"] not in ("204", "404"):
+                        raise RuntimeError(f"direct get on {stream}: {headers['Status']} {dict(headers)}")
+                    break
+                if MSG_ID in headers and "Nats-Subject" in headers:
+                    found[headers["Nats-Subject"]] = headers[MSG_ID]
+        finally:
+            await sub.unsubscribe()
+    return found

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     scheduler_reserve_after_s: float = Field(
         30.0, ge=0, description="a job blocked this long at the head of its pool gets agents held back for it "
         "(so a big gang is not starved by small jobs)")
+    relay_settle_s: float = Field(
+        1.0, ge=0, le=60,
+        description="how long after a job record's write the scheduler's relay checks that its events were published",
+    )
     scheduler_batch: int = Field(1024, ge=1, le=100_000, description="most placements decided in one pass")
     scheduler_commit_concurrency: int = Field(
         256, ge=1, le=10_000, description="placements written (compare-and-set, events, assignments) at once")

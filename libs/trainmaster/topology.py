@@ -23,6 +23,7 @@ class StreamSpec:
     duplicate_window_s: float = 120.0
     discard: DiscardPolicy = DiscardPolicy.OLD
     storage: StorageType = StorageType.FILE
+    allow_direct: bool = False  # direct gets (any replica answers; batched last-message reads)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class Topology:
 
     @cached_property
     def stream_events(self) -> StreamSpec:
-        return StreamSpec(self._name("EVENTS"), (f"{self.prefix}.events.>",), max_age_s=7 * 86400)
+        # direct gets: the record relay reads the last event of hundreds of jobs in one request
+        return StreamSpec(self._name("EVENTS"), (f"{self.prefix}.events.>",), max_age_s=7 * 86400, allow_direct=True)
 
     @cached_property
     def stream_work(self) -> StreamSpec:
@@ -198,6 +200,18 @@ class Topology:
     def consumer_notifier(self) -> ConsumerSpec:
         return ConsumerSpec("notifier", self.stream_events.name, self.job_events("*"), 30, 10)
 
+    @cached_property
+    def consumer_record_relay(self) -> ConsumerSpec:
+        """The scheduler's record relay (services/scheduler/relay.py): every revision of every job
+        record, from the job bucket's own stream, acknowledged once the record's events (and a new
+        job's validation) are known to be published.  Publishing is retried for ever on purpose:
+        an event given up on is exactly the loss the relay exists to prevent."""
+        return ConsumerSpec(
+            "record-relay", f"KV_{self.bucket_jobs.name}", f"$KV.{self.bucket_jobs.name}.>",
+            ack_wait_s=60, max_deliver=-1, batch_size=256,
+            poison="an undecodable record: dead-letter to <prefix>.dlq.record-relay, then terminate",
+        )
+
     @property
     def consumers(self) -> tuple[ConsumerSpec, ...]:
         """The fixed consumers (agents declare their own at start-up)."""
@@ -208,6 +222,7 @@ class Topology:
             self.consumer_scheduler_status,
             self.consumer_notifier,
             self.consumer_billing,
+            self.consumer_record_relay,
         )
 
     # ---- KV buckets ----------------------------------------------------------------------

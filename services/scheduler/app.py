@@ -27,6 +27,7 @@ from services.scheduler.placement import ShapeCatalog
 from services.scheduler.planner import PassResult, PassSettings, plan_pass
 from services.scheduler.queue import QueuedJob
 from services.scheduler.reconcile import agents_to_cancel
+from services.scheduler.relay import RecordRelay
 from services.scheduler.view import HOLDS_CAPACITY, SchedulerView
 from trainmaster.bus import UNDECODABLE, Poison, responder
 from trainmaster.catalog import load_resources
@@ -392,6 +393,10 @@ async def setup(ctx: ServiceContext) -> None:
                          (topo.consumer_scheduler_status, scheduler.on_report)):
         consumer = PullConsumer(ctx.js, topo, spec, handle, batch_size=FETCH_BATCH, tracing=scheduler.tracing)
         ctx.background(consumer.run(), spec.durable)
+    # every replica relays (one durable consumer shares the revisions out): what a writer that
+    # died between its compare-and-set and its publish left unannounced
+    relay = RecordRelay(ctx.broker.connection, topo, store, settle_s=ctx.settings.relay_settle_s)
+    ctx.background(relay.run(), topo.consumer_record_relay.durable)
     ctx.background(lease.run(), "leader-lease")
     ctx.background(scheduler.run(), "placement-loop")
     ctx.on_stop.append(lease.release)
