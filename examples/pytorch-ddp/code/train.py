@@ -102,8 +102,10 @@ def main(argv: list[str]) -> int:
                    "replicas_in_sync": in_sync, "rows": int(x.shape[0])}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"rank 0: saved model.pt and metrics.json: {metrics}", flush=True)
-    # leave together: a rank tearing gloo down while a peer still talks to it can abort the
-    # process ("terminate called without an active exception"); DDP's reducer holds the group
+    # leave together, and tear the group down while the interpreter is whole: gloo's worker
+    # threads hold work objects with tensors (DDP's reducer keeps the group alive), and a process
+    # that exits with them lets finalisation free those tensors without the GIL, which aborts it
+    # ("terminate called without an active exception"); destroy_process_group joins the threads
     dist.barrier()
     del model
     dist.destroy_process_group()
