@@ -60,8 +60,9 @@ _decode_work = msgspec.json.Decoder(WorkItem).decode
 
 TICK_S = 2.0  # the loop runs at least this often (lost agents, timeouts, queued jobs)
 # pause between passes, so that wake-ups pile up into one pass: short after a pass that placed
-# something (more may have come), longer after one that placed nothing (a blocked queue of
-# thousands costs tens of milliseconds to walk, for nothing)
+# something (more may have come), longer after one that placed nothing from a queue that is not
+# empty (a blocked queue of thousands costs tens of milliseconds to walk, for nothing); none after
+# a pass over an empty queue
 BUSY_GAP_S = 0.02
 IDLE_GAP_S = 0.25
 CATCH_UP_S = 5.0  # how long a new leader waits for its view to reach the bucket's last write
@@ -155,8 +156,11 @@ class Scheduler:
                 continue
             if more:
                 self._wake.set()  # capped by the batch size: go on at once
-            else:
-                await asyncio.sleep(BUSY_GAP_S if placed else IDLE_GAP_S)
+            elif placed:
+                await asyncio.sleep(BUSY_GAP_S)
+            elif self.view.queued:
+                await asyncio.sleep(IDLE_GAP_S)  # a blocked queue: let wake-ups pile up
+            # an empty queue cost nothing to walk: the next job is placed as soon as it comes
 
     async def take_office(self) -> None:
         """Becoming leader: catch up with the bucket (the previous leader's last writes), then re-send
