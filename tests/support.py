@@ -112,6 +112,21 @@ async def subject_count(nc: NATS, stream: str, subject: str) -> int:
     return sum((info.state.subjects or {}).values())
 
 
+async def settled(nc: NATS, stream: str, durable: str, *, past_seq: int = 0, timeout_s: float = 15.0) -> Any:
+    """Wait until the durable consumer has handled every message up to stream sequence ``past_seq``
+    and holds nothing more: delivered and acked (or terminated) past it, none pending, none
+    awaiting an ack or a delayed redelivery.  After this a handler can neither be running nor be
+    called again for those messages, so asserting "nothing more happened" proves something (a
+    sleep only hopes).  Returns the consumer info."""
+    async def check() -> Any:
+        info = await nc.jetstream().consumer_info(stream, durable)
+        done = (info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq >= past_seq
+                and info.ack_floor.stream_seq >= past_seq)
+        return info if done else None
+
+    return await eventually(check, timeout_s, what=f"{durable} on {stream} to settle past sequence {past_seq}")
+
+
 async def read_stream(nc: NATS, subject: str, *, until: Callable[[dict], bool] | None = None,
                       count: int | None = None, timeout_s: float = 30.0) -> list[tuple[Any, dict]]:
     """Read ``subject`` from the first stored message with an ordered consumer (what any client
