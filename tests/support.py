@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
+import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -391,3 +393,14 @@ class Services:
                 codes[svc.name] = svc.terminate(grace_s)
         self.started.clear()
         return codes
+
+
+def require_container_tools() -> None:
+    """Custom-image jobs are a claimed feature and .ci/run installs what they need: a machine
+    without it fails these tests, naming what is missing, instead of skipping them silently."""
+    missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
+    if not Path("/bin/busybox").is_file():
+        missing.append("busybox-static (/bin/busybox)")
+    if missing:
+        pytest.fail(f"custom-image tests need {', '.join(missing)}: run .ci/run, or "
+                    f"apt-get install podman runc busybox-static", pytrace=False)
