@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
+import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -110,6 +112,21 @@ async def subject_count(nc: NATS, stream: str, subject: str) -> int:
     """How many messages the stream holds on ``subject`` (exact, from the server's own count)."""
     info = await nc.jetstream().stream_info(stream, subjects_filter=subject)
     return sum((info.state.subjects or {}).values())
+
+
+async def settled(nc: NATS, stream: str, durable: str, *, past_seq: int = 0, timeout_s: float = 15.0) -> Any:
+    """Wait until the durable consumer has handled every message up to stream sequence ``past_seq``
+    and holds nothing more: delivered and acked (or terminated) past it, none pending, none
+    awaiting an ack or a delayed redelivery.  After this a handler can neither be running nor be
+    called again for those messages, so asserting "nothing more happened" proves something (a
+    sleep only hopes).  Returns the consumer info."""
+    async def check() -> Any:
+        info = await nc.jetstream().consumer_info(stream, durable)
+        done = (info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq >= past_seq
+                and info.ack_floor.stream_seq >= past_seq)
+        return info if done else None
+
+    return await eventually(check, timeout_s, what=f"{durable} on {stream} to settle past sequence {past_seq}")
 
 
 async def read_stream(nc: NATS, subject: str, *, until: Callable[[dict], bool] | None = None,
@@ -376,3 +393,14 @@ class Services:
                 codes[svc.name] = svc.terminate(grace_s)
         self.started.clear()
         return codes
+
+
+def require_container_tools() -> None:
+    """Custom-image jobs are a claimed feature and .ci/run installs what they need: a machine
+    without it fails these tests, naming what is missing, instead of skipping them silently."""
+    missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
+    if not Path("/bin/busybox").is_file():
+        missing.append("busybox-static (/bin/busybox)")
+    if missing:
+        pytest.fail(f"custom-image tests need {', '.join(missing)}: run .ci/run, or "
+                    f"apt-get install podman runc busybox-static", pytrace=False)

@@ -23,6 +23,7 @@ from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from opentelemetry.sdk.trace import TracerProvider
 
+from trainmaster.limits import bounded_error
 from trainmaster.messages import ErrorBody, ErrorReply, Violation, encode
 from trainmaster.settings import Settings
 from trainmaster.topology import BucketSpec, ConsumerSpec, StreamSpec, Topology
@@ -125,6 +126,15 @@ async def provision(js: JetStreamContext, topo: Topology) -> None:
 Handler = Callable[[NatsMessage], Awaitable[None]]
 
 
+def raw_body(msg: NatsMessage) -> bytes:
+    """faststream's decoder for every subscriber here: the bytes as they came.  Handlers decode
+    ``msg.body`` themselves (typed, bounded: trainmaster.decoding); faststream's own decoder
+    would ``json.loads`` each body first, and a body nested 100,000 levels deep raises
+    RecursionError there, before any handler runs: no reply to a request, and a JetStream
+    message left unacked, redelivered until it runs out of deliveries, never dead-lettered."""
+    return msg.body
+
+
 def retry_delay(spec: ConsumerSpec, delivered: int) -> float:
     delays = spec.retry_delays_s
     return delays[min(max(delivered, 1) - 1, len(delays) - 1)]
@@ -140,6 +150,7 @@ def durable_subscriber(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, h
         config=consumer_config(spec),
         pull_sub=PullSub(batch_size=spec.batch_size, timeout=5.0),
         ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
         title=spec.durable,
     )
     async def _consume(body: Any, msg: NatsMessage) -> None:  # raw bytes are in msg.body
@@ -183,7 +194,9 @@ async def dead_letter(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, ms
 
 # ------------------------------------------------------------------------- request/reply
 def error_reply(code: str, message: str, details: list[Violation] | None = None, job=None) -> bytes:
-    return encode(ErrorReply(error=ErrorBody(code=code, message=message, details=details or []), job=job))
+    """The one error shape; message and details bounded so that the reply fits the payload limit."""
+    return encode(ErrorReply(error=bounded_error(ErrorBody(code=code, message=message, details=details or [])),
+                             job=job))
 
 
 Responder = Callable[[NatsMessage], Awaitable[bytes]]
@@ -193,7 +206,7 @@ def responder(broker: NatsBroker, subject: str, queue: str, handle: Responder) -
     """A request/reply endpoint in a queue group.  It always answers: an unexpected error becomes
     an ``internal`` error reply instead of leaving the caller to time out."""
 
-    @broker.subscriber(subject, queue=queue, title=subject)
+    @broker.subscriber(subject, queue=queue, decoder=raw_body, title=subject)
     async def _answer(body: Any, msg: NatsMessage) -> bytes:
         try:
             return await handle(msg)

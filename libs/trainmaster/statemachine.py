@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import msgspec
 
+from trainmaster.limits import MAX_REASON_CHARS, cap_violations, clip
 from trainmaster.messages import (
     AgentLost,
     AnyChange,
@@ -124,8 +125,12 @@ def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
         case Rejected(violations=violations):
             _expect(record, change, S.INITIALIZING)
             new_status = S.FAILED
-            reason = "validation failed: " + "; ".join(f"{v.field}: {v.message}" for v in violations)
-            updates.update(violations=list(violations), failure_reason=reason)
+            # bounded: the record, its event and the create reply repeat them, and each must fit
+            # the payload limit however many violations a request had
+            violations = cap_violations(violations)
+            reason = clip("validation failed: " + "; ".join(f"{v.field}: {v.message}" for v in violations),
+                          MAX_REASON_CHARS)
+            updates.update(violations=violations, failure_reason=reason)
         case Placed(attempt=attempt, placements=placements):
             _expect(record, change, S.PENDING)
             if attempt != record.attempt + 1:

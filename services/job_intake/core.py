@@ -7,10 +7,12 @@ import posixpath
 import re
 import secrets
 from collections.abc import Iterable
-from typing import TypeVar
 
 import msgspec
 
+# decode_as and RequestError live in trainmaster.decoding (the scheduler and the notifier decode
+# requests too); job-intake's modules and tests import them from here
+from trainmaster.decoding import RequestError, decode_as
 from trainmaster.locations import local_path, locate
 from trainmaster.messages import (
     Algorithm,
@@ -22,96 +24,7 @@ from trainmaster.messages import (
     Violation,
 )
 
-T = TypeVar("T")
-
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_FIELD_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-
-
-class RequestError(Exception):
-    def __init__(self, body: ErrorBody) -> None:
-        super().__init__(body.message)
-        self.body = body
-
-
-def _field_of(path: str) -> str:
-    """msgspec's ``$.data[0].path`` -> ``data[0].path``."""
-    return path.lstrip(".") or "$"
-
-
-def decode_as(body: bytes, type_: type[T], max_bytes: int) -> T:
-    """Decode a JSON request body, or raise RequestError naming the field and the problem."""
-    if len(body) > max_bytes:
-        raise RequestError(ErrorBody(
-            "request_too_large",
-            f"the request is {len(body)} bytes; the limit is {max_bytes} bytes",
-            [Violation("$", "too_large", f"send at most {max_bytes} bytes (TM_MAX_REQUEST_BYTES)")],
-        ))
-    if not body.strip():
-        raise RequestError(ErrorBody("invalid_json", "the request body is empty",
-                                     [Violation("$", "empty", "send a JSON object")]))
-    try:
-        return msgspec.json.decode(body, type=type_)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _FIELD_AT.search(text)
-        field = _field_of(m.group("path")) if m else "$"
-        if "[...]" in field:  # msgspec does not say which key of a mapping holds the bad value
-            field = _name_mapping_key(body, type_, field)
-        message = text[: m.start()] if m else text
-        code = "unknown_field" if "unknown field" in message else (
-            "missing_field" if "missing required field" in message else "invalid_type")
-        # greedy: a key may itself hold backticks; the message ends with the closing one
-        named = re.search(r"(?:unknown|missing required) field `(.*)`$", message)
-        if named:  # the field is the one named in the message, inside the object at the path
-            field = _child_field(field, named.group(1))
-        if code == "unknown_field":
-            message += "; remove it or check its spelling"
-        error = ErrorBody("invalid_request", f"{field}: {message}", [Violation(field, code, message)])
-        raise RequestError(error) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        # UnicodeDecodeError: bytes that are not UTF-8 inside a JSON string
-        raise RequestError(ErrorBody(
-            "invalid_json", f"the request is not valid JSON: {exc}",
-            [Violation("$", "invalid_json", f"{exc}; send a UTF-8 JSON object")],
-        )) from None
-
-
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-def _child_field(parent: str, key: str) -> str:
-    """``parent.key``, or ``parent["key"]`` when the key is no plain name (empty, dots, quotes)."""
-    if _KEY_RE.match(key):
-        return key if parent == "$" else f"{parent}.{key}"
-    quoted = f"[{msgspec.json.encode(key).decode()}]"
-    return quoted if parent == "$" else f"{parent}{quoted}"
-_SEGMENT_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
-
-def _name_mapping_key(body: bytes, type_: type, field: str) -> str:
-    """``parameters[...]`` -> ``parameters.lr``: find the key of the mapping at the first ``[...]``
-    whose value alone reproduces the error.  Falls back to ``field`` when it cannot tell."""
-    prefix, _, rest = field.partition("[...]")
-    try:
-        whole = msgspec.json.decode(body)
-        segments = [name if name else int(index) for name, index in _SEGMENT_RE.findall("." + prefix)]
-        parent = whole
-        for segment in segments[:-1]:
-            parent = parent[segment]
-        mapping = parent[segments[-1]]
-        for key, value in mapping.items():
-            parent[segments[-1]] = {key: value}
-            try:
-                msgspec.convert(whole, type_)
-            except msgspec.ValidationError as exc:
-                m = _FIELD_AT.search(str(exc))
-                if m and _field_of(m.group("path")) == field:
-                    token = f".{key}" if _KEY_RE.match(key) else f"[{msgspec.json.encode(key).decode()}]"
-                    return f"{prefix}{token}{rest}"
-    except (ValueError, LookupError, TypeError, AttributeError):
-        pass
-    return field
 
 
 def _local(path: str | None) -> str | None:

@@ -23,6 +23,7 @@ from nats.js.kv import KeyValue
 from services.job_intake.core import RequestError, decode_as, format_version
 from services.job_intake.registry import _entries, not_found
 from trainmaster.bus import error_reply, responder
+from trainmaster.decoding import decode_empty
 from trainmaster.locations import locate
 from trainmaster.messages import (
     Dataset,
@@ -111,6 +112,10 @@ class Datasets:
         return encode(dataset)
 
     async def on_list(self, msg: NatsMessage) -> bytes:
+        try:
+            decode_empty(msg.body, self.max_bytes)
+        except RequestError as err:
+            return error_reply(err.body.code, err.body.message, err.body.details)
         return encode(DatasetList(datasets=[_decode_dataset(v) for v in await _entries(self.kv)]))
 
     async def on_get(self, msg: NatsMessage) -> bytes:

@@ -17,6 +17,7 @@ from services.job_intake.core import RequestError, decode_as, normalise, with_ov
 from trainmaster import accounts
 from trainmaster.algorithms import PresetCatalog
 from trainmaster.bus import error_reply, responder
+from trainmaster.decoding import decode_empty
 from trainmaster.messages import (
     AccountCredit,
     AccountList,
@@ -91,6 +92,10 @@ class Templates:
 
     # ---- request handlers
     async def on_list(self, msg: NatsMessage) -> bytes:
+        try:
+            decode_empty(msg.body, self.max_bytes)
+        except RequestError as err:
+            return error_reply(err.body.code, err.body.message, err.body.details)
         items = [_decode_template(v) for v in await _entries(self.kv)]
         return encode(TemplateList(templates=items))
 
@@ -150,6 +155,10 @@ class Accounts:
         self.currency = currency
 
     async def on_list(self, msg: NatsMessage) -> bytes:
+        try:
+            decode_empty(msg.body, self.max_bytes)
+        except RequestError as err:
+            return error_reply(err.body.code, err.body.message, err.body.details)
         items = [msgspec.json.decode(v, type=accounts.Account) for v in await _entries(self.kv)]
         # the list shows balances; ledgers are for `get`
         return encode(AccountList(accounts=[msgspec.structs.replace(a, ledger=a.ledger[-5:]) for a in items]))
@@ -186,6 +195,10 @@ class Algorithms:
         self.max_bytes = max_bytes
 
     async def on_list(self, msg: NatsMessage) -> bytes:
+        try:
+            decode_empty(msg.body, self.max_bytes)
+        except RequestError as err:
+            return error_reply(err.body.code, err.body.message, err.body.details)
         return encode({"algorithms": self.catalog.presets})
 
     async def on_get(self, msg: NatsMessage) -> bytes:

@@ -10,14 +10,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from faststream.nats import NatsBroker, NatsMessage
 
 from services.notifier import topics as core
 from services.notifier.guard import AddressRefused, InvalidUrl, Resolve, check_url, system_resolve
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import ApiProblem
-from trainmaster.bus import UNDECODABLE, error_reply, responder
+from trainmaster.bus import error_reply, responder
+from trainmaster.decoding import EmptyRequest, RequestError, decode_as
 from trainmaster.messages import (
     DeliveriesRequest,
     DeliveryList,
@@ -37,17 +37,12 @@ from trainmaster.topology import Topology
 QUEUE = "notifier"
 
 
-def _decoder(type_: type) -> Callable[[bytes], Any]:
-    decode = msgspec.json.Decoder(type_).decode
+def _decoder(type_: type, max_bytes: int) -> Callable[[bytes], Any]:
+    """The body as ``type_`` (an empty body is ``{}``), or RequestError naming the field and the fix
+    (the same decoding and error shapes as every other verb: too large, too deep, not an object)."""
 
     def parse(body: bytes) -> Any:
-        try:
-            return decode(body or b"{}")
-        except msgspec.ValidationError as exc:
-            field = str(exc).rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in str(exc) else ""
-            raise ApiProblem("invalid_request", str(exc), field or None, "invalid") from None
-        except UNDECODABLE as exc:
-            raise ApiProblem("invalid_json", f"the body is not JSON: {exc}") from None
+        return decode_as(body if body.strip() else b"{}", type_, max_bytes)
 
     return parse
 
@@ -67,7 +62,7 @@ class TopicsApi:
     def register(self, broker: NatsBroker) -> None:
         handlers: dict[str, tuple[type, Callable[[Any], Awaitable[object]]]] = {
             "create": (TopicCreate, self.create),
-            "list": (dict, self.list),
+            "list": (EmptyRequest, self.list),
             "get": (TopicRef, self.get),
             "delete": (TopicRef, self.delete),
             "subscribe": (SubscribeRequest, self.subscribe),
@@ -77,7 +72,8 @@ class TopicsApi:
         }
         for verb in self.topo.topic_verbs:
             type_, fn = handlers[verb]
-            responder(broker, self.topo.topics(verb), QUEUE, self._answer(_decoder(type_), fn))
+            parse = _decoder(type_, self.settings.max_request_bytes)
+            responder(broker, self.topo.topics(verb), QUEUE, self._answer(parse, fn))
 
     @staticmethod
     def _answer(parse: Callable[[bytes], Any], fn: Callable[[Any], Awaitable[object]]) -> Callable[
@@ -85,6 +81,8 @@ class TopicsApi:
         async def handle(msg: NatsMessage) -> bytes:
             try:
                 return encode(await fn(parse(msg.body)))
+            except RequestError as err:
+                return error_reply(err.body.code, err.body.message, err.body.details)
             except ApiProblem as p:
                 details = [Violation(p.field, p.detail_code, str(p))] if p.field else []
                 return error_reply(p.code, str(p), details)
@@ -98,7 +96,7 @@ class TopicsApi:
             raise ApiProblem("conflict", f"topic {req.name!r} exists already", "name", "exists")
         return core.topic_view(record)
 
-    async def list(self, _req: dict) -> object:
+    async def list(self, _req: EmptyRequest) -> object:
         return TopicList([core.topic_view(t) for t in await self.topics.all()])
 
     async def get(self, req: TopicRef) -> object:

@@ -29,8 +29,9 @@ from services.scheduler.queue import QueuedJob
 from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.relay import RecordRelay
 from services.scheduler.view import HOLDS_CAPACITY, SchedulerView
-from trainmaster.bus import UNDECODABLE, Poison, responder
+from trainmaster.bus import UNDECODABLE, Poison, error_reply, responder
 from trainmaster.catalog import load_resources
+from trainmaster.decoding import RequestError, decode_empty
 from trainmaster.jobstore import ApplyResult, JobNotFound, JobStore
 from trainmaster.messages import (
     AgentHeartbeat,
@@ -373,6 +374,10 @@ class Scheduler:
             self._wake.set()
 
     async def on_agents_list(self, msg: NatsMessage) -> bytes:
+        try:
+            decode_empty(msg.body, self.settings.max_request_bytes)
+        except RequestError as err:
+            return error_reply(err.body.code, err.body.message, err.body.details)
         agents = sorted(self.view.heartbeats.values(), key=lambda hb: hb.agent_id)
         return encode(AgentList(agents=agents, lost=sorted(self.view.lost)))
 

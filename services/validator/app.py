@@ -22,6 +22,7 @@ from services.validator.rules import check, warnings
 from trainmaster import accounts
 from trainmaster.bus import UNDECODABLE, Handler, Poison, durable_subscriber, error_reply, publish_js, responder
 from trainmaster.jobstore import JobStore
+from trainmaster.limits import cap_violations
 from trainmaster.messages import (
     Account,
     CheckReply,
@@ -111,7 +112,9 @@ def make_checker(collect: Collect):
         except UNDECODABLE as exc:
             return error_reply("invalid_request", f"not a check request: {exc}")
         facts = await collect(request.spec)
-        return encode(CheckReply(violations=check(request.spec, facts), warnings=warnings(request.spec, facts)))
+        # bounded like a rejected job's: the plan reply must fit the payload limit
+        return encode(CheckReply(violations=cap_violations(check(request.spec, facts)),
+                                 warnings=cap_violations(warnings(request.spec, facts), noun="warnings")))
 
     return answer
 
@@ -144,9 +147,12 @@ def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, collect: C
 
         spec = record.spec
         facts = await collect(spec)
-        violations = check(spec, facts)
+        found = check(spec, facts)
+        # the record and its event hold at most MAX_DETAILS of them (the last counts the rest):
+        # thousands would not fit the payload limit, and the job would stay Initializing
+        violations = cap_violations(found)
         change = (Rejected(change_id=VERDICT, violations=violations) if violations
-                  else Validated(change_id=VERDICT, warnings=warnings(spec, facts)))
+                  else Validated(change_id=VERDICT, warnings=cap_violations(warnings(spec, facts), noun="warnings")))
         try:
             result = await store.apply(job_id, change)
         except IllegalTransition as exc:
@@ -155,8 +161,8 @@ def make_handler(store: JobStore, broker: NatsBroker, topo: Topology, collect: C
         if result.record.status == Status.PENDING:
             await schedule(job_id)
         if violations:
-            log.info("job rejected", violations=len(violations),
-                     codes=sorted({v.code for v in violations}), applied=result.applied)
+            log.info("job rejected", violations=len(found),
+                     codes=sorted({v.code for v in found}), applied=result.applied)
         else:
             log.info("job validated", warnings=len(change.warnings), applied=result.applied,
                      status=result.record.status.value)

@@ -44,9 +44,11 @@ def normalise_url(raw: str) -> str:
 def local_paths(spec: JobRequest) -> list[tuple[str, str]]:
     """``(raw, path)`` of every local absolute path in ``spec``: what ``facts.gather`` inspects."""
     out: list[tuple[str, str]] = []
+    seen: set[str] = set()  # a set, not a scan of out: a request may name ten thousand paths
     for _field, raw in _locations(spec):
         loc = locate(raw)
-        if loc.kind == "local" and all(raw != seen for seen, _ in out):
+        if loc.kind == "local" and raw not in seen:
+            seen.add(raw)
             out.append((raw, loc.path))
     return out
 
@@ -54,8 +56,10 @@ def local_paths(spec: JobRequest) -> list[tuple[str, str]]:
 def remote_paths(spec: JobRequest) -> list[str]:
     """Every ``s3://`` location in ``spec`` (raw strings, once each): what ``facts`` lists."""
     out: list[str] = []
+    seen: set[str] = set()
     for _field, raw in _locations(spec):
-        if is_remote(raw) and raw not in out:
+        if is_remote(raw) and raw not in seen:
+            seen.add(raw)
             out.append(raw)
     return out
 

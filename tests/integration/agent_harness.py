@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from trainmaster.bus import provision, publish_js
+from trainmaster.bus import provision
 from trainmaster.messages import (
     AgentHeartbeat,
     Algorithm,
@@ -95,8 +95,10 @@ class Bus:
     heartbeats: list[AgentHeartbeat] = field(default_factory=list)
     reports: list[NodeReport] = field(default_factory=list)
 
-    async def send(self, command: Assign | Cancel) -> None:
-        await publish_js(self.broker, TOPO.agent_control(self.agent_id), encode(command), stream=TOPO.stream_agent.name)
+    async def send(self, command: Assign | Cancel) -> int:
+        """Publish a command to the agent; returns its stream sequence (to wait for its ack)."""
+        ack = await self.js.publish(TOPO.agent_control(self.agent_id), encode(command), stream=TOPO.stream_agent.name)
+        return ack.seq
 
     async def report(self, job_id: str, state: str, timeout_s: float = 30.0) -> NodeReport:
         """The first report of ``job_id`` in ``state``, read through the scheduler's consumer.

@@ -20,7 +20,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 from standardwebhooks import Webhook, WebhookVerificationError
-from support import ServiceProcess, Services
+from support import ServiceProcess, Services, settled
 
 from trainmaster.client import Client
 from trainmaster.messages import (
@@ -169,6 +169,16 @@ def job_event(record: JobRecord, seq: int, status: Status, previous: Status, rea
 async def emit(nc: NATS, event: JobCloudEvent) -> None:
     """Publish a job event as JobStore does (``Nats-Msg-Id`` = the event id)."""
     await nc.jetstream().publish(TOPO.job_events(event.subject), encode(event), headers={"Nats-Msg-Id": event.id})
+
+
+async def notifier_idle(nc: NATS, timeout_s: float = 30.0) -> None:
+    """The notifier has handled every job event published so far (fanned out and acked) and then
+    every delivery task (sent, retried or dead-lettered, and acked): with neither consumer holding
+    anything pending or unacked, no further webhook can come from what was published."""
+    events = TOPO.consumer_notifier
+    await settled(nc, events.stream, events.durable, timeout_s=timeout_s)
+    deliver = TOPO.consumer_notify_deliver
+    await settled(nc, deliver.stream, deliver.durable, timeout_s=timeout_s)
 
 
 async def until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> Any:

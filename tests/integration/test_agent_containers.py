@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from agent_harness import AgentProcess, Bus, assign, open_bus, start_agent
+from support import require_container_tools
 
 from trainmaster.catalog import SHIPPED
 from trainmaster.containers import write_containers_conf
@@ -25,9 +26,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 IMAGE = "localhost/tm-tiny:1"
 BUSYBOX = Path("/bin/busybox")
 
-if shutil.which("podman") is None or not BUSYBOX.is_file():
-    pytest.skip("podman and busybox-static are not installed (.ci/run installs them: "
-                "apt-get install podman runc busybox-static)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def container_tools() -> None:
+    require_container_tools()  # fails, naming what is missing: the feature is claimed
 
 
 @pytest.fixture(scope="module")

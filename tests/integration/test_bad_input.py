@@ -14,15 +14,28 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from support import ServiceProcess, Services, assert_error, iris_job, read_stream, request_json, subject_count
+from support import (
+    ServiceProcess,
+    Services,
+    assert_error,
+    iris_job,
+    read_stream,
+    request_json,
+    settled,
+    subject_count,
+)
 
 from trainmaster.bus import ERROR_HEADER
+from trainmaster.limits import MAX_DETAILS, MAX_FIELD_CHARS, MORE_VIOLATIONS, clip
 from trainmaster.topology import Topology
 
 pytestmark = pytest.mark.integration
 
 TOPO = Topology()
-MAX_BYTES = 4096
+# the default limit (256 KiB), so that 100,000 levels of `[` fit and are refused for what they are
+MAX_BYTES = 256 * 1024
+DEEP = 100_000
+DEEP_OBJECTS = 40_000  # `{"a":` is 5 bytes and `}` one more a level: as deep as fits under MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,28 @@ CREATE_CASES = [
     Bad("invalid-name", js(valid(name="my job!")), "invalid_request", "name", "invalid_name"),
     Bad("name-too-long", js(valid(name="n" * 65)), "invalid_request", "name", "invalid_name"),
     Bad("over-the-size-limit", js(valid(description="x" * MAX_BYTES)), "request_too_large", "$", "too_large"),
+    # valid JSON that is no object
+    Bad("json-string", b'"x"', "invalid_request", "$", "invalid_type"),
+    Bad("json-number", b"42", "invalid_request", "$", "invalid_type"),
+    Bad("json-true", b"true", "invalid_request", "$", "invalid_type"),
+    Bad("json-empty-array", b"[]", "invalid_request", "$", "invalid_type"),
+    # deep nesting: refused before any decode that would recurse once per level
+    Bad("deep-arrays", b"[" * DEEP + b"]" * DEEP, "invalid_request", "$", "invalid_type"),
+    Bad("deep-arrays-unclosed", b"[" * DEEP, "invalid_request", "$", "invalid_type"),
+    Bad("deep-objects", b'{"a":' * DEEP_OBJECTS + b"1" + b"}" * DEEP_OBJECTS, "invalid_request", "a.a.a.a",
+        "too_deep"),
+    Bad("deep-objects-100k-over-the-limit", b'{"a":' * DEEP + b"1" + b"}" * DEEP, "request_too_large", "$",
+        "too_large"),
+    Bad("deep-arrays-in-parameters", js(valid(parameters={"p": "X"})).replace(b'"X"', b"[" * DEEP + b"]" * DEEP),
+        "invalid_request", "parameters.p[0][0]", "too_deep"),
+    Bad("deep-objects-in-parameters",
+        js(valid(parameters="X")).replace(b'"X"', b'{"a":' * DEEP_OBJECTS + b"1" + b"}" * DEEP_OBJECTS),
+        "invalid_request", "parameters.a.a.a", "too_deep"),
+    Bad("deep-in-data", js(valid(data="X")).replace(b'"X"', b"[" + b'{"path":[' * 20_000),
+        "invalid_request", "data[0].path[0]", "too_deep"),
+    # one violation whose text alone would be most of the payload limit
+    Bad("huge-unknown-key", js(valid(**{"k" * 200_000: 1})), "invalid_request", clip("k" * 200_000, MAX_FIELD_CHARS),
+        "unknown_field"),
 ]
 
 OTHER_VERB_CASES = [
@@ -157,7 +192,9 @@ async def test_read_and_stop_answer_bad_input_with_an_error_naming_the_field(
 # ------------------------------------------------------------------------------ tm.jobs.submit
 SUBMIT_CASES = [c for c in CREATE_CASES if c.id in {
     "garbage-bytes", "invalid-json", "empty-body", "name-wrong-type", "unknown-field-nested", "missing-name",
-    "invalid-name", "over-the-size-limit",
+    "invalid-name", "over-the-size-limit", "json-array", "json-null", "json-string", "json-number", "json-true",
+    "deep-arrays", "deep-arrays-unclosed", "deep-objects", "deep-objects-100k-over-the-limit",
+    "deep-arrays-in-parameters", "deep-objects-in-parameters", "deep-in-data", "huge-unknown-key",
 }]
 
 
@@ -166,8 +203,11 @@ async def test_submit_of_bad_input_is_rejected_with_an_event(
     case: Bad, client: NATS, stack: dict[str, ServiceProcess]
 ) -> None:
     request_id = f"bad-{case.id}-{uuid.uuid4().hex[:8]}"
-    await client.jetstream().publish(TOPO.jobs_submit, case.body, headers={"Nats-Msg-Id": request_id})
+    ack = await client.jetstream().publish(TOPO.jobs_submit, case.body, headers={"Nats-Msg-Id": request_id})
     [(_, event)] = await read_stream(client, TOPO.request_events(request_id), count=1, timeout_s=15)
+    # acked at once: not left to a retry (a nak would hold it pending for seconds, then redeliver)
+    await settled(client, TOPO.stream_requests.name, TOPO.consumer_intake_submit.durable, past_seq=ack.seq,
+                  timeout_s=5)
     assert event["specversion"] == "1.0"
     assert event["type"] == "tm.request.rejected"
     assert event["subject"] == request_id
@@ -175,6 +215,118 @@ async def test_submit_of_bad_input_is_rejected_with_an_event(
     assert event["data"].get("job") is None
     assert_error({"error": event["data"]["error"]}, case.code, field=case.field, detail_code=case.detail)
     assert_alive(stack)
+
+
+# ------------------------------------------------------------------------------ every verb
+# what no verb can take: each body, and the error every verb answers it with
+NOT_A_REQUEST = [
+    Bad("array", b"[]", "invalid_request", "$", "invalid_type"),
+    Bad("string", b'"x"', "invalid_request", "$", "invalid_type"),
+    Bad("number", b"42", "invalid_request", "$", "invalid_type"),
+    Bad("null", b"null", "invalid_request", "$", "invalid_type"),
+    Bad("true", b"true", "invalid_request", "$", "invalid_type"),
+    Bad("deep-arrays", b"[" * DEEP + b"]" * DEEP, "invalid_request", "$", "invalid_type"),
+    Bad("deep-objects", b'{"a":' * DEEP_OBJECTS + b"1" + b"}" * DEEP_OBJECTS, "invalid_request", "a.a.a.a",
+        "too_deep"),
+    Bad("deep-objects-100k", b'{"a":' * DEEP + b"1" + b"}" * DEEP, "request_too_large", "$", "too_large"),
+]
+EVERY_VERB = (
+    [TOPO.jobs(v) for v in (*TOPO.job_verbs, "plan", "new_version")]
+    + [getattr(TOPO, registry)(verb) for registry, verbs in TOPO.registry_subjects.items() for verb in verbs]
+    + [TOPO.topics(v) for v in TOPO.topic_verbs]
+    + [TOPO.agents_list]
+)
+
+
+@pytest.fixture(scope="module")
+def every_service(module_nats_server: str, module_services: Services,
+                  stack: dict[str, ServiceProcess]) -> dict[str, ServiceProcess]:
+    """The scheduler (tm.agents.list) and the notifier (tm.topics.*) as well."""
+    started = module_services.start(module_nats_server, "scheduler", "notifier",
+                                    env={"TM_MAX_REQUEST_BYTES": str(MAX_BYTES)})
+    return {**stack, **{svc.module: svc for svc in started}}
+
+
+@pytest.mark.parametrize("subject", EVERY_VERB)
+async def test_every_verb_answers_a_body_that_is_no_request_with_an_error(
+    subject: str, client: NATS, every_service: dict[str, ServiceProcess]
+) -> None:
+    for case in NOT_A_REQUEST:
+        reply = await request_json(client, subject, case.body)
+        error = assert_error(reply, case.code, field=case.field, detail_code=case.detail)
+        assert case.field in error["message"] or case.code == "request_too_large", error
+    assert_alive(every_service)
+
+
+# ------------------------------------------------------------------------------ many violations
+def bad_parameters(work: Path, name: str, count: int) -> dict:
+    """A job otherwise valid whose every one of ``count`` run parameters is refused (a newline in
+    a value): ~17 bytes each in the request, ~150 in a violation, so 15,000 of them would be
+    2 MB of violations, twice over (the list and the failure reason)."""
+    spec = iris_job(work, name)
+    spec["parameters"] = {f"p{i}": "a\nb" for i in range(count)}
+    return spec
+
+
+def assert_capped(details: list[dict], total: int, field: str) -> None:
+    assert len(details) == MAX_DETAILS, len(details)
+    last = details[-1]
+    assert (last["field"], last["code"]) == (field, MORE_VIOLATIONS), last
+    assert f"{total - MAX_DETAILS + 1} more violations left out" in last["message"], last
+    assert f"{total} in all" in last["message"], last
+
+
+async def test_a_job_with_thousands_of_violations_fails_with_a_bounded_reply_record_and_event(
+    client: NATS, work: Path, stack: dict[str, ServiceProcess]
+) -> None:
+    count = 15_000
+    spec = bad_parameters(work, f"many-params-{uuid.uuid4().hex[:6]}", count)
+    assert len(js(spec)) <= MAX_BYTES
+    reply = await request_json(client, TOPO.jobs("create"), spec, timeout_s=30)
+    error = assert_error(reply, "validation_failed", field="parameters", detail_code=MORE_VIOLATIONS)
+    assert_capped(error["details"], count, "parameters")
+    assert all(d["code"] == "invalid_parameter_value" for d in error["details"][:-1])
+    job = reply["job"]
+    assert job["status"] == "Failed"
+
+    record = await request_json(client, TOPO.jobs("get"), {"id": job["id"]})
+    assert record["status"] == "Failed"
+    assert_capped(record["violations"], count, "parameters")
+    events = await read_stream(client, TOPO.job_events(job["id"]), until=lambda e: e["data"]["status"] == "Failed")
+    assert [e["type"] for _, e in events] == ["tm.job.submitted", "tm.job.failed"]
+    assert events[-1][1]["data"]["violations"] == record["violations"]
+    assert_alive(stack)
+
+
+async def test_a_submitted_job_with_thousands_of_violations_ends_failed(
+    client: NATS, work: Path, stack: dict[str, ServiceProcess]
+) -> None:
+    count = 9_000
+    spec = iris_job(work, f"many-data-{uuid.uuid4().hex[:6]}")
+    spec["data"] = [{"path": f"relative/{i}"} for i in range(count)]  # each is relative_path
+    request_id = f"many-{uuid.uuid4().hex[:8]}"
+    await client.jetstream().publish(TOPO.jobs_submit, js(spec), headers={"Nats-Msg-Id": request_id})
+    [(_, accepted)] = await read_stream(client, TOPO.request_events(request_id), count=1, timeout_s=15)
+    assert accepted["type"] == "tm.request.accepted"
+    job_id = accepted["data"]["job"]["id"]
+    events = await read_stream(client, TOPO.job_events(job_id), until=lambda e: e["data"]["status"] == "Failed",
+                               timeout_s=30)
+    failed = events[-1][1]["data"]
+    assert_capped(failed["violations"], count, "data")
+    assert len(failed["reason"]) < 5000
+    # the validator acked its work item: nothing left to redeliver, and job-intake acked the submission
+    await settled(client, TOPO.stream_work.name, TOPO.consumer_validator.durable)
+    await settled(client, TOPO.stream_requests.name, TOPO.consumer_intake_submit.durable)
+    record = await request_json(client, TOPO.jobs("get"), {"id": job_id})
+    assert record["status"] == "Failed" and record["violations"] == failed["violations"]
+    assert_alive(stack)
+
+
+async def test_plan_of_a_job_with_thousands_of_violations_is_bounded(client: NATS, work: Path) -> None:
+    count = 15_000
+    reply = await request_json(client, TOPO.jobs("plan"), bad_parameters(work, "many-plan", count), timeout_s=30)
+    assert reply["valid"] is False, reply.get("error")
+    assert_capped(reply["violations"], count, "parameters")
 
 
 # ------------------------------------------------------------------------------ validation

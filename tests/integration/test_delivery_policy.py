@@ -4,7 +4,6 @@ dead-letter a ``Poison`` message at once."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -14,7 +13,7 @@ import nats
 import pytest
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client as NATS
-from support import eventually, subject_count
+from support import eventually, settled, subject_count
 
 from trainmaster.bus import ERROR_HEADER, Poison, durable_subscriber, ensure_consumer, ensure_stream, make_broker
 from trainmaster.settings import Settings
@@ -70,13 +69,15 @@ async def recorder(nats_server: str, js_only: NATS) -> AsyncIterator[Recorder]:
     await broker.stop()
 
 
-async def settled(nc: NATS) -> bool:
-    info = await nc.jetstream().consumer_info(SPEC.stream, SPEC.durable)
-    return info.num_pending == 0 and info.num_ack_pending == 0
+async def consumed(nc: NATS, seq: int) -> None:
+    """The consumer acked or terminated everything up to ``seq`` and holds nothing for later: no
+    delivery of those messages can come any more, so counting deliveries now is final."""
+    await settled(nc, SPEC.stream, SPEC.durable, past_seq=seq, timeout_s=30)
 
 
-async def publish(nc: NATS, body: bytes) -> None:
-    await nc.jetstream().publish(SPEC.filter_subject, body, stream=SPEC.stream)
+async def publish(nc: NATS, body: bytes) -> int:
+    """The stream sequence of the published message."""
+    return (await nc.jetstream().publish(SPEC.filter_subject, body, stream=SPEC.stream)).seq
 
 
 async def dead_letters(nc: NATS, count: int) -> list:
@@ -90,14 +91,13 @@ async def dead_letters(nc: NATS, count: int) -> list:
 async def test_a_handler_that_fails_once_is_redelivered_then_acked(js_only: NATS, recorder: Recorder) -> None:
     body = b"fails once"
     recorder.fail_times[body] = 1
-    await publish(js_only, body)
+    seq = await publish(js_only, body)
     await eventually(lambda: len(recorder.calls[body]) >= 2, what="the redelivery")
-    await eventually(lambda: settled(js_only), what="the ack")
+    await consumed(js_only, seq)
 
     assert recorder.deliveries(body) == [1, 2]
     (_, t1), (_, t2) = recorder.calls[body]
     assert t2 - t1 >= RETRY_DELAYS[0] * 0.8, "the retry waits the consumer's delay"
-    await asyncio.sleep(0.5)
     assert recorder.deliveries(body) == [1, 2], "acked: not delivered again"
     # work-queue stream: the acked message is gone; nothing was dead-lettered
     assert await subject_count(js_only, SPEC.stream, SPEC.filter_subject) == 0
@@ -109,9 +109,9 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_max_deliver(
 ) -> None:
     body = b"always fails"
     recorder.fail_times[body] = 1000
-    await publish(js_only, body)
+    seq = await publish(js_only, body)
     [letter] = await dead_letters(js_only, 1)
-    await eventually(lambda: settled(js_only), what="the message to be settled")
+    await consumed(js_only, seq)
 
     assert recorder.deliveries(body) == list(range(1, SPEC.max_deliver + 1))
     times = [t for _, t in recorder.calls[body]]
@@ -124,7 +124,6 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_max_deliver(
     assert letter.headers["Tm-Original-Subject"] == SPEC.filter_subject
     assert letter.headers["Tm-Consumer"] == SPEC.durable
 
-    await asyncio.sleep(1.0)
     assert len(recorder.calls[body]) == SPEC.max_deliver, "terminated: never delivered again"
     assert await subject_count(js_only, TOPO.stream_dlq.name, TOPO.dlq(SPEC.durable)) == 1
 
@@ -133,16 +132,15 @@ async def test_a_poison_message_is_dead_lettered_at_once(js_only: NATS, recorder
     body = b"poison \xff\x00"
     await publish(js_only, body)
     good = b"good after poison"
-    await publish(js_only, good)
+    last = await publish(js_only, good)
     [letter] = await dead_letters(js_only, 1)
-    await eventually(lambda: settled(js_only), what="both messages to be settled")
+    await consumed(js_only, last)
 
     assert recorder.deliveries(body) == [1]
     assert recorder.deliveries(good) == [1], "the consumer goes on with the next message"
     assert letter.data == body
     assert letter.headers[ERROR_HEADER].startswith("poison: cannot be decoded")
-    await asyncio.sleep(1.0)
-    assert recorder.deliveries(body) == [1]
+    assert recorder.deliveries(body) == [1], "terminated: never delivered again"
     assert await subject_count(js_only, TOPO.stream_dlq.name, TOPO.dlq(SPEC.durable)) == 1
 
 

@@ -1,7 +1,7 @@
 """The executor agent as a real process against a real nats-server.
 
 The test plays the scheduler: it publishes Assign/Cancel commands on ``tm.agent.control.<agent>``
-(with ``publish_js``, as the scheduler does) and reads the agent's reports through the
+(JetStream publishes, as the scheduler's) and reads the agent's reports through the
 scheduler's own durable consumer, its heartbeats on core NATS and its log lines from the LOGS
 stream.
 """
@@ -33,6 +33,7 @@ from agent_harness import (
     script_job,
     start_agent,
 )
+from support import settled
 
 from trainmaster.bus import publish_js
 from trainmaster.messages import Algorithm, Assign, Cancel, DataSource, JobRequest
@@ -116,8 +117,9 @@ async def test_iris_job_runs_reports_logs_and_stores_the_model(bus: Bus, agent: 
     assert metrics["params"] == {"C": 1.0, "max_iter": 200, "label_column": "species", "test_size": 0.25, "seed": 0}
 
     # a redelivered Assign of a finished run does not run it again
-    await bus.send(command)
-    await asyncio.sleep(1.5)
+    seq = await bus.send(command)
+    # the agent acked the redelivered Assign: whatever it did with it is done
+    await settled(bus.nc, TOPO.stream_agent.name, f"agent-{AGENT_ID}", past_seq=seq)
     assert log_file.read_text().count("# trainmaster job") == 1
     assert "assignment already finished here" in agent.output()
 

@@ -8,7 +8,18 @@ import asyncio
 import json
 
 import pytest
-from notify_fixtures import TOPO, Receiver, api, emit, job_event, job_record, put_job, start_notifier, until
+from notify_fixtures import (
+    TOPO,
+    Receiver,
+    api,
+    emit,
+    job_event,
+    job_record,
+    notifier_idle,
+    put_job,
+    start_notifier,
+    until,
+)
 
 from trainmaster.messages import Status
 
@@ -21,7 +32,10 @@ SUBS = ("one", "two")
 async def test_kill_mid_burst_then_restart_loses_nothing_and_doubles_nothing(nc, nats_server: str, services) -> None:
     rx = await Receiver().start()
     # slow receivers and few deliveries in flight per subscription keep the burst going for seconds
-    env = {"TM_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION": "8"}
+    # a short ack wait: a task the killed notifier took but never acked comes back within seconds,
+    # so that waiting for the notifier to be idle before counting stays short
+    env = {"TM_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION": "8", "TM_WEBHOOK_TIMEOUT_S": "2", "TM_SMTP_TIMEOUT_S": "2",
+           "TM_NOTIFY_ACK_WAIT_S": "5"}
     try:
         first = await start_notifier(services, nats_server, env)
         client = await api(nats_server)
@@ -47,7 +61,7 @@ async def test_kill_mid_burst_then_restart_loses_nothing_and_doubles_nothing(nc,
         await start_notifier(services, nats_server, env)
         unique = lambda: {(d.path, d.webhook_id) for d in rx.seen}  # noqa: E731
         await until(lambda: len(unique()) >= EVENTS * len(SUBS), timeout_s=30, what="every delivery after restart")
-        await asyncio.sleep(1.0)  # let any straggler arrive before counting
+        await notifier_idle(nc)  # every straggler (a redelivery after the kill) has arrived before counting
 
         print(f"seen {len(rx.seen)} deliveries, {len(unique())} unique, {at_kill} before the kill")
         assert all(d.verified for d in rx.seen)

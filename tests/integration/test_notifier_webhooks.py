@@ -22,6 +22,7 @@ from notify_fixtures import (
     emit,
     job_event,
     job_record,
+    notifier_idle,
     put_job,
     start_notifier,
     until,
@@ -79,7 +80,7 @@ async def test_every_event_reaches_every_subscription_once(nc, client: Client, r
     await emit(nc, events[1])  # a duplicate publish is dropped by the server (same Nats-Msg-Id)
     expected = 3 * 2 * 3  # jobs x notified events x subscriptions
     await until(lambda: len(rx.seen) >= expected, what=f"{expected} deliveries")
-    await asyncio.sleep(1.0)  # nothing more may arrive
+    await notifier_idle(nc)  # everything handled: nothing more can arrive
     assert len(rx.seen) == expected
     assert not rx.of("not-me")
     assert all(d.verified for d in rx.seen), [d for d in rx.seen if not d.verified]
@@ -154,7 +155,7 @@ async def test_a_redirect_is_not_followed_and_exhaustion_dead_letters(nc, nats_s
     assert dead["state"] == "dead" and dead["attempts"] == 3 and dead["last_status"] == 302
     assert dead["subscription_id"] == ids["moved"] and dead["id"] == rx.of("moved")[0].webhook_id
     assert json.loads(json.dumps(dead["body"]))["id"] == dead["id"]  # the body that was (not) delivered
-    await asyncio.sleep(1.0)
+    await notifier_idle(nc)  # dead-lettered and acked: no fourth attempt can come
     assert len(rx.of("moved")) == 3
     [sub] = await client.topics.subscriptions("t")
     assert sub["state"] == "active"  # failing is not disabling
@@ -178,7 +179,7 @@ async def test_410_disables_the_subscription(nc, client: Client, rx: Receiver) -
     assert "410" in subs["gone"]["disabled_reason"] and subs["gone"]["disabled_at"]
     await emit(nc, job_event(rec, 3, Status.SUCCEEDED, Status.RUNNING))
     await until(lambda: len(rx.of("fine")) == 2, what="the next event to the active one")
-    await asyncio.sleep(0.5)
+    await notifier_idle(nc)
     assert len(rx.of("gone")) == 1  # not tried again, no retries, no new events
     topics = {t["name"]: t for t in await client.topics.list()}
     assert topics["t"]["subscriptions"] == 2 and topics["t"]["active_subscriptions"] == 1

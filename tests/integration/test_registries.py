@@ -17,7 +17,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from support import Services, assert_error, eventually, iris_job, request_json
+from support import Services, assert_error, eventually, iris_job, request_json, settled
 from typer.testing import CliRunner
 
 from trainmaster.bus import make_broker
@@ -322,9 +322,10 @@ async def test_an_ended_job_is_charged_exactly_once(nc, tmp_path, stack):
     last = await events.get_last_msg(TOPO.stream_events.name, TOPO.job_events(job["id"]))
     ended = [json.loads(last.data)]
     for _ in range(3):
-        await events.publish(TOPO.job_events(job["id"]), json.dumps(ended[0]).encode(),
-                             headers={"Nats-Msg-Id": uuid.uuid4().hex})
-    await asyncio.sleep(1.0)
+        ack = await events.publish(TOPO.job_events(job["id"]), json.dumps(ended[0]).encode(),
+                                   headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    # the biller handled and acked all three copies: a second charge would be in the account now
+    await settled(nc, TOPO.consumer_billing.stream, TOPO.consumer_billing.durable, past_seq=ack.seq)
     after = await call(nc, TOPO.accounts("get"), {"name": account})
     assert after["balance"] == charged["balance"]
     assert [e["id"] for e in after["ledger"] if e["kind"] == "charge"] == [f"charge:{job['id']}"]
