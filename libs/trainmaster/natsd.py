@@ -66,12 +66,13 @@ class NatsServer:
 
     def wait_ready(self, timeout_s: float = 20.0) -> str:
         """Block until the server listens and JetStream is healthy; returns its URL."""
-        assert self.proc is not None, "launch() first"
+        proc = self.proc  # this one: stop() from another thread clears self.proc
+        assert proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {' '.join(self._cmd)}")
-            files = list(self._ports_dir.glob(f"*_{self.proc.pid}.ports"))
+            if proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {proc.returncode}: {' '.join(self._cmd)}")
+            files = list(self._ports_dir.glob(f"*_{proc.pid}.ports"))
             if files:
                 try:
                     ports = json.loads(files[0].read_text())

@@ -7,6 +7,7 @@ optionally background tasks; ``run_service`` does the rest and stops cleanly on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,20 +70,39 @@ async def serve(name: str, setup: Setup, settings: Settings | None = None) -> No
     for task in failed:
         log.error("background task crashed", task=task.get_name(), error=repr(task.exception()))
     log.info("service stopping")
-    for hook in ctx.on_stop:
-        try:
-            await hook()
-        except Exception:
-            log.exception("stop hook failed")
-    for task in ctx.tasks:
-        task.cancel()
-    await asyncio.gather(*ctx.tasks, return_exceptions=True)
-    await broker.stop()
+    try:
+        # bounded: a hook or a drain that waits on a request while nats-server goes away (the
+        # stack stops it last, but a supervisor's patience is finite) must not hold the stop up
+        await asyncio.wait_for(stop_service(ctx), settings.shutdown_grace_s)
+    except TimeoutError:
+        log.warning("stop took too long; exiting anyway", grace_s=settings.shutdown_grace_s)
+        await close_quickly(broker)
     if provider is not None:
         provider.shutdown()
     log.info("service stopped")
     if failed:
         raise SystemExit(1)
+
+
+async def stop_service(ctx: ServiceContext) -> None:
+    """Stop hooks, then the background tasks, then the broker (in-flight handlers, drain)."""
+    for hook in ctx.on_stop:
+        try:
+            await hook()
+        except Exception:
+            ctx.log.exception("stop hook failed")
+    for task in ctx.tasks:
+        task.cancel()
+    await asyncio.gather(*ctx.tasks, return_exceptions=True)
+    await ctx.broker.stop()
+
+
+async def close_quickly(broker: NatsBroker) -> None:
+    """Close the connection without draining it (a stop that ran out of time)."""
+    connection = broker._connection  # None once broker.stop got that far
+    if connection is not None and not connection.is_closed:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(connection.close(), 0.5)
 
 
 def run_service(name: str, setup: Setup) -> None:

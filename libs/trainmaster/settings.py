@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     subject_prefix: str = Field("tm", pattern=r"^[A-Za-z0-9_-]+$")
     publish_timeout_s: float = Field(10.0, description="JetStream publish ack wait; covers fail-over")
     stream_replicas: int = Field(1, ge=1, le=5, description="R of streams and KV buckets (3 on a cluster)")
+    shutdown_grace_s: float = Field(
+        2.5, gt=0, description="longest a service takes to stop on SIGTERM (stop hooks, in-flight messages, "
+        "closing the connection) before it exits anyway; an agent's nodes get half of it")
 
     # --- embedded nats-server (trainmaster up / make run) ------------------------------
     nats_host: str = "127.0.0.1"

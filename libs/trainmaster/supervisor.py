@@ -4,6 +4,7 @@ processes, restarted if they crash, all stopped cleanly (no orphans) on Ctrl-C /
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,6 +22,14 @@ from trainmaster.settings import Settings
 from trainmaster.topology import Topology
 
 SERVICES = ("job_intake", "validator", "scheduler", "notifier")
+CRASH_LIMIT = 5  # restarts of one child within CRASH_WINDOW_S; one more crash and it is given up
+CRASH_WINDOW_S = 60.0
+WATCH_INTERVAL_S = 0.5
+# shutdown, 5 s at most in all: every service and agent gets SIGTERM at once and this long to exit
+# (each bounds its own stop to TM_SHUTDOWN_GRACE_S, 2.5 s); then nats-server, last, gets its own
+CHILD_GRACE_S = 3.0
+NATS_GRACE_S = 1.0
+NATS_READY_S = 20.0
 
 
 @dataclass
@@ -31,13 +40,27 @@ class AgentConf:
 
 
 @dataclass
+class Restarts:
+    """The crash-loop limit: a child restarted CRASH_LIMIT times within CRASH_WINDOW_S is given up."""
+
+    times: list[float] = field(default_factory=list)
+
+    def allow(self, now: float) -> bool:
+        self.times = [t for t in self.times if now - t < CRASH_WINDOW_S]
+        if len(self.times) >= CRASH_LIMIT:
+            return False
+        self.times.append(now)
+        return True
+
+
+@dataclass
 class Child:
     name: str
     module: str
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen | None = None
-    restarts: list[float] = field(default_factory=list)
+    restarts: Restarts = field(default_factory=Restarts)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,9 +69,26 @@ class Child:
                 [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=child_preexec,
                 # own process group: a terminal's Ctrl-C reaches only the supervisor, which then
-                # stops the children in order (agents first, nats-server last)
+                # stops the children itself (nats-server last)
                 start_new_session=True,
             )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_or_kill(self, deadline: float) -> bool:
+        """Wait until ``deadline`` (monotonic) for the child to exit, then SIGKILL its whole process
+        group (what it started itself goes too) and reap it.  True if it had to be killed."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+            return False
+        except subprocess.TimeoutExpired:
+            # the group id is the child's pid: still reserved, as the child is not reaped yet
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            return True
 
 
 class Stack:
@@ -59,19 +99,24 @@ class Stack:
         self.echo = echo
         self.nats = NatsServer(store_dir=self.data_dir / "nats", host=settings.nats_host, port=settings.nats_port,
                                log_file=self.data_dir / "logs" / "nats-server.log")
+        self.nats_restarts = Restarts()
         self.children: list[Child] = []
         self.url = ""
+        self.failure: str | None = None  # why the stack stopped by itself (nats-server kept crashing)
 
     async def start(self) -> str:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
             self.nats.launch()  # in this (long-lived) thread: see NatsServer.launch
-            self.url = await asyncio.to_thread(self.nats.wait_ready)
+            self.url = await asyncio.to_thread(self.nats.wait_ready, NATS_READY_S)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(
                 f"{exc}. Is another stack using port {self.settings.nats_port}? "
                 f"Stop it or choose another port with TM_NATS_PORT. Log: {self.nats.log_file}"
             ) from exc
+        # a restarted nats-server must listen where the services reconnect to, also when the
+        # port was picked at random (-1)
+        self.nats.port = int(self.url.rsplit(":", 1)[1])
         nc = await nats.connect(self.url)
         await provision(nc.jetstream(), Topology(self.settings.subject_prefix, self.settings.stream_replicas))
         await nc.close()
@@ -95,48 +140,73 @@ class Stack:
         return self.url
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Restart a crashed child (at most 5 times a minute, then give up on it loudly)."""
+        """Restart nats-server or a child that died (reaping it), at most CRASH_LIMIT times a
+        minute each; a child beyond that is given up loudly, and without nats-server the stack
+        stops (nothing works without the bus)."""
         while not stop.is_set():
-            for child in self.children:
-                if child.proc is None or child.proc.poll() is None:
-                    continue
-                now = time.monotonic()
-                child.restarts = [t for t in child.restarts if now - t < 60]
-                if len(child.restarts) >= 5:
-                    self.echo(f"{child.name} keeps crashing (exit {child.proc.returncode}); see {child.log_path}")
-                    child.proc = None
-                    continue
-                self.echo(f"{child.name} exited with {child.proc.returncode}; restarting (log: {child.log_path})")
-                child.restarts.append(now)
-                child.start()
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
+            if not await self.heal_nats():
+                stop.set()
+                return
+            self.heal_children()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        # agents first, so their jobs are stopped and reported while the bus is still up
-        ordered = sorted(self.children, key=lambda c: 0 if c.module.endswith("executor_agent") else 1)
-        for group in (ordered[: len(self.agents)], ordered[len(self.agents):]):
-            live = [c.proc for c in group if c.proc and c.proc.poll() is None]
-            for proc in live:
-                proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            for proc in live:
-                try:
-                    proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self.nats.stop()
+    async def heal_nats(self) -> bool:
+        """Restart nats-server if it died: same store directory, same port, so the services'
+        clients reconnect and the streams carry on.  False once it keeps crashing."""
+        proc = self.nats.proc
+        if proc is not None and proc.poll() is None:  # poll() also reaps a dead one
+            return True
+        code = proc.returncode if proc is not None else None
+        if not self.nats_restarts.allow(time.monotonic()):
+            self.failure = f"nats-server keeps crashing (exit {code}); see {self.nats.log_file}"
+            self.echo(f"{self.failure}; stopping the stack")
+            return False
+        self.echo(f"nats-server exited with {code}; restarting it on {self.url}")
+        # launched here, in the event loop's (long-lived) thread: see NatsServer.launch
+        self.nats.launch()
+        try:
+            await asyncio.to_thread(self.nats.wait_ready, NATS_READY_S)
+        except (RuntimeError, TimeoutError) as exc:  # the next round tries again, within the limit
+            self.echo(f"nats-server did not come back: {exc}. Log: {self.nats.log_file}")
+            return True
+        self.echo("nats-server is back; the services reconnect to it")
+        return True
+
+    def heal_children(self) -> None:
+        for child in self.children:
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            if not child.restarts.allow(time.monotonic()):
+                self.echo(f"{child.name} keeps crashing (exit {child.proc.returncode}); see {child.log_path}")
+                child.proc = None
+                continue
+            self.echo(f"{child.name} exited with {child.proc.returncode}; restarting (log: {child.log_path})")
+            child.start()
+
+    def stop(self, grace_s: float = CHILD_GRACE_S) -> None:
+        """SIGTERM every service and agent at once (an agent stops its nodes and reports their exits,
+        the bus is still up); SIGKILL the process group of any still running after ``grace_s``;
+        then nats-server."""
+        live = [c for c in self.children if c.alive()]
+        for child in live:
+            assert child.proc is not None
+            child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in live:
+            if child.wait_or_kill(deadline):
+                self.echo(f"{child.name} did not stop within {grace_s:g} s; killed (log: {child.log_path})")
+        self.nats.stop(NATS_GRACE_S)
 
 
 async def run_until_signalled(stack: Stack, after_start=None) -> None:
-    """Start the stack, run ``after_start(url)`` if given, then wait for Ctrl-C / SIGTERM."""
+    """Start the stack, run ``after_start(url)`` if given, then wait for Ctrl-C / SIGTERM (or for
+    nats-server to crash for good)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher: asyncio.Future | None = None
     try:
         url = await stack.start()
         watcher = asyncio.ensure_future(stack.watch(stop))
@@ -148,8 +218,16 @@ async def run_until_signalled(stack: Stack, after_start=None) -> None:
             elif task.exception():
                 stack.echo(f"error: {task.exception()}")
         await stop.wait()
-        await watcher
     finally:
+        if watcher is not None:
+            # not awaited to its end: it may be waiting for a restarted nats-server to be ready,
+            # which stack.stop ends at once (it stops that server too)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         stack.echo("stopping the stack ...")
+        started = time.monotonic()
         await asyncio.to_thread(stack.stop)
-        stack.echo("stopped.")
+        stack.echo(f"stopped in {time.monotonic() - started:.1f} s.")
+    if stack.failure:
+        raise RuntimeError(stack.failure)  # `trainmaster up` exits 1 with it

@@ -256,11 +256,13 @@ class Agent:
     async def stop_all(self) -> None:
         """Agent shutdown: stop every node (no orphans), and report each as exited."""
         self.stopping = True
+        # the agent's own stop is bounded (shutdown_grace_s): its nodes get half of that, so that
+        # their exits are still reported before the stack stops nats-server
+        grace_s = min(self.settings.stop_grace_s, self.settings.shutdown_grace_s / 2)
         for run in list(self.runs.values()):
-            run.stop("agent stopped", self.settings.stop_grace_s)
+            run.stop("agent stopped", grace_s)
         if self.watchers:
-            timeout = self.settings.stop_grace_s + 2 * self.settings.publish_timeout_s + 5
-            _, pending = await asyncio.wait(set(self.watchers), timeout=timeout)
+            _, pending = await asyncio.wait(set(self.watchers), timeout=self.settings.shutdown_grace_s)
             if pending:
                 self.log.error("some nodes were not reported before the agent stopped", count=len(pending))
 
