@@ -288,7 +288,9 @@ class Agent:
                         if killed:
                             self.log.warning("killed processes left by a lost node", job_id=key.job_id,
                                              pids=killed)
-                    report = self.report(key, "exited", 1, "lost: the agent restarted while this node ran")
+                    # 137: the node was SIGKILLed with its agent (the death signal), so the job's
+                    # retry policy (retry_exit_codes, 137 by default) decides as for any kill
+                    report = self.report(key, "exited", 137, "lost: the agent restarted while this node ran")
                     write_atomic(run_dir / EXIT_FILE, encode(report))
                 else:
                     continue

@@ -59,7 +59,7 @@ async def test_a_killed_and_restarted_agent_reports_its_node_lost_and_the_job_en
                               until=lambda e: e["data"]["status"] in ("Failed", "Succeeded", "Stopped"))
     final = pairs[-1][1]["data"]
     assert final["status"] == "Failed", final
-    assert final["exit_code"] == 1 and final["reason"].startswith("lost: the agent restarted while this node ran")
+    assert final["exit_code"] == 137 and final["reason"].startswith("lost: the agent restarted while this node ran")
     await eventually(lambda: not alive(pid), 10, 0.1, what="the lost node's process to be killed")
     record = await request_json(nc, TOPO.jobs("get"), {"id": job["id"]})
     assert record["status"] == "Failed"
