@@ -31,7 +31,7 @@ def server_config(name: str, store: Path, port: int, http_port: int, cluster: li
     lines = [f"server_name: {name}", f"listen: 127.0.0.1:{port}", f"http: 127.0.0.1:{http_port}",
              "max_payload: 1MB", f'jetstream {{ store_dir: "{store}"{limit} }}']
     if cluster:
-        routes = " ".join(f"nats-route://127.0.0.1:{p}" for p in cluster)
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in cluster)
         lines.append(f"cluster {{ name: chaos, listen: 127.0.0.1:{cluster_port}, routes: [{routes}] }}")
     return "\n".join(lines) + "\n"
 
@@ -46,6 +46,7 @@ class NatsNode:
         self.store = store or root / name / "jetstream"
         self.store.mkdir(parents=True, exist_ok=True)
         conf = root / name / "nats.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text(server_config(name, self.store, self.port, self.http_port, cluster, cluster_port,
                                       max_file_store))
         self.proc = Managed(name, [server_binary(), "-c", str(conf)], env, root / "logs" / f"{name}.log",

@@ -117,7 +117,8 @@ async def run(plan: Plan, base: Path) -> Row:
         if load.unacked:
             obs.notes.append(f"{len(load.unacked)} submissions never acknowledged (not counted as accepted)")
     except Exception as exc:  # the scenario itself broke: reported as ERROR, not hidden
-        row.error = f"{type(exc).__name__}: {exc}"[:300]
+        row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        obs.notes.append(f"scenario error in full: {exc}")
     finally:
         if nc is not None:
             with contextlib.suppress(Exception):

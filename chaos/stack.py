@@ -87,8 +87,11 @@ class Stack:
         await self.wait_ready()
 
     async def connect(self) -> NATS:
+        async def quiet(exc: Exception) -> None:  # reconnect errors while a server is down are the point
+            pass
+
         return await nats.connect(self.url.split(","), connect_timeout=5, max_reconnect_attempts=-1,
-                                  reconnect_time_wait=0.5)
+                                  reconnect_time_wait=0.5, error_cb=quiet)
 
     async def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Every service answers or pulls, all three agents are registered, a scheduler leads."""
