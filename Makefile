@@ -71,6 +71,10 @@ bench: $(TEST_STAMP)
 	$(PY) -m bench.scheduler_throughput --out .trainmaster/bench/scheduler_throughput.json
 	$(PY) -m bench.scheduler_throughput --rate 1000 --out .trainmaster/bench/scheduler_paced.json
 
+## chaos: the fault-injection suite (every fault, hundreds of jobs; ~15 min): table in docs/reliability.md
+chaos: $(TEST_STAMP)
+	$(PY) -m chaos --faults all --jobs 40 --interval 0.5 --json .trainmaster/chaos/full.json
+
 ## schema: regenerate docs/schemas from the message types
 schema: $(RUNTIME_STAMP)
 	$(VENV)/bin/trainmaster schema
