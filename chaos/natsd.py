@@ -12,6 +12,7 @@ import nats
 
 from chaos.procs import Managed
 from trainmaster.bus import provision
+from trainmaster.nats_health import needs_restart
 from trainmaster.natsd import server_binary
 from trainmaster.topology import Topology
 
@@ -50,7 +51,10 @@ class NatsNode:
         conf.write_text(server_config(name, self.store, self.port, self.http_port, cluster, cluster_port,
                                       max_file_store))
         self.proc = Managed(name, [server_binary(), "-c", str(conf)], env, root / "logs" / f"{name}.log",
-                            restart_delay_s=restart_delay_s)
+                            restart_delay_s=restart_delay_s, health_check=self.store_needs_restart)
+
+    def store_needs_restart(self) -> str | None:
+        return needs_restart(f"http://127.0.0.1:{self.http_port}", self.store)
 
     @property
     def url(self) -> str:

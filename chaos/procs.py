@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,10 @@ class Managed:
     expected_exits: int = 0  # exits a fault caused (each expected exit is consumed by one death)
     unexpected: list[str] = field(default_factory=list)
     held: bool = False  # a fault keeps it down (not restarted) until released
+    # a watchdog beside the init system: a reason to restart a process that is up but stuck
+    # (nats-server's failed store writes: trainmaster.nats_health), checked every second
+    health_check: Callable[[], str | None] | None = None
+    watchdog_restarts: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int | None:
@@ -118,12 +123,25 @@ class Fleet:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
+        checked = 0.0
         while True:
             now = time.monotonic()
             for proc in self.procs:
                 if proc.notice_death(now):
                     proc.start()
+            if now - checked >= 1.0:
+                checked = now
+                await self._check_health()
             await asyncio.sleep(0.1)
+
+    async def _check_health(self) -> None:
+        for proc in self.procs:
+            if proc.health_check is None or not proc.alive():
+                continue
+            reason = await asyncio.to_thread(proc.health_check)
+            if reason is not None:
+                proc.watchdog_restarts.append(f"{proc.name} restarted by the watchdog at {time.time():.3f}: {reason}")
+                proc.signal(signal.SIGTERM, expect_exit=True)
 
     async def stop_all(self, grace_s: float = 10.0) -> None:
         """Agents first (their nodes are stopped and reported while the bus is up), then the

@@ -126,6 +126,7 @@ async def run(plan: Plan, base: Path) -> Row:
         await receiver.down()
         await stack.stop()
         obs.unexpected_exits = stack.fleet.unexpected_exits()
+        obs.notes += [line for proc in stack.fleet.procs for line in proc.watchdog_restarts]
         await asyncio.sleep(0.5)
         obs.leftovers = leftover_processes(root)
         if mount is not None:

@@ -8,6 +8,7 @@ consumer's retry delay, so at-least-once delivery is real and handlers must be i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,11 +17,18 @@ import structlog
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+)
 from opentelemetry.sdk.trace import TracerProvider
 
 from trainmaster.limits import bounded_error
@@ -37,6 +45,16 @@ ERROR_HEADER = "Tm-Error"
 # what decoding a bad body raises: msgspec's errors (ValidationError is a DecodeError), and
 # UnicodeDecodeError for bytes that are not UTF-8 inside a JSON string (msgspec does not wrap it)
 UNDECODABLE: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError)
+
+
+# what a request to the server raises while it cannot answer for a moment: a cluster electing a
+# new leader after losing a server (503s, no responders, timeouts for 5-6 s), or the one server
+# restarting (the client reconnecting).  A loop that meets one waits and tries again.
+TRANSIENT_BUS_ERRORS: tuple[type[Exception], ...] = (
+    TimeoutError, nats_errors.TimeoutError, nats_errors.NoRespondersError, nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionReconnectingError, nats_errors.StaleConnectionError, nats_errors.OutboundBufferLimitError,
+    ServiceUnavailableError, ServerError, NoStreamResponseError,
+)
 
 
 class Poison(Exception):
@@ -115,6 +133,21 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     await js.add_consumer(spec.stream, consumer_config(spec))
+
+
+async def provision_when_ready(js: JetStreamContext, topo: Topology, patience_s: float = 60.0) -> None:
+    """``provision``, tried again while the server cannot answer for a moment (a service started
+    during a cluster fail-over would otherwise exit, be restarted, and exit again)."""
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            await provision(js, topo)
+            return
+        except TRANSIENT_BUS_ERRORS as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("provisioning the topology failed; trying again", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(1.0)
 
 
 async def provision(js: JetStreamContext, topo: Topology) -> None:

@@ -16,7 +16,7 @@ import structlog
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
-from trainmaster.bus import make_broker, provision
+from trainmaster.bus import make_broker, provision_when_ready
 from trainmaster.settings import Settings, get_settings
 from trainmaster.telemetry import configure_logging, configure_tracing
 from trainmaster.topology import Topology
@@ -55,7 +55,7 @@ async def serve(name: str, setup: Setup, settings: Settings | None = None) -> No
     broker = make_broker(name, settings, provider)
     await broker.connect()
     ctx = ServiceContext(name=name, settings=settings, topo=topo, broker=broker, log=log)
-    await provision(ctx.js, topo)
+    await provision_when_ready(ctx.js, topo)
     await setup(ctx)
     await broker.start()
     log.info("service started", nats=settings.nats_url)

@@ -16,6 +16,7 @@ from pathlib import Path
 import nats
 
 from trainmaster.bus import provision
+from trainmaster.nats_health import needs_restart
 from trainmaster.natsd import NatsServer
 from trainmaster.procs import child_preexec
 from trainmaster.settings import Settings
@@ -144,12 +145,24 @@ class Stack:
         minute each; a child beyond that is given up loudly, and without nats-server the stack
         stops (nothing works without the bus)."""
         while not stop.is_set():
+            await self.heal_nats_store()
             if not await self.heal_nats():
                 stop.set()
                 return
             self.heal_children()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+
+    async def heal_nats_store(self) -> None:
+        """Stop a nats-server that cannot write its store but could again (see nats_health): it
+        would never recover by itself, nor exit; ``heal_nats`` then starts it again."""
+        if self.nats.proc is None or self.nats.proc.poll() is not None or not self.nats.monitor_url:
+            return
+        error = await asyncio.to_thread(needs_restart, self.nats.monitor_url, self.nats.store_dir)
+        if error is None:
+            return
+        self.echo(f"nats-server cannot write its store ({error}); restarting it now that there is room")
+        await asyncio.to_thread(self.nats.stop, NATS_GRACE_S)
 
     async def heal_nats(self) -> bool:
         """Restart nats-server if it died: same store directory, same port, so the services'

@@ -33,7 +33,7 @@ from services.notifier.retry import Decision, Outcome, Verdict, decide
 from services.notifier.senders import EmailSender, WebhookSender
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import disable_subscription
-from trainmaster.bus import UNDECODABLE, consumer_config
+from trainmaster.bus import TRANSIENT_BUS_ERRORS, UNDECODABLE, consumer_config
 from trainmaster.messages import DeadLetter, DeliveryRecord, DeliveryTask, JobCloudEvent, TopicSubscription
 from trainmaster.settings import Settings
 from trainmaster.topology import ConsumerSpec, Topology
@@ -85,6 +85,11 @@ class Deliverer:
                 continue
             except nats.errors.ConnectionClosedError:
                 return
+            except TRANSIENT_BUS_ERRORS as exc:  # a fail-over or a restarting server: try again shortly
+                log.warning("fetch failed; trying again", consumer=self.spec.durable,
+                            error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
             for msg in msgs:
                 task = asyncio.ensure_future(self.handle(msg))
                 self.in_flight.add(task)

@@ -24,12 +24,25 @@ from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from trainmaster.bus import ERROR_HEADER, MSG_ID, Poison, retry_delay
+from trainmaster.bus import ERROR_HEADER, MSG_ID, TRANSIENT_BUS_ERRORS, Poison, retry_delay
 from trainmaster.topology import ConsumerSpec, Topology
 
 log = structlog.get_logger()
 _tracer = trace.get_tracer("trainmaster.scheduler")
 RawHandler = Callable[[bytes], Awaitable[None]]
+
+
+async def fetch_batch(sub: JetStreamContext.PullSubscription, batch_size: int, durable: str) -> list[Msg]:
+    """The next messages, or none: a fetch that times out, or meets a server that cannot answer
+    for a moment (a cluster fail-over, a restart), is not the loop's end."""
+    try:
+        return await sub.fetch(batch_size, timeout=5.0)
+    except (TimeoutError, NatsTimeoutError):
+        return []
+    except TRANSIENT_BUS_ERRORS as exc:
+        log.warning("fetch failed; trying again", consumer=durable, error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(1.0)
+        return []
 
 
 class PullConsumer:
@@ -47,10 +60,7 @@ class PullConsumer:
         itself is provisioned with the topology)."""
         sub = await self.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
         while True:
-            try:
-                messages = await sub.fetch(self.batch_size, timeout=5.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
+            messages = await fetch_batch(sub, self.batch_size, self.spec.durable)
             await asyncio.gather(*(self.settle(msg) for msg in messages))
 
     async def settle(self, msg: Msg) -> None:

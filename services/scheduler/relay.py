@@ -30,8 +30,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 
+from services.scheduler.consumer import fetch_batch
 from trainmaster.bus import MSG_ID, last_message_ids, retry_delay
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import HistoryEntry, JobRecord, Status, WorkItem, encode
@@ -101,11 +101,9 @@ class RecordRelay:
     async def run(self) -> None:
         sub = await self.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
         while True:
-            try:
-                batch = await sub.fetch(self.spec.batch_size, timeout=5.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            await self.relay_batch(batch)
+            batch = await fetch_batch(sub, self.spec.batch_size, self.spec.durable)
+            if batch:
+                await self.relay_batch(batch)
 
     async def relay_batch(self, batch: list[Msg]) -> None:
         revisions: list[tuple[str, int, JobRecord]] = []
@@ -182,7 +180,11 @@ class RecordRelay:
 
     async def dead_letter(self, msg: Msg, error: str) -> None:
         headers = {"Tm-Error": error[:1000], "Tm-Original-Subject": msg.subject, "Tm-Consumer": self.spec.durable}
-        await self.js.publish(self.topo.dlq(self.spec.durable), msg.data, stream=self.topo.stream_dlq.name,
-                              headers=headers, timeout=10.0)
+        try:
+            await self.js.publish(self.topo.dlq(self.spec.durable), msg.data, stream=self.topo.stream_dlq.name,
+                                  headers=headers, timeout=10.0)
+        except Exception as exc:  # not dead-lettered: let the server deliver it again later
+            await self._retry_later([msg], exc)
+            return
         log.error("record dead-lettered", consumer=self.spec.durable, error=error)
         await msg.term()

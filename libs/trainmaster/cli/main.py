@@ -197,6 +197,23 @@ def service(name: Annotated[str, typer.Argument(help=", ".join(SERVICE_MODULES))
     run_service(name, importlib.import_module(SERVICE_MODULES[name]).setup)
 
 
+@app.command("nats-health")
+def nats_health_cmd(
+    store: Annotated[Path, typer.Option(help="the server's JetStream store_dir")],
+    monitor: Annotated[str, typer.Option(help="the server's monitoring URL")] = "http://127.0.0.1:8222",
+) -> None:
+    """Exit 1 when nats-server failed a store write (a full disk) and now has room again: it needs a
+    restart to write that stream again (it neither heals nor exits by itself). For a watchdog timer:
+    `trainmaster nats-health --store DIR || systemctl restart nats-server`."""
+    from trainmaster.nats_health import needs_restart
+
+    reason = needs_restart(monitor, store)
+    if reason is not None:
+        err_console.print(f"nats-server needs a restart: {reason}")
+        raise typer.Exit(1)
+    console.print("nats-server's store: no write error that a restart would clear")
+
+
 @app.command("provision")
 def provision_cmd(nats_url: NatsOpt = None) -> None:
     """Create or update every stream, KV bucket and consumer (replicas from TM_STREAM_REPLICAS)."""
