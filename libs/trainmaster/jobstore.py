@@ -166,10 +166,21 @@ class JobStore:
                 written = await self.kv.update(job_id, encode(updated), last=revision)
             except KeyWrongLastSequenceError:
                 continue  # somebody else wrote first: decide again on fresh state
-            await self._publish_previous(record)
-            await self.publish_event(updated, updated.history[-1])
+            await self._announce(record, updated)
             return ApplyResult(updated, applied=True, revision=written)
         raise RuntimeError(f"job {job_id}: gave up after {self.max_attempts} compare-and-set conflicts")
+
+    async def _announce(self, before: JobRecord, after: JobRecord) -> None:
+        """The events of a change already written.  The write is what happened: a publish that
+        fails now (a cluster fail-over, or the relay publishing the same id at this moment) is
+        left to the scheduler's record relay, which publishes whatever events a record lacks, so
+        the caller is not told "not written" of a change that was."""
+        try:
+            await self._publish_previous(before)
+            await self.publish_event(after, after.history[-1])
+        except Exception as exc:
+            log.warning("event not published; the record relay will", job_id=after.id,
+                        event=event_id(after.id, after.history[-1].seq), error=f"{type(exc).__name__}: {exc}")
 
     async def _publish_previous(self, record: JobRecord) -> None:
         """The event of ``record``'s last entry, unless this store published it or it is older than

@@ -178,13 +178,25 @@ class Scheduler:
         await self.send_unsent()
 
     async def send_unsent(self) -> None:
-        """(Re-)send the assignments of Scheduled jobs that may not have reached their agents."""
+        """(Re-)send the assignments of Scheduled jobs that may not have reached their agents.  A job
+        the view does not show Scheduled is read from the store (the view may lag a write whose
+        reply was lost); one that cannot be read now stays for the next pass."""
+        undecided: set[str] = set()
         for job_id in sorted(self.unsent):
             record = self.view.records.get(job_id)
-            if record is not None and record.status == Status.SCHEDULED:
+            if record is None or record.status != Status.SCHEDULED:
+                try:
+                    record, revision = await self.store.get(job_id)
+                except JobNotFound:
+                    continue
+                except Exception:
+                    undecided.add(job_id)
+                    continue
+                self.remember(record, revision)
+            if record.status == Status.SCHEDULED:
                 with job_trace(record, "resend assignments", self.tracing):
                     await self.commands.assign(record)
-        self.unsent = await self.commands.settle()
+        self.unsent = await self.commands.settle() | undecided
         if self.unsent:
             log.warning("assignments not acknowledged; sending them again next pass", jobs=len(self.unsent))
 
@@ -246,7 +258,11 @@ class Scheduler:
         change = Placed(change_id=f"placed.{attempt}", attempt=attempt, placements=placements)
         with structlog.contextvars.bound_contextvars(job_id=record.id), job_trace(record, "place job", self.tracing):
             result = await self.change(record.id, change)
-            if result is not None and result.applied:
+            if result is None:
+                # a write that timed out may still have landed: then its Assign is due all the same
+                # (send_unsent sends it once the stored record says Scheduled, and drops it if not)
+                self.unsent.add(record.id)
+            elif result.applied:
                 log.info("job placed", agents=sorted(set(agents)), nodes=len(agents), attempt=attempt)
                 try:
                     await self.commands.assign(result.record)
