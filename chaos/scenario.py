@@ -21,6 +21,7 @@ from chaos.natsd import free_port
 from chaos.stack import Stack
 from chaos.table import Row
 from chaos.webhook import Receiver
+from trainmaster.topology import Topology
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Plan:
     seed: int = 0
     mix: Mix | None = None
     drain_s: float = 150.0  # after the load: how long every accepted job may take to end
+    bill_s: float = 75.0  # then: how long the biller may take to settle every event (ack wait 30 s)
     notify_s: float = 45.0  # then: how long the last webhooks may take
     keep: bool = False  # keep the scenario's folder (logs) afterwards
 
@@ -54,6 +56,18 @@ async def _poll(nc, stack: Stack, load: Load, deadline: float) -> tuple[list, di
 async def _wait_webhooks(receiver: Receiver, events: list, deadline: float) -> None:
     wanted = {e.id for e in events if e.type in checks.TERMINAL_TYPES}
     while time.monotonic() < deadline and not wanted <= {r.event_id for r in receiver.receipts}:  # noqa: ASYNC110
+        await asyncio.sleep(0.5)
+
+
+async def _wait_billed(nc, topo: Topology, deadline: float) -> None:
+    """Until the biller has settled every event in the stream (a biller killed mid-charge gets its
+    event again after the consumer's ack wait, 30 s): nothing pending, nothing unacknowledged."""
+    spec = topo.consumer_billing
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            info = await nc.jetstream().consumer_info(spec.stream, spec.durable)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
         await asyncio.sleep(0.5)
 
 
@@ -108,7 +122,7 @@ async def run(plan: Plan, base: Path) -> Row:
         obs.events = events
         job_ids = [s.job_id for s in obs.submissions if s.job_id]
         obs.records = await collect.read_records(nc, stack.topo, job_ids)
-        await asyncio.sleep(3)  # the biller follows the terminal events: give the last ones a moment
+        await _wait_billed(nc, stack.topo, time.monotonic() + plan.bill_s)
         obs.charges = await collect.read_charges(nc, stack.topo)
         obs.receipts = list(receiver.receipts)
         obs.node_runs = collect.read_node_runs(root / "runs")
