@@ -1,9 +1,10 @@
 """Broker factory, provisioning of the declared topology, and the delivery policy of consumers.
 
-Every durable consumer is declared in ``topology`` and subscribed here with manual acks:
-success acks; ``Poison`` (cannot ever be handled) and an error on the last allowed delivery
-copy the message to ``<prefix>.dlq.<durable>`` and terminate it; any other error naks with the
-consumer's retry delay, so at-least-once delivery is real and handlers must be idempotent.
+Every durable consumer is declared in ``topology`` and subscribed here with manual acks, settled
+by ``trainmaster.delivery_policy`` (the policy every consumer shares): success acks; ``Poison``
+(cannot ever be handled) and an error on the last allowed delivery copy the message to
+``<prefix>.dlq.<durable>`` and terminate it; any other error naks with the consumer's retry
+delay, so at-least-once delivery is real and handlers must be idempotent.
 """
 
 from __future__ import annotations
@@ -31,16 +32,15 @@ from nats.js.errors import (
 )
 from opentelemetry.sdk.trace import TracerProvider
 
+from trainmaster.delivery_policy import DLQ_PUBLISH_TIMEOUT_S, MSG_ID, Publish, Settler
+from trainmaster.delivery_policy import ERROR_HEADER as ERROR_HEADER
+from trainmaster.delivery_policy import Poison as Poison
 from trainmaster.limits import bounded_error
 from trainmaster.messages import ErrorBody, ErrorReply, Violation, encode
 from trainmaster.settings import Settings
 from trainmaster.topology import BucketSpec, ConsumerSpec, StreamSpec, Topology
 
 log = structlog.get_logger()
-
-MSG_ID = "Nats-Msg-Id"
-ERROR_HEADER = "Tm-Error"
-
 
 # what decoding a bad body raises: msgspec's errors (ValidationError is a DecodeError), and
 # UnicodeDecodeError for bytes that are not UTF-8 inside a JSON string (msgspec does not wrap it)
@@ -55,10 +55,6 @@ TRANSIENT_BUS_ERRORS: tuple[type[Exception], ...] = (
     nats_errors.ConnectionReconnectingError, nats_errors.StaleConnectionError, nats_errors.OutboundBufferLimitError,
     ServiceUnavailableError, ServerError, NoStreamResponseError,
 )
-
-
-class Poison(Exception):
-    """The message can never be handled (undecodable, wrong shape): dead-letter it at once."""
 
 
 def make_broker(service: str, settings: Settings, tracer_provider: TracerProvider | None = None) -> NatsBroker:
@@ -173,13 +169,19 @@ def raw_body(msg: NatsMessage) -> bytes:
     return msg.body
 
 
-def retry_delay(spec: ConsumerSpec, delivered: int) -> float:
-    delays = spec.retry_delays_s
-    return delays[min(max(delivered, 1) - 1, len(delays) - 1)]
+def dlq_publisher(broker: NatsBroker, stream: str, timeout: float = DLQ_PUBLISH_TIMEOUT_S) -> Publish:
+    """Dead letters published through the broker (its middlewares: a traced message's dead letter
+    stays in its trace)."""
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> None:
+        await broker.publish(body, subject, headers=headers, stream=stream, timeout=timeout)
+
+    return publish
 
 
 def durable_subscriber(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, handle: Handler) -> None:
     """Subscribe ``handle`` to the durable pull consumer ``spec`` with its delivery policy."""
+    settler = Settler(spec, topo.dlq(spec.durable), dlq_publisher(broker, topo.stream_dlq.name))
 
     @broker.subscriber(
         spec.filter_subject,
@@ -192,42 +194,8 @@ def durable_subscriber(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, h
         title=spec.durable,
     )
     async def _consume(body: Any, msg: NatsMessage) -> None:  # raw bytes are in msg.body
-        await settle(broker, topo, spec, msg, handle)
-
-
-async def settle(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, msg: NatsMessage, handle: Handler) -> None:
-    delivered = msg.raw_message.metadata.num_delivered if msg.raw_message.metadata else 1
-    try:
-        await handle(msg)
-    except Poison as exc:
-        await dead_letter(broker, topo, spec, msg, f"poison: {exc}")
-        await msg.reject()
-    except Exception as exc:
-        if delivered >= spec.max_deliver:
-            log.exception("handler failed on the last delivery", consumer=spec.durable, delivered=delivered)
-            await dead_letter(broker, topo, spec, msg, f"{type(exc).__name__}: {exc}")
-            await msg.reject()
-        else:
-            delay = retry_delay(spec, delivered)
-            log.warning("handler failed; will retry", consumer=spec.durable, delivered=delivered,
-                        retry_in_s=delay, error=f"{type(exc).__name__}: {exc}")
-            await msg.nack(delay=delay)
-    else:
-        await msg.ack()
-
-
-async def dead_letter(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, msg: NatsMessage, error: str) -> None:
-    headers = {
-        ERROR_HEADER: error[:1000],
-        "Tm-Original-Subject": msg.raw_message.subject,
-        "Tm-Consumer": spec.durable,
-    }
-    if msg.raw_message.metadata:
-        headers["Tm-Original-Sequence"] = str(msg.raw_message.metadata.sequence.stream)
-        headers[MSG_ID] = f"{spec.durable}:{msg.raw_message.metadata.sequence.stream}"
-    await broker.publish(msg.body, topo.dlq(spec.durable), headers=headers, stream=topo.stream_dlq.name,
-                         timeout=10)
-    log.error("message dead-lettered", consumer=spec.durable, error=error)
+        # settled on the nats-py message: faststream's own ack/nack/reject skip a settled one
+        await settler.run(msg.raw_message, lambda: handle(msg))
 
 
 # ------------------------------------------------------------------------- request/reply

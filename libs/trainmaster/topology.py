@@ -285,7 +285,8 @@ class Topology:
         return ConsumerSpec(
             "notifier-deliver", self.stream_deliveries.name, f"{self.prefix}.notify.deliver.>",
             ack_wait_s=60.0, max_deliver=-1, retry_delays_s=(), max_ack_pending=100_000, batch_size=256,
-            poison="dead-letter record in tm_dead_letters (or tm.dlq.notifier-deliver if undecodable), then ack",
+            poison="dead-letter record in tm_dead_letters, then ack; an undecodable task: dead-letter to "
+                   "<prefix>.dlq.notifier-deliver, then terminate",
         )
 
     @cached_property

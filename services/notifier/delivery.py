@@ -11,6 +11,9 @@
   next attempt's time, nak with the schedule's delay.  410 -> disable the subscription, ack.
   Schedule used up (or an SMTP 5xx) -> record ``dead`` and a dead letter with the body, ack.
   The record is stored before the ack/nak (except a success's, which nothing depends on).
+- An undecodable task is poison: dead-lettered to ``<prefix>.dlq.notifier-deliver`` and
+  terminated by the delivery policy every consumer shares (``trainmaster.delivery_policy``),
+  nak'ed instead when that dead letter cannot be published.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from services.notifier.senders import EmailSender, WebhookSender
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import disable_subscription
 from trainmaster.bus import TRANSIENT_BUS_ERRORS, UNDECODABLE, consumer_config
+from trainmaster.delivery_policy import Poison, Settler
 from trainmaster.messages import DeadLetter, DeliveryRecord, DeliveryTask, JobCloudEvent, TopicSubscription
 from trainmaster.settings import Settings
 from trainmaster.topology import ConsumerSpec, Topology
@@ -53,6 +57,7 @@ class Deliverer:
         self.js = js
         self.topo = topo
         self.spec: ConsumerSpec = topo.consumer_notify_deliver
+        self.settler = Settler.for_js(js, topo, self.spec)
         self.settings = settings
         self.schedule = settings.webhook_retry_schedule_s
         self.topics = topics
@@ -119,7 +124,7 @@ class Deliverer:
         try:
             task = _decode_task(msg.data)
         except UNDECODABLE as exc:
-            await self._poison(msg, f"undecodable delivery task: {exc}")
+            await self.settler.failed(msg, Poison(f"undecodable delivery task: {exc}"))
             return
         sub = await self.topics.subscription(task.topic, task.subscription_id)
         if sub is None or sub.state != "active":
@@ -186,15 +191,6 @@ class Deliverer:
     async def _bury(self, rec: DeliveryRecord, task: DeliveryTask) -> None:
         await self.records.record(rec)
         await self.records.dead_letter(DeadLetter(**msgspec.structs.asdict(rec), body=task.body))
-
-    async def _poison(self, msg: Msg, error: str) -> None:
-        headers = {"Tm-Error": error[:1000], "Tm-Original-Subject": msg.subject, "Tm-Consumer": self.spec.durable}
-        if msg.metadata:
-            headers["Nats-Msg-Id"] = f"{self.spec.durable}:{msg.metadata.sequence.stream}"
-        await self.js.publish(self.topo.dlq(self.spec.durable), msg.data, headers=headers,
-                              stream=self.topo.stream_dlq.name)
-        log.error("delivery task dead-lettered", error=error)
-        await msg.ack()
 
     def _record(self, task: DeliveryTask, sub: TopicSubscription | None, state: str, attempts: int,
                 outcome: Outcome, next_attempt_at: float | None = None) -> DeliveryRecord:

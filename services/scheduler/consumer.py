@@ -4,12 +4,13 @@ work items), served with a plain nats-py pull loop instead of a faststream subsc
 Why: every placed job brings one work item and at least two reports, and faststream's per-message
 path (middlewares, dependency injection with a worker-thread hop per message) cost the scheduler
 about twice what the handler itself does, so under load the reports fell seconds behind the
-placements.  The delivery policy is ``trainmaster.bus``'s, unchanged: ack after the handler
-succeeded; ``Poison`` and a failure on the last allowed delivery are copied to
-``<prefix>.dlq.<durable>`` (headers ``Tm-Error``, ``Tm-Original-Subject``, ``Tm-Consumer``) and
-terminated; any other failure is nak'ed with the consumer's retry delay.  With tracing on, each
-message is handled in a consumer span continuing the trace of its ``traceparent`` header (what
-faststream's telemetry middleware did), so an agent's report stays in its job's trace.
+placements.  The delivery policy is the one every consumer shares
+(``trainmaster.delivery_policy``): ack after the handler succeeded; ``Poison`` and a failure on
+the last allowed delivery are copied to ``<prefix>.dlq.<durable>`` and terminated (nak'ed instead
+when that copy cannot be published); any other failure is nak'ed with the consumer's retry delay.
+With tracing on, each message is handled in a consumer span continuing the trace of its
+``traceparent`` header (what faststream's telemetry middleware did), so an agent's report stays
+in its job's trace.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from trainmaster.bus import ERROR_HEADER, MSG_ID, TRANSIENT_BUS_ERRORS, Poison, retry_delay
+from trainmaster.bus import TRANSIENT_BUS_ERRORS
+from trainmaster.delivery_policy import Settler
 from trainmaster.topology import ConsumerSpec, Topology
 
 log = structlog.get_logger()
@@ -54,6 +56,7 @@ class PullConsumer:
         self.handle = handle
         self.batch_size = batch_size or spec.batch_size
         self.tracing = tracing
+        self.settler = Settler.for_js(js, topo, spec)
 
     async def run(self) -> None:
         """Fetch a batch, handle its messages concurrently, settle each; for ever (the consumer
@@ -65,42 +68,9 @@ class PullConsumer:
 
     async def settle(self, msg: Msg) -> None:
         if not self.tracing:
-            await self._settle(msg)
+            await self.settler.run(msg, lambda: self.handle(msg.data))
             return
         parent = propagate.extract(dict(msg.headers or {}))
         with _tracer.start_as_current_span(f"{self.spec.durable} process", context=parent, kind=SpanKind.CONSUMER,
                                            attributes={"messaging.destination.name": msg.subject}):
-            await self._settle(msg)
-
-    async def _settle(self, msg: Msg) -> None:
-        delivered = msg.metadata.num_delivered if msg.metadata else 1
-        try:
-            await self.handle(msg.data)
-        except Poison as exc:
-            await self.dead_letter(msg, f"poison: {exc}")
-        except Exception as exc:
-            if delivered >= self.spec.max_deliver:
-                log.exception("handler failed on the last delivery", consumer=self.spec.durable, delivered=delivered)
-                await self.dead_letter(msg, f"{type(exc).__name__}: {exc}")
-            else:
-                delay = retry_delay(self.spec, delivered)
-                log.warning("handler failed; will retry", consumer=self.spec.durable, delivered=delivered,
-                            retry_in_s=delay, error=f"{type(exc).__name__}: {exc}")
-                await msg.nak(delay=delay)
-        else:
-            await msg.ack()
-
-    async def dead_letter(self, msg: Msg, error: str) -> None:
-        headers = {ERROR_HEADER: error[:1000], "Tm-Original-Subject": msg.subject, "Tm-Consumer": self.spec.durable}
-        if msg.metadata:
-            headers["Tm-Original-Sequence"] = str(msg.metadata.sequence.stream)
-            headers[MSG_ID] = f"{self.spec.durable}:{msg.metadata.sequence.stream}"
-        try:
-            await self.js.publish(self.topo.dlq(self.spec.durable), msg.data, stream=self.topo.stream_dlq.name,
-                                  headers=headers, timeout=10)
-        except Exception as exc:  # not dead-lettered: let the server deliver it again later
-            log.warning("dead-letter publish failed; the message will come again", error=str(exc))
-            await msg.nak(delay=retry_delay(self.spec, 1))
-            return
-        log.error("message dead-lettered", consumer=self.spec.durable, error=error)
-        await msg.term()
+            await self.settler.run(msg, lambda: self.handle(msg.data))

@@ -32,7 +32,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.scheduler.consumer import fetch_batch
-from trainmaster.bus import MSG_ID, last_message_ids, retry_delay
+from trainmaster.bus import MSG_ID, last_message_ids
+from trainmaster.delivery_policy import Poison, Settler
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import HistoryEntry, JobRecord, Status, WorkItem, encode
 from trainmaster.topology import ConsumerSpec, Topology
@@ -90,6 +91,7 @@ class RecordRelay:
         self.topo = topo
         self.store = store
         self.spec: ConsumerSpec = topo.consumer_record_relay
+        self.settler = Settler.for_js(self.js, topo, self.spec)
         self.settle_s = settle_s
         # half the events' retention: an entry younger than that has its event in the stream if
         # it was ever published, so "missing" really means never published
@@ -116,7 +118,7 @@ class RecordRelay:
             try:
                 record = _decode_record(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await self.dead_letter(msg, f"not a job record: {exc}")
+                await self.settler.failed(msg, Poison(f"not a job record: {exc}"))
                 continue
             seq = msg.metadata.sequence.stream if msg.metadata else 0
             revisions.append((record.id, seq, record))
@@ -149,11 +151,10 @@ class RecordRelay:
             await asyncio.gather(*(m.ack() for m in messages))
 
     async def _retry_later(self, messages: list[Msg], exc: Exception, job_id: str | None = None) -> None:
-        delivered = max((m.metadata.num_delivered for m in messages if m.metadata), default=1)
-        delay = retry_delay(self.spec, delivered)
-        log.warning("follow-ups not published; will retry", job_id=job_id, retry_in_s=delay,
-                    error=f"{type(exc).__name__}: {exc}")
-        await asyncio.gather(*(m.nak(delay=delay) for m in messages), return_exceptions=True)
+        # the revisions of a job stand or fall together (the consumer's max_deliver is unlimited:
+        # a nak with its retry delay)
+        with structlog.contextvars.bound_contextvars(job_id=job_id):
+            await self.settler.failed_together(messages, exc)
 
     async def relay(self, record: JobRecord, last_seq: int | None) -> None:
         todo = follow_ups(record, last_seq, self.clock(), self.horizon_s)
@@ -177,14 +178,3 @@ class RecordRelay:
         """The revision at hand may be old news: the stored record decides."""
         current = await self.store.find(job_id)
         return current is not None and current.status == Status.INITIALIZING
-
-    async def dead_letter(self, msg: Msg, error: str) -> None:
-        headers = {"Tm-Error": error[:1000], "Tm-Original-Subject": msg.subject, "Tm-Consumer": self.spec.durable}
-        try:
-            await self.js.publish(self.topo.dlq(self.spec.durable), msg.data, stream=self.topo.stream_dlq.name,
-                                  headers=headers, timeout=10.0)
-        except Exception as exc:  # not dead-lettered: let the server deliver it again later
-            await self._retry_later([msg], exc)
-            return
-        log.error("record dead-lettered", consumer=self.spec.durable, error=error)
-        await msg.term()

@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import nats
 import pytest
@@ -153,3 +154,28 @@ async def test_dead_letters_of_a_redelivered_message_are_not_doubled(js_only: NA
     assert letter.headers["Nats-Msg-Id"] == f"{SPEC.durable}:{letter.headers['Tm-Original-Sequence']}"
     ack = await js_only.jetstream().publish(letter.subject, letter.data, headers=dict(letter.headers))
     assert ack.duplicate
+
+
+async def test_a_dead_letter_that_cannot_be_published_leaves_the_message_to_come_again(nats_server: str) -> None:
+    """No DLQ stream here, so every dead-letter publish fails: the message is nak'ed with the retry
+    delay (not terminated, not left to the 10 s ack wait) and comes again until ``max_deliver``;
+    after that it is still in its stream, never lost."""
+    nc = await nats.connect(nats_server, connect_timeout=5)
+    await ensure_stream(nc.jetstream(), TOPO.stream_work, 1)
+    await ensure_consumer(nc.jetstream(), SPEC)
+    recorder = Recorder()
+    broker: NatsBroker = make_broker("delivery-test", Settings(nats_url=nats_server))
+    durable_subscriber(broker, TOPO, SPEC, recorder.handle)
+    await broker.start()
+    try:
+        body = b"poison without a dead-letter stream"
+        await publish(nc, body)
+        await eventually(lambda: len(recorder.calls[body]) >= SPEC.max_deliver, timeout_s=8,
+                         what="every delivery, each soon after the failed dead letter")
+        times = [t for _, t in recorder.calls[body]]
+        assert all(later - earlier < SPEC.ack_wait_s / 2 for earlier, later in pairwise(times))
+        assert recorder.deliveries(body) == list(range(1, SPEC.max_deliver + 1))
+        assert await subject_count(nc, SPEC.stream, SPEC.filter_subject) == 1, "still in its stream"
+    finally:
+        await broker.stop()
+        await nc.close()

@@ -1,6 +1,7 @@
 """The scheduler's plain pull loop (services/scheduler/consumer.py) settles each message with the
-delivery policy of ``trainmaster.bus``, and continues the message's trace when tracing is on.
-(Against a real server: the scheduler's integration tests, e.g. undecodable reports dead-lettered.)"""
+delivery policy every consumer shares (``trainmaster.delivery_policy``), and continues the
+message's trace when tracing is on.  (Against a real server: the scheduler's integration tests,
+e.g. undecodable reports dead-lettered.)"""
 
 from __future__ import annotations
 
