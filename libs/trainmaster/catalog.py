@@ -31,7 +31,7 @@ class Pool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     kind: Literal["public", "dedicated"] = "public"
     accelerator: Literal["cpu", "gpu"] = "cpu"
-    # issue 3: the most nodes one job may ever get in this pool (a dedicated pool's size); None = no limit
+    # the most nodes one job may ever get in this pool (a dedicated pool's size); None = no limit
     max_nodes: int | None = None
 
     @property

@@ -86,7 +86,7 @@ class Client:
         """The topics API (notifications): ``await client.topics.create("ml-team")``."""
         return TopicsClient(self)
 
-    # ---- issue 3: plan, new versions, registries (see RegistryClient below)
+    # ---- plan, new versions, registries (see RegistryClient below)
     async def plan(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The dry run: ``{"spec", "valid", "violations", "warnings", "price_per_hour", ...}``."""
         return await self._request(self.topo.jobs("plan"), json.dumps(spec).encode())
@@ -149,7 +149,7 @@ async def wait_for_status(client: Client, job_id: str, statuses: set[str], timeo
     return await asyncio.wait_for(_wait(), timeout)
 
 
-# ================================================================ notifications (issue 5)
+# ================================================================ notifications
 # Topics and subscriptions through ``tm.topics.<verb>`` (answered by the notifier).
 class TopicsClient:
     """``Client(...).topics``: create/list/get/delete topics, subscribe webhooks and email,
@@ -190,7 +190,7 @@ class TopicsClient:
         return await self._call("deliveries", {"topic": topic, "dead": dead, "limit": limit})
 
 
-# ================================================================ issue 3: registries
+# ================================================================ registries
 class RegistryClient:
     """``tm.{templates,datasets,accounts,algorithms}.<verb>`` (answered by job-intake)."""
 

@@ -76,8 +76,8 @@ class JobRequest(Struct, frozen=True, forbid_unknown_fields=True):
     resources: Resources = Resources()
     subscription: Subscription | None = None
     billing_mode: str = "on-demand"
-    save_as: SaveAs | None = None  # issue 3 (R21): store this spec as a template when the job is created
-    # ---- queueing, run time and retries (the scheduler; issue 4) ----
+    save_as: SaveAs | None = None  # R21: store this spec as a template when the job is created
+    # ---- queueing, run time and retries (the scheduler) ----
     # higher first; jobs of equal priority share the cluster fairly between accounts
     priority: Annotated[int, Meta(ge=-100, le=100)] = 0
     # who the job is run (and billed) for: the unit of fair share
@@ -163,7 +163,7 @@ class JobRecord(Struct, frozen=True):
     failure_reason: str | None = None
     exit_code: int | None = None
     traceparent: str | None = None
-    billing: Billing | None = None  # issue 3 (R23): billed duration and cost, once the job ended
+    billing: Billing | None = None  # R23: billed duration and cost, once the job ended
 
 
 class JobSummary(Struct, frozen=True):
@@ -271,7 +271,7 @@ class TimedOut(Change, tag="timed_out"):
 
 
 class Billed(Change, tag="billed"):
-    """Issue 3: the job ended after running and its account was charged (``change_id="billed"``)."""
+    """The job ended after running and its account was charged (``change_id="billed"``)."""
 
     billing: Billing
 
@@ -398,7 +398,7 @@ def encode(obj: object) -> bytes:
     return _encoder.encode(obj)
 
 
-# ================================================================ notifications (issue 5)
+# ================================================================ notifications
 # Topics API (public, request/reply on ``tm.topics.<verb>``), the stored topic record, delivery
 # records and the internal delivery task.  Kept in one section so other changes do not collide.
 TopicName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -551,7 +551,7 @@ class DeliveryTask(Struct, frozen=True):
 SUBSCRIPTION_EVENT_NAMES: tuple[str, ...] = ("OnJobRunning", "OnJobSucceeded", "OnJobFailed", "OnJobStopped")
 
 
-# ================================================================ issue 3: the complete job
+# ================================================================ the complete job
 # Saved job parameters (templates), datasets, accounts and billing, the plan (dry run) and new
 # versions; all request/reply on ``tm.{templates,datasets,accounts,algorithms}.<verb>`` and
 # ``tm.jobs.{plan,new_version}``, answered by job-intake.  Kept in one section so other changes

@@ -24,7 +24,7 @@ PUBLIC_TYPES: dict[str, type] = {
     "job-event": m.JobCloudEvent,
     "request-event": m.RequestCloudEvent,
     "agent-list": m.AgentList,
-    # notifications (issue 5): the topics API on tm.topics.<verb>
+    # notifications: the topics API on tm.topics.<verb>
     "topic-create": m.TopicCreate,
     "topic-ref": m.TopicRef,
     "topic": m.TopicView,
@@ -35,7 +35,7 @@ PUBLIC_TYPES: dict[str, type] = {
     "subscription-list": m.SubscriptionList,
     "deliveries-request": m.DeliveriesRequest,
     "delivery-list": m.DeliveryList,
-    # issue 3: plan, new versions, templates, datasets, accounts
+    # plan, new versions, templates, datasets, accounts
     "plan-reply": m.PlanReply,
     "new-version-request": m.NewVersionRequest,
     "name-ref": m.NameRef,

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 2.0
     stop_grace_s: float = Field(10.0, description="SIGTERM to SIGKILL grace when a job is stopped")
 
-    # --- executor agent: staging, runtimes, containers, distributed launch, logs (issue 4) -----
+    # --- executor agent: staging, runtimes, containers, distributed launch, logs ---------------
     agent_cpus: int | None = Field(None, ge=1, description="CPUs this agent offers; unset = the host's")
     agent_memory_mb: int | None = Field(None, ge=1, description="memory this agent offers; unset = the host's")
     agent_addr: str | None = Field(
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     job_log_limit_bytes: int = Field(100 * 1024**2, ge=1024, description="log bytes kept per job (shared "
                                      "equally by its nodes); past it, lines are dropped with a marker")
 
-    # --- billing and registries (issue 3) ---------------------------------------------------
+    # --- billing and registries ---------------------------------------------------
     default_account: str = Field("default", description="the account created at start-up for jobs that name none")
     default_account_balance: float = Field(100.0, description="starting balance of the default account")
     currency: str = Field("USD", description="currency of prices and balances")
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     )
     otel_file: Path | None = None
 
-    # --- notifier: webhooks and email (issue 5) ---------------------------------------------
+    # --- notifier: webhooks and email ---------------------------------------------
     webhook_allow_private: bool = Field(
         False, description="allow webhook URLs that resolve to loopback, private, link-local or metadata "
         "addresses (only for tests and closed networks)")

@@ -219,7 +219,7 @@ def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
             reason = f"timed out: ran longer than max_run_time_s ({limit:g} s)"
             updates["failure_reason"] = reason  # the outcome once every node has stopped
         case Billed(billing=billing):
-            # issue 3: the charge of an ended job is recorded on it; the status does not move
+            # the charge of an ended job is recorded on it; the status does not move
             if not status.terminal:
                 raise IllegalTransition(f"billed needs an ended job; job {record.id} is {status.value}")
             new_status, updates["billing"] = status, billing

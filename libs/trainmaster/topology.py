@@ -320,7 +320,7 @@ class Topology:
                           description="distributed launch: the address and port of each node of an attempt")
 
 
-    # ---- issue 3: registries (templates, datasets, accounts, algorithms), plan, billing ------
+    # ---- registries (templates, datasets, accounts, algorithms), plan, billing ------
     # Request/reply, answered by job-intake in queue group ``job-intake``.
     def templates(self, verb: str) -> str:
         """``tm.templates.<verb>``: list, get, update, delete (``save_as`` of a job creates one)."""

@@ -60,7 +60,7 @@ class Agent:
         self.topo = ctx.topo
         self.log = ctx.log
         self.agent_id = ctx.settings.agent_id
-        self.inputs: Inputs | None = None  # issue 3: presets and datasets (inputs.py), set by setup
+        self.inputs: Inputs | None = None  # presets and datasets (inputs.py), set by setup
         self.facts = facts
         self.labels = labels
         # absolute: the children run in their code folder, and paths handed to them must hold there
@@ -154,7 +154,7 @@ class Agent:
             if self.stopping:
                 # not acked: it is redelivered to this agent once it is back
                 raise RuntimeError("agent is stopping; the assignment will be redelivered")
-            # issue 3: a preset runs as a framework job; dataset sources are staged as their manifest
+            # a preset runs as a framework job; dataset sources are staged as their manifest
             if self.inputs is not None:
                 try:
                     cmd = await self.inputs.prepare(cmd, run_dir)
@@ -319,7 +319,7 @@ async def setup(ctx: ServiceContext) -> None:
     agent = Agent(ctx, facts, parse_labels(ctx.settings.agent_labels))
     ctx.log.info("agent ready", pool=ctx.settings.agent_pool, labels=agent.labels, cpus=facts.cpus,
                  memory_mb=facts.memory_mb, gpus=len(facts.gpus), workdir=str(agent.workdir))
-    # issue 3: presets and dataset manifests (inputs.py)
+    # presets and dataset manifests (inputs.py)
     agent.inputs = Inputs(ctx.settings, await ctx.js.key_value(ctx.topo.bucket_dataset_versions.name))
     await agent.reconcile()
     spec = ctx.topo.consumer_agent(agent_id)

@@ -1,4 +1,4 @@
-"""Issue 3, the agent's side of preset algorithms and datasets: turn an ``Assign`` into one the
+"""The agent's side of preset algorithms and datasets: turn an ``Assign`` into one the
 launch code already knows how to run.
 
 - A preset job (R12) becomes a framework job whose code directory is the presets folder and whose

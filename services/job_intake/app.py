@@ -68,7 +68,7 @@ class Intake:
         self.names = names
         self.requests = requests
         self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self.templates: Templates | None = None  # issue 3: set by setup
+        self.templates: Templates | None = None  # set by setup_registries
 
     # ------------------------------------------------------------------ accepting a job
     async def accept(self, spec: JobRequest, request_id: str) -> JobRecord:
@@ -280,11 +280,11 @@ async def setup(ctx: ServiceContext) -> None:
     responder(ctx.broker, topo.jobs("get"), "job-intake", intake.on_get)
     responder(ctx.broker, topo.jobs("list"), "job-intake", intake.on_list)
     responder(ctx.broker, topo.jobs("stop"), "job-intake", intake.on_stop)
-    await setup_issue3(ctx, intake, store)
+    await setup_registries(ctx, intake, store)
 
 
-async def setup_issue3(ctx: ServiceContext, intake: Intake, store: JobStore) -> None:
-    """Issue 3: templates, datasets, accounts, algorithms, plan, new versions, billing."""
+async def setup_registries(ctx: ServiceContext, intake: Intake, store: JobStore) -> None:
+    """Templates, datasets, accounts, algorithms, plan, new versions, billing."""
     from services.job_intake import datasets, planning, registry
     from services.job_intake.billing import Biller
     from trainmaster import accounts

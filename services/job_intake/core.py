@@ -118,7 +118,7 @@ def select(jobs: Iterable[JobSummary], query: ListRequest) -> tuple[list[JobSumm
     return matching[query.offset : query.offset + query.limit], len(matching)
 
 
-# ------------------------------------------------------------------------------ issue 3: overrides
+# ------------------------------------------------------------------------------ overrides
 def set_path(tree: dict, path: str, value: object) -> None:
     """``set_path(spec, "parameters.max_iter", 300)``: set a nested key, creating mappings on the way.
     ``data.0.path`` indexes a list.  Raises ValueError for a path that cannot be followed."""

@@ -1,4 +1,4 @@
-"""job-intake's registries (issue 3): templates (saved job parameters, R9/R21), accounts (R5/R23)
+"""job-intake's registries: templates (saved job parameters, R9/R21), accounts (R5/R23)
 and the preset algorithms catalog (R12), on ``tm.templates.*``, ``tm.accounts.*``,
 ``tm.algorithms.*``.  Every write is a KV compare-and-set."""
 

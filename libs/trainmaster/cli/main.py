@@ -21,11 +21,11 @@ job_app = typer.Typer(no_args_is_help=True, help="create, list, show, follow and
 agent_app = typer.Typer(no_args_is_help=True, help="the executor agents the scheduler knows")
 app.add_typer(job_app, name="job")
 app.add_typer(agent_app, name="agent")
-# notifications (issue 5): `trainmaster topic ...` lives in cli/topics.py
+# notifications: `trainmaster topic ...` lives in cli/topics.py
 from trainmaster.cli.topics import topic_app  # noqa: E402
 
 app.add_typer(topic_app, name="topic")
-# issue 3: datasets, templates, accounts, preset algorithms (cli/registry.py)
+# datasets, templates, accounts, preset algorithms (cli/registry.py)
 from trainmaster.cli.registry import (  # noqa: E402
     account_app,
     algorithm_app,

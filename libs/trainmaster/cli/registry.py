@@ -1,4 +1,4 @@
-"""Issue 3 commands: ``trainmaster dataset|template|account|algorithm ...`` and the plan display
+"""Registry commands: ``trainmaster dataset|template|account|algorithm ...`` and the plan display
 used by ``job create`` / ``job new-version`` before they ask to confirm (R22)."""
 
 from __future__ import annotations

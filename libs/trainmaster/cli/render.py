@@ -74,7 +74,7 @@ def job_details(job: dict[str, Any]) -> None:
         console.print(f"  [yellow]warning[/yellow] {w['field']}: {w['message']} [dim]({w['code']})[/dim]")
     if job.get("exit_code") is not None:
         console.print(f"  exit code: {job['exit_code']}")
-    if job.get("billing"):  # issue 3: what the job cost (R23)
+    if job.get("billing"):  # what the job cost (R23)
         b = job["billing"]
         console.print(f"  billed: {b['duration_s']:.1f} s at {b['price_per_hour']:g} {b['currency']}/h = "
                       f"{b['cost']:.4f} {b['currency']} to account {b['account']}")
