@@ -11,6 +11,7 @@ directory and a free port, watched from outside through its process tree and the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -185,6 +186,9 @@ class Up:
 
         await eventually(gone, 30, 0.02, what="the stack's processes to end")
         took = time.monotonic() - started
+        # gone() may have seen the supervisor a zombie just after its last poll(): reap it now, so
+        # its exit code is known
+        await asyncio.to_thread(self.proc.wait, 5)
         print(f"trainmaster up stopped in {took:.2f} s (SIGINT to the last process gone)")  # shown with -s
         return took, pgids
 
