@@ -17,21 +17,21 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(RUNTIME_STAMP): requirements/runtime.lock pyproject.toml | $(PY)
-	$(PIP_INSTALL) -r requirements/runtime.lock
+$(RUNTIME_STAMP): requirements-runtime.lock pyproject.toml | $(PY)
+	$(PIP_INSTALL) -r requirements-runtime.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(TEST_STAMP): requirements/test.lock $(RUNTIME_STAMP)
-	$(PIP_INSTALL) -r requirements/test.lock
+$(TEST_STAMP): requirements-test.lock $(RUNTIME_STAMP)
+	$(PIP_INSTALL) -r requirements-test.lock
 	touch $@
 
-## lock: re-resolve requirements/*.lock after a change to pyproject.toml, keeping every pin that still fits
+## lock: re-resolve requirements-*.lock after a change to pyproject.toml, keeping every pin that still fits
 lock: $(TEST_STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) $(UV_FLAGS) \
-		-o requirements/runtime.lock
+		-o requirements-runtime.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test requirements/build.in requirements/torch-cpu.in \
-		requirements/lock-tools.in -c requirements/runtime.lock $(LOCK_FLAGS) $(UV_FLAGS) -o requirements/test.lock
+		requirements/lock-tools.in -c requirements-runtime.lock $(LOCK_FLAGS) $(UV_FLAGS) -o requirements-test.lock
 
 ## lock-upgrade: the newest versions of everything that pyproject.toml allows (then run make test)
 lock-upgrade:
@@ -39,7 +39,7 @@ lock-upgrade:
 
 ## wheelhouse: download every locked wheel into wheelhouse/, so later installs need no network
 wheelhouse: | $(PY)
-	$(PY) -m pip download -q --require-hashes --no-deps -r requirements/test.lock -d wheelhouse
+	$(PY) -m pip download -q --require-hashes --no-deps -r requirements-test.lock -d wheelhouse
 
 ## run: start nats-server, the five services and one agent, run the sample job, stay up until Ctrl-C
 run: $(RUNTIME_STAMP)

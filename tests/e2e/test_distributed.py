@@ -38,7 +38,7 @@ def torch_installed() -> None:
     """The sample is a claimed capability and torch is in the test lock: a missing torch fails."""
     if importlib.util.find_spec("torch") is None:
         pytest.fail("the 3-node sample needs PyTorch: `make test` installs torch==2.13.0 (CPU) from "
-                    "requirements/test.lock", pytrace=False)
+                    "requirements-test.lock", pytrace=False)
 
 
 @pytest.fixture(scope="module")
