@@ -96,7 +96,7 @@ def json_depth_violation(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Violat
             if len(kinds) >= max_depth:
                 field = _render(path[:4])
                 return Violation(field, "too_deep", (
-                    f"{field} is nested more than {max_depth} levels deep (arrays or objects inside each "
+                    f"nested more than {max_depth} levels deep (arrays or objects inside each "
                     f"other); no field of a request needs that: send flat values (a run parameter is a "
                     f"string, number or boolean)"))
             kinds.append(token)

@@ -211,7 +211,8 @@ def nats_health_cmd(
     if reason is not None:
         err_console.print(f"nats-server needs a restart: {reason}")
         raise typer.Exit(1)
-    console.print("nats-server's store: no write error that a restart would clear")
+    console.print(f"nats-server's store: no write error that a restart would clear now (asked {monitor}/healthz; "
+                  "a server that does not answer is its init system's to restart)")
 
 
 @app.command("provision")
