@@ -18,6 +18,7 @@ from trainmaster.limits import (
     json_depth_violation,
 )
 from trainmaster.messages import ErrorBody, Violation
+from trainmaster.names import PLAIN_KEY_RE
 
 T = TypeVar("T")
 
@@ -97,12 +98,9 @@ def _invalid(body: bytes, type_: type, text: str) -> ErrorBody:
     return ErrorBody("invalid_request", f"{field}: {message}", [Violation(field, code, message)])
 
 
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
 def _child_field(parent: str, key: str) -> str:
     """``parent.key``, or ``parent["key"]`` when the key is no plain name (empty, dots, quotes)."""
-    if _KEY_RE.match(key):
+    if PLAIN_KEY_RE.match(key):
         return key if parent == "$" else f"{parent}.{key}"
     quoted = f"[{msgspec.json.encode(key).decode()}]"
     return quoted if parent == "$" else f"{parent}{quoted}"
@@ -143,7 +141,7 @@ def _name_mapping_key(body: bytes, type_: type, field: str) -> str:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if fails(items[lo:mid]) else (mid, hi)
         key = items[lo][0]
-        token = f".{key}" if _KEY_RE.match(key) else f"[{msgspec.json.encode(key).decode()}]"
+        token = f".{key}" if PLAIN_KEY_RE.match(key) else f"[{msgspec.json.encode(key).decode()}]"
         return f"{prefix}{token}{rest}"
     except (ValueError, LookupError, TypeError, AttributeError, RecursionError):
         return field

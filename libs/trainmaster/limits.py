@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import msgspec
 
 from trainmaster.messages import ErrorBody, Violation
+from trainmaster.names import PLAIN_KEY_RE
 
 # a job request needs about six levels (request > data > source, overrides > spec > ...)
 MAX_JSON_DEPTH = 64
@@ -116,16 +117,13 @@ def json_depth_violation(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Violat
     return None
 
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
 def _render(path: Sequence[str | int]) -> str:
     """``["parameters", "lr", 0]`` -> ``parameters.lr[0]``; ``[]`` -> ``$``."""
     out = ""
     for segment in path:
         if isinstance(segment, int):
             out += f"[{segment}]"
-        elif _PLAIN_KEY.match(segment):
+        elif PLAIN_KEY_RE.match(segment):
             out += f".{segment}" if out else segment
         else:
             out += f"[{msgspec.json.encode(clip(segment, 40)).decode()}]"

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from trainmaster import names
+
 ParamValue = str | int | float | bool
 
 
@@ -81,7 +83,7 @@ class JobRequest(Struct, frozen=True, forbid_unknown_fields=True):
     # higher first; jobs of equal priority share the cluster fairly between accounts
     priority: Annotated[int, Meta(ge=-100, le=100)] = 0
     # who the job is run (and billed) for: the unit of fair share
-    account: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "default"
+    account: Annotated[str, Meta(pattern=names.ACCOUNT_NAME)] = "default"
     # an attempt running longer than this is stopped and the job ends Failed (timeout)
     max_run_time_s: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None
     retry: RetryPolicy = RetryPolicy()
@@ -401,7 +403,7 @@ def encode(obj: object) -> bytes:
 # ================================================================ notifications
 # Topics API (public, request/reply on ``tm.topics.<verb>``), the stored topic record, delivery
 # records and the internal delivery task.  Kept in one section so other changes do not collide.
-TopicName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+TopicName = Annotated[str, Meta(pattern=names.NAME)]
 Protocol = Literal["webhook", "email"]
 SubscriptionState = Literal["active", "disabled"]
 DeliveryState = Literal["retrying", "delivered", "dead", "disabled", "skipped"]
@@ -556,7 +558,7 @@ SUBSCRIPTION_EVENT_NAMES: tuple[str, ...] = ("OnJobRunning", "OnJobSucceeded", "
 # versions; all request/reply on ``tm.{templates,datasets,accounts,algorithms}.<verb>`` and
 # ``tm.jobs.{plan,new_version}``, answered by job-intake.  Kept in one section so other changes
 # do not collide.
-RegistryName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RegistryName = Annotated[str, Meta(pattern=names.NAME)]
 
 
 class SaveAs(Struct, frozen=True, forbid_unknown_fields=True):
@@ -678,9 +680,9 @@ class AccountCredit(Struct, frozen=True, forbid_unknown_fields=True):
     """Body of ``tm.accounts.credit``: add ``amount`` (creates the account when it does not exist).
     ``credit_id`` makes a retried credit a no-op."""
 
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    name: Annotated[str, Meta(pattern=names.ACCOUNT_NAME)]
     amount: Annotated[float, Meta(gt=0, le=1e12)]
-    credit_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")] | None = None
+    credit_id: Annotated[str, Meta(pattern=names.CREDIT_ID)] | None = None
     note: Annotated[str, Meta(max_length=256)] = ""
 
 

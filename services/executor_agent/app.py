@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -29,11 +28,11 @@ from services.executor_agent.runner import LogSink, Run, kill_leftovers
 from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js
 from trainmaster.containers import podman
 from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
+from trainmaster.names import TOKEN_RE
 from trainmaster.runtimes import RuntimeSpec
 from trainmaster.service import ServiceContext
 
 # ids go into subjects and folder names: one subject token, no path tricks
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 EXIT_FILE = "exit.json"
 REPORTED_FILE = "exit.reported"
 ASSIGN_FILE = "assign.json"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-import re
 import secrets
 from collections.abc import Iterable
 
@@ -23,8 +22,7 @@ from trainmaster.messages import (
     ListRequest,
     Violation,
 )
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from trainmaster.names import NAME_RE, TOKEN_RE
 
 
 def _local(path: str | None) -> str | None:
@@ -99,13 +97,12 @@ def request_key(request_id: str) -> str:
     return hashlib.sha256(request_id.encode()).hexdigest()[:40]
 
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 def request_token(request_id: str) -> str:
     """The subject token of ``tm.events.request.<token>``: the request id itself when it is a
     plain token (letters, digits, ``-``, ``_``; at most 128), else ``request_key(request_id)``."""
-    return request_id if _TOKEN_RE.match(request_id) else request_key(request_id)
+    return request_id if TOKEN_RE.match(request_id) else request_key(request_id)
 
 
 def select(jobs: Iterable[JobSummary], query: ListRequest) -> tuple[list[JobSummary], int]:

@@ -4,7 +4,6 @@ delivery records / dead letters."""
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable
 
 import msgspec
@@ -17,14 +16,13 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from services.notifier.topics import ApiProblem
 from trainmaster.messages import DeadLetter, DeliveryRecord, TopicRecord, TopicSubscription, encode
+from trainmaster.names import NAME_RE
 from trainmaster.topology import Topology
 
 log = structlog.get_logger()
 _decode_topic = msgspec.json.Decoder(TopicRecord).decode
 _decode_record = msgspec.json.Decoder(DeliveryRecord).decode
 _decode_dead = msgspec.json.Decoder(DeadLetter).decode
-TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 async def read_all(kv: KeyValue, keys: str = ">", timeout_s: float = 10.0) -> list[bytes]:
@@ -59,7 +57,7 @@ class TopicStore:
 
     async def get(self, name: str) -> tuple[TopicRecord, int] | None:
         assert self.kv is not None
-        if not TOPIC_RE.match(name):
+        if not NAME_RE.match(name):
             return None
         try:
             entry = await self.kv.get(name)
@@ -192,7 +190,7 @@ class DeliveryLog:
         """The newest ``limit`` deliveries of ``topic`` and how many there are."""
         kv = self.dead if dead else self.records
         assert kv is not None
-        if not TOPIC_RE.match(topic):
+        if not NAME_RE.match(topic):
             return [], 0
         try:
             values = await read_all(kv, f"{topic}.>")

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
 from collections.abc import Iterator
 
 # the facts model lives in model.py; re-exported here because the rules and their tests read it
 from services.validator.model import MISSING, Facts, PathFact, PathFacts, as_facts
 from trainmaster.locations import locate
 from trainmaster.messages import JobRequest, Violation
+from trainmaster.names import NAME_RE, PARAMETER_NAME_RE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _BAD_VALUE_CHARS = ("\x00", "\n", "\r")
 
 BILLING_MODES = ("on-demand",)
@@ -336,7 +334,7 @@ def _check_log(spec: JobRequest, facts: PathFacts, data_real: list[tuple[str, st
 def _check_parameters(spec: JobRequest) -> list[Violation]:
     out: list[Violation] = []
     for name, value in (spec.parameters or {}).items():
-        if not PARAM_NAME_RE.match(name):
+        if not PARAMETER_NAME_RE.match(name):
             out.append(Violation(
                 f"parameters[{json.dumps(name)}]", "invalid_parameter_name",
                 f"run parameter name {name!r} is not allowed: start with a letter or '_' and use only "
