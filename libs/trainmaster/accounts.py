@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from trainmaster import kvstore
 from trainmaster.catalog import ResourceCatalog
 from trainmaster.messages import Account, HistoryEntry, JobRecord, LedgerEntry, Resources, Status
 
@@ -70,53 +70,34 @@ def new_account(name: str, balance: float, currency: str, now: float) -> Account
 
 
 async def get(kv: KeyValue, name: str) -> tuple[Account, int] | None:
-    try:
-        entry = await kv.get(name)
-    except KeyNotFoundError:
-        return None
-    if entry.value is None:
-        return None
-    return _decode(entry.value), entry.revision or 0
+    found = await kvstore.read(kv, name, _decode)
+    return None if found is None else (found.value, found.revision)
 
 
 async def ensure(kv: KeyValue, name: str, balance: float, currency: str, clock: Callable[[], float] = time.time
                  ) -> Account:
     """The account ``name``, created with ``balance`` when it does not exist yet (idempotent)."""
-    found = await get(kv, name)
-    if found is not None:
-        return found[0]
-    account = new_account(name, balance, currency, clock())
-    try:
-        await kv.create(name, msgspec.json.encode(account))
-    except KeyWrongLastSequenceError:
-        found = await get(kv, name)
-        assert found is not None
-        return found[0]
-    return account
+    changed = await kvstore.change(
+        kv, name, lambda found: new_account(name, balance, currency, clock()) if found is None else None,
+        decode=_decode)
+    assert changed.value is not None
+    return changed.value
 
 
 async def post(kv: KeyValue, name: str, entry: LedgerEntry, *, currency: str, create: bool,
-               clock: Callable[[], float] = time.time, attempts: int = 50) -> tuple[Account, bool]:
+               clock: Callable[[], float] = time.time, attempts: int = kvstore.CHANGE_ATTEMPTS
+               ) -> tuple[Account, bool]:
     """Apply ``entry`` to account ``name`` with compare-and-set; returns (account, applied now).
     ``create``: an account that does not exist starts at 0 (credits create accounts; charges of
     an account deleted meanwhile too, so a job's cost is never lost)."""
-    for _ in range(attempts):
-        found = await get(kv, name)
-        if found is None:
+
+    def decide(account: Account | None) -> Account | None:
+        if account is None:
             if not create:
                 raise LookupError(f"no account {name!r}")
-            try:
-                await kv.create(name, msgspec.json.encode(new_account(name, 0.0, currency, clock())))
-            except KeyWrongLastSequenceError:
-                pass
-            continue
-        account, revision = found
-        updated = apply_entry(account, entry, clock())
-        if updated is None:
-            return account, False
-        try:
-            await kv.update(name, msgspec.json.encode(updated), last=revision)
-        except KeyWrongLastSequenceError:
-            continue  # somebody else wrote first: decide again on fresh state
-        return updated, True
-    raise RuntimeError(f"account {name}: gave up after {attempts} compare-and-set conflicts")
+            account = new_account(name, 0.0, currency, clock())
+        return apply_entry(account, entry, clock())
+
+    changed = await kvstore.change(kv, name, decide, decode=_decode, attempts=attempts)
+    assert changed.value is not None  # an absent account is created or refused above
+    return changed.value, changed.written

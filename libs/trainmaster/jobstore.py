@@ -23,11 +23,12 @@ import msgspec
 import structlog
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
-from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry import propagate
 from opentelemetry.trace import get_current_span
 
+from trainmaster import kvstore
 from trainmaster.bus import MSG_ID, publish_js
 from trainmaster.messages import (
     AnyChange,
@@ -110,19 +111,15 @@ class JobStore:
 
     async def get(self, job_id: str) -> tuple[JobRecord, int]:
         assert self.kv is not None
-        try:
-            entry = await self.kv.get(job_id)
-        except KeyNotFoundError:
-            raise JobNotFound(job_id) from None
-        if entry.value is None:
+        found = await kvstore.read(self.kv, job_id, _decode_record)
+        if found is None:
             raise JobNotFound(job_id)
-        return _decode_record(entry.value), entry.revision or 0
+        return found.value, found.revision
 
     async def find(self, job_id: str) -> JobRecord | None:
         try:
             return (await self.get(job_id))[0]
-        except (JobNotFound, InvalidKeyError, ValueError):
-            # InvalidKeyError: an id with characters KV keys do not allow is not a job either
+        except (JobNotFound, ValueError):
             return None
 
     async def create(self, record: JobRecord) -> JobRecord:

@@ -81,6 +81,20 @@ async def change(kv: KeyValue, key: str, decide: Callable[[T | None], T | None],
     raise ChangeConflict(f"{key}: gave up after {attempts} compare-and-set conflicts")
 
 
+async def remove(kv: KeyValue, key: str, check: Callable[[T], None], *, decode: Callable[[bytes], T],
+                 attempts: int = CHANGE_ATTEMPTS) -> T | None:
+    """Delete ``key`` at the revision its value was read and ``check``ed at (``check`` raises to
+    refuse); the value removed, or None when there was none.  A lost race checks again."""
+    for _ in range(attempts):
+        found = await read(kv, key, decode)
+        if found is None:
+            return None
+        check(found.value)
+        if await delete_at(kv, key, found.revision):
+            return found.value
+    raise ChangeConflict(f"{key}: gave up after {attempts} compare-and-set conflicts")
+
+
 async def create(kv: KeyValue, key: str, value: bytes) -> int | None:
     """Write ``value`` only when ``key`` holds nothing; its revision, or None when it held a value."""
     try:

@@ -16,6 +16,7 @@ from services.notifier import topics as core
 from services.notifier.guard import AddressRefused, InvalidUrl, Resolve, check_url, system_resolve
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import ApiProblem
+from trainmaster import kvstore
 from trainmaster.bus import error_reply, responder
 from trainmaster.decoding import EmptyRequest, RequestError, decode_as
 from trainmaster.messages import (
@@ -86,6 +87,8 @@ class TopicsApi:
             except ApiProblem as p:
                 details = [Violation(p.field, p.detail_code, str(p))] if p.field else []
                 return error_reply(p.code, str(p), details)
+            except kvstore.ChangeConflict as exc:
+                return error_reply("conflict", f"{exc}; try again")
 
         return handle
 
@@ -104,14 +107,10 @@ class TopicsApi:
         return core.topic_view(record)
 
     async def delete(self, req: TopicRef) -> object:
-        for _ in range(20):
-            record, revision = await self.topics.require(req.name)
-            core.check_delete(record, req.force)
-            if await self.topics.delete(req.name, revision):
-                for sub in record.subscriptions:
-                    await self.purge(self.topo.notify_deliver(req.name, sub.id))
-                return {"deleted": req.name, "subscriptions_removed": len(record.subscriptions)}
-        raise ApiProblem("conflict", f"topic {req.name!r} kept changing; try again")
+        record = await self.topics.remove(req.name, lambda current: core.check_delete(current, req.force))
+        for sub in record.subscriptions:
+            await self.purge(self.topo.notify_deliver(req.name, sub.id))
+        return {"deleted": req.name, "subscriptions_removed": len(record.subscriptions)}
 
     async def subscribe(self, req: SubscribeRequest) -> object:
         await self.topics.require(req.topic)

@@ -11,10 +11,10 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from services.notifier.topics import ApiProblem
+from trainmaster import kvstore
 from trainmaster.messages import DeadLetter, DeliveryRecord, TopicRecord, TopicSubscription, encode
 from trainmaster.names import NAME_RE
 from trainmaster.topology import Topology
@@ -25,20 +25,8 @@ _decode_record = msgspec.json.Decoder(DeliveryRecord).decode
 _decode_dead = msgspec.json.Decoder(DeadLetter).decode
 
 
-async def read_all(kv: KeyValue, keys: str = ">", timeout_s: float = 10.0) -> list[bytes]:
-    """The current value of every key matching ``keys`` (deleted keys left out)."""
-    watcher = await kv.watch(keys, ignore_deletes=True)
-    values: list[bytes] = []
-    try:
-        while True:
-            entry = await watcher.updates(timeout=timeout_s)
-            if entry is None:
-                return values
-            if entry.value:
-                values.append(entry.value)
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
+def _not_found(name: str) -> ApiProblem:
+    return ApiProblem("not_found", f"no topic {name!r}", "name")
 
 
 class TopicStore:
@@ -59,26 +47,19 @@ class TopicStore:
         assert self.kv is not None
         if not NAME_RE.match(name):
             return None
-        try:
-            entry = await self.kv.get(name)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        return _decode_topic(entry.value), entry.revision or 0
+        found = await kvstore.read(self.kv, name, _decode_topic)
+        return None if found is None else (found.value, found.revision)
 
     async def require(self, name: str) -> tuple[TopicRecord, int]:
         found = await self.get(name)
         if found is None:
-            raise ApiProblem("not_found", f"no topic {name!r}", "name")
+            raise _not_found(name)
         return found
 
     async def create(self, record: TopicRecord) -> bool:
         """False when the topic exists already."""
         assert self.kv is not None
-        try:
-            await self.kv.create(record.name, encode(record))
-        except KeyWrongLastSequenceError:
+        if await kvstore.create(self.kv, record.name, encode(record)) is None:
             return False
         self.cache[record.name] = record
         return True
@@ -86,31 +67,33 @@ class TopicStore:
     async def change(self, name: str, fn: Callable[[TopicRecord], TopicRecord | None]) -> TopicRecord | None:
         """Apply ``fn`` at the current revision (retried on a lost race); None: ``fn`` changed nothing."""
         assert self.kv is not None
-        for _ in range(50):
-            record, revision = await self.require(name)
-            updated = fn(record)
-            if updated is None:
-                return None
-            try:
-                await self.kv.update(name, encode(updated), last=revision)
-            except KeyWrongLastSequenceError:
-                continue
-            self.cache[name] = updated
-            return updated
-        raise RuntimeError(f"topic {name}: gave up after 50 compare-and-set conflicts")
 
-    async def delete(self, name: str, revision: int) -> bool:
+        def decide(record: TopicRecord | None) -> TopicRecord | None:
+            if record is None:
+                raise _not_found(name)
+            return fn(record)
+
+        changed = await kvstore.change(self.kv, name, decide, decode=_decode_topic)
+        if not changed.written:
+            return None
+        assert changed.value is not None
+        self.cache[name] = changed.value
+        return changed.value
+
+    async def remove(self, name: str, check: Callable[[TopicRecord], None]) -> TopicRecord:
+        """Delete the topic once ``check`` (which raises to refuse) passes on its current record."""
         assert self.kv is not None
-        try:
-            await self.kv.delete(name, last=revision)
-        except KeyWrongLastSequenceError:
-            return False
+        if not NAME_RE.match(name):
+            raise _not_found(name)
+        removed = await kvstore.remove(self.kv, name, check, decode=_decode_topic)
+        if removed is None:
+            raise _not_found(name)
         self.cache.pop(name, None)
-        return True
+        return removed
 
     async def all(self) -> list[TopicRecord]:
         assert self.kv is not None
-        return sorted((_decode_topic(v) for v in await read_all(self.kv)), key=lambda t: t.name)
+        return sorted((_decode_topic(v) for v in await kvstore.values(self.kv)), key=lambda t: t.name)
 
     async def subscription(self, topic: str, sub_id: str) -> TopicSubscription | None:
         """From the watched copy; a miss (just created, watch not there yet) reads the bucket."""
@@ -166,11 +149,8 @@ class DeliveryLog:
     async def attempts(self, key: str) -> int:
         """Attempts made so far (0: none recorded)."""
         assert self.records is not None
-        try:
-            entry = await self.records.get(key)
-        except KeyNotFoundError:
-            return 0
-        return _decode_record(entry.value).attempts if entry.value else 0
+        found = await kvstore.read(self.records, key, _decode_record)
+        return 0 if found is None else found.value.attempts
 
     async def record(self, rec: DeliveryRecord, wait: bool = True) -> None:
         """Store the delivery's latest state.  ``wait=False`` (a success: nothing depends on it)
@@ -193,7 +173,7 @@ class DeliveryLog:
         if not NAME_RE.match(topic):
             return [], 0
         try:
-            values = await read_all(kv, f"{topic}.>")
+            values = await kvstore.values(kv, f"{topic}.>")
         except (TimeoutError, NatsTimeoutError):
             values = []
         decode = _decode_dead if dead else _decode_record

@@ -17,7 +17,6 @@ import msgspec
 import structlog
 from faststream.nats import NatsMessage
 from nats.aio.msg import Msg
-from nats.js.errors import InvalidKeyError
 from opentelemetry import propagate, trace
 
 from services.scheduler.commands import AgentCommands
@@ -357,7 +356,7 @@ class Scheduler:
             else:
                 try:
                     before, revision = await self.store.get(report.job_id)
-                except (JobNotFound, InvalidKeyError, ValueError) as exc:  # not even a valid key
+                except (JobNotFound, ValueError) as exc:
                     log.warning("report for an unknown job", error=str(exc))
                     return
             try:

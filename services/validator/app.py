@@ -10,16 +10,16 @@ scheduler through ``tm.work.schedule`` (``Nats-Msg-Id`` = ``<job_id>.schedule``)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 import structlog
 from faststream.nats import NatsBroker, NatsMessage
-from nats.js.errors import InvalidKeyError, KeyNotFoundError
 
 from services.validator import facts as facts_adapter
 from services.validator.model import Facts
 from services.validator.rules import check, warnings
-from trainmaster import accounts
+from trainmaster import accounts, kvstore
 from trainmaster.bus import UNDECODABLE, Handler, Poison, durable_subscriber, error_reply, publish_js, responder
 from trainmaster.jobstore import JobStore
 from trainmaster.limits import cap_violations
@@ -47,6 +47,7 @@ _decode_item = msgspec.json.Decoder(WorkItem).decode
 _decode_check = msgspec.json.Decoder(CheckRequest).decode
 
 VERDICT = "verdict"
+T = TypeVar("T")
 
 Collect = Callable[[JobRequest], Awaitable[Facts]]
 
@@ -72,12 +73,9 @@ def make_collector(broker: NatsBroker, topo: Topology, settings: Settings) -> Co
             buckets[name] = await broker.key_value(name, declare=False)
         return buckets[name]
 
-    async def read(bucket: str, key: str, type_: type):
-        try:
-            entry = await (await kv(bucket)).get(key)  # type: ignore[attr-defined]
-        except (KeyNotFoundError, InvalidKeyError):
-            return None
-        return msgspec.json.decode(entry.value, type=type_) if entry.value else None
+    async def read(bucket: str, key: str, type_: type[T]) -> T | None:
+        found = await kvstore.read(await kv(bucket), key, msgspec.json.Decoder(type_).decode)  # type: ignore[arg-type]
+        return None if found is None else found.value
 
     async def dataset(name: str) -> Dataset | None:
         return await read(topo.bucket_datasets.name, name, Dataset)
@@ -89,11 +87,7 @@ def make_collector(broker: NatsBroker, topo: Topology, settings: Settings) -> Co
         return await read(topo.bucket_accounts.name, name, Account)
 
     async def topic_exists(name: str) -> bool:
-        try:
-            entry = await (await kv(topo.bucket_topics.name)).get(name)  # type: ignore[attr-defined]
-        except (KeyNotFoundError, InvalidKeyError):
-            return False
-        return bool(entry.value)
+        return await kvstore.read(await kv(topo.bucket_topics.name), name, lambda raw: raw) is not None  # type: ignore[arg-type]
 
     lookups = facts_adapter.Lookups(dataset=dataset, version=version, account=account, topic_exists=topic_exists)
 

@@ -100,3 +100,18 @@ async def test_values_lists_live_keys_in_key_order(kv: KeyValue) -> None:
     await kv.delete("c.1")
     assert [decode_int(v) for v in await kvstore.values(kv)] == [1, 2, 4]
     assert [decode_int(v) for v in await kvstore.values(kv, "b.>")] == [2, 4]
+
+
+async def test_remove_checks_the_value_it_deletes(kv: KeyValue) -> None:
+    await kv.put("t", msgspec.json.encode(3))
+
+    def only_even(value: int) -> None:
+        if value % 2:
+            raise ValueError(f"{value} is odd")
+
+    with pytest.raises(ValueError, match="3 is odd"):
+        await kvstore.remove(kv, "t", only_even, decode=decode_int)
+    assert (await kvstore.read(kv, "t", decode_int)).value == 3  # type: ignore[union-attr]
+    await kv.put("t", msgspec.json.encode(4))
+    assert await kvstore.remove(kv, "t", only_even, decode=decode_int) == 4
+    assert await kvstore.remove(kv, "t", only_even, decode=decode_int) is None
