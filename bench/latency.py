@@ -166,11 +166,11 @@ def stage_rows(samples: list[JobSample]) -> list[tuple[str, dict[str, float]]]:
 
 async def drive(url: str, settings: Settings, root: Path, args: argparse.Namespace,
                 pids: list[int]) -> dict[str, Any]:
-    topo = Topology(prefix=settings.subject_prefix)
+    topo = Topology(prefix=settings.bus.subject_prefix)
     code, data = trivial_job_files(root / "job")
     run_token = secrets.token_hex(4)
     rec = Recorder()
-    async with Client(url, prefix=settings.subject_prefix, timeout=30) as client:
+    async with Client(url, prefix=settings.bus.subject_prefix, timeout=30) as client:
         assert client.nc is not None
         t_wait = time.perf_counter()
         agents = await wait_for_agent(client)

@@ -101,7 +101,7 @@ async def progress(counter: AcceptCounter, total: int, t0: float, every_s: float
 
 async def drive(url: str, settings: Settings, root: Path, args: argparse.Namespace,
                 pids: dict[str, int]) -> dict[str, Any]:
-    topo = Topology(prefix=settings.subject_prefix)
+    topo = Topology(prefix=settings.bus.subject_prefix)
     code, data = trivial_job_files(root / "job")
     run_token = secrets.token_hex(4)
     request_ids = [f"bench-tput-{run_token}-{i:06d}" for i in range(args.requests)]
@@ -198,8 +198,8 @@ async def main_async(args: argparse.Namespace) -> int:
     info = machine()
     root = Path(tempfile.mkdtemp(prefix="tm-bench-submit-"))
     settings = Settings(data_dir=root / "stack", nats_port=-1)
-    data_dir = settings.data_dir.resolve()
-    server = NatsServer(store_dir=data_dir / "nats", host=settings.nats_host, port=-1,
+    data_dir = settings.embedded.data_dir.resolve()
+    server = NatsServer(store_dir=data_dir / "nats", host=settings.embedded.nats_host, port=-1,
                         log_file=data_dir / "logs" / "nats-server.log")
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     intake: Child | None = None
@@ -208,12 +208,12 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         url = await asyncio.to_thread(server.start)
         nc = await nats.connect(url)
-        await provision(nc.jetstream(), Topology(settings.subject_prefix, settings.stream_replicas))
+        await provision(nc.jetstream(), Topology(settings.bus.subject_prefix, settings.bus.stream_replicas))
         await nc.close()
         env = dict(os.environ, TM_NATS_URL=url, TM_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
         intake = Child("job_intake", "services.job_intake", env, data_dir / "logs" / "job-intake.log")
         intake.start()
-        await wait_for_intake(url, settings.subject_prefix)
+        await wait_for_intake(url, settings.bus.subject_prefix)
         print(f"nats-server at {url} and job-intake (pid {intake.proc.pid if intake.proc else '?'}) up; "
               f"data in {root}", file=sys.stderr)
         assert server.proc is not None and intake.proc is not None

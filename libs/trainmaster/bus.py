@@ -60,7 +60,7 @@ TRANSIENT_BUS_ERRORS: tuple[type[Exception], ...] = (
 def make_broker(service: str, settings: Settings, tracer_provider: TracerProvider | None = None) -> NatsBroker:
     middlewares = [NatsTelemetryMiddleware(tracer_provider=tracer_provider)] if tracer_provider else []
     return NatsBroker(
-        servers=[s.strip() for s in settings.nats_url.split(",") if s.strip()],
+        servers=[s.strip() for s in settings.bus.nats_url.split(",") if s.strip()],
         name=f"trainmaster-{service}",
         middlewares=middlewares,
         # a restarted nats-server (same port, same store) is found again however long it took
@@ -68,8 +68,8 @@ def make_broker(service: str, settings: Settings, tracer_provider: TracerProvide
         reconnect_time_wait=1,
         # what a stop may wait on in-flight handlers and on draining the connection: faststream's
         # defaults (15 s, 30 s) made a stop while nats-server went away take half a minute
-        graceful_timeout=settings.shutdown_grace_s / 2,
-        drain_timeout=max(1, int(settings.shutdown_grace_s / 2)),
+        graceful_timeout=settings.bus.shutdown_grace_s / 2,
+        drain_timeout=max(1, int(settings.bus.shutdown_grace_s / 2)),
         log_level=10,  # faststream's own per-message lines at DEBUG
     )
 

@@ -49,16 +49,16 @@ Setup = Callable[[ServiceContext], Awaitable[None]]
 
 async def serve(name: str, setup: Setup, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
-    log = configure_logging(name, settings.log_level)
+    log = configure_logging(name, settings.observability.log_level)
     provider = configure_tracing(name, settings)
-    topo = Topology(prefix=settings.subject_prefix, replicas=settings.stream_replicas)
+    topo = Topology(prefix=settings.bus.subject_prefix, replicas=settings.bus.stream_replicas)
     broker = make_broker(name, settings, provider)
     await broker.connect()
     ctx = ServiceContext(name=name, settings=settings, topo=topo, broker=broker, log=log)
     await provision_when_ready(ctx.js, topo)
     await setup(ctx)
     await broker.start()
-    log.info("service started", nats=settings.nats_url)
+    log.info("service started", nats=settings.bus.nats_url)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,9 +73,9 @@ async def serve(name: str, setup: Setup, settings: Settings | None = None) -> No
     try:
         # bounded: a hook or a drain that waits on a request while nats-server goes away (the
         # stack stops it last, but a supervisor's patience is finite) must not hold the stop up
-        await asyncio.wait_for(stop_service(ctx), settings.shutdown_grace_s)
+        await asyncio.wait_for(stop_service(ctx), settings.bus.shutdown_grace_s)
     except TimeoutError:
-        log.warning("stop took too long; exiting anyway", grace_s=settings.shutdown_grace_s)
+        log.warning("stop took too long; exiting anyway", grace_s=settings.bus.shutdown_grace_s)
         await close_quickly(broker)
     if provider is not None:
         provider.shutdown()

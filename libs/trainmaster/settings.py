@@ -1,16 +1,23 @@
-"""Settings shared by every service, read from the environment (prefix ``TM_``).
+"""Settings, read from the environment (prefix ``TM_``), in one group per concern.
 
-Every setting has an embedded default so that ``make run`` needs nothing configured.
+Every setting has an embedded default so that ``make run`` needs nothing configured.  A service
+reads its own group (the scheduler ``settings.scheduler``, the agent ``settings.agent``, the
+notifier ``settings.notifier``, job-intake ``settings.intake``) and the shared ones (``bus``,
+``api``, ``storage``, ``catalog``, ``billing``, ``observability``); ``embedded`` is the stack that
+``trainmaster up`` runs.  A variable keeps its flat name (``TM_AGENT_TIMEOUT_S`` is
+``settings.scheduler.agent_timeout_s``), and ``Settings(agent_timeout_s=5)`` takes flat names
+too, so overriding one setting needs no knowledge of the groups.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h
@@ -18,10 +25,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 WEBHOOK_RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 
 
-class Settings(BaseSettings):
+class _Group(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TM_", extra="ignore")
 
-    # --- bus ---------------------------------------------------------------------------
+
+class BusSettings(_Group):
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated")
     subject_prefix: str = Field("tm", pattern=r"^[A-Za-z0-9_-]+$")
     publish_timeout_s: float = Field(10.0, description="JetStream publish ack wait; covers fail-over")
@@ -30,29 +38,48 @@ class Settings(BaseSettings):
         2.5, gt=0, description="longest a service takes to stop on SIGTERM (stop hooks, in-flight messages, "
         "closing the connection) before it exits anyway; an agent's nodes get half of it")
 
-    # --- embedded nats-server (trainmaster up / make run) ------------------------------
+
+class EmbeddedSettings(_Group):
+    """The stack ``trainmaster up`` (``make run``) runs on one host, nats-server included."""
+
     nats_host: str = "127.0.0.1"
     nats_port: int = 4222
     data_dir: Path = Field(Path(".trainmaster"), description="local state: nats store, outputs, logs")
 
-    # --- storage (S3-compatible: AWS, OBS, MinIO, moto) -------------------------------
+
+class ApiSettings(_Group):
+    max_request_bytes: int = Field(256 * 1024, description="largest accepted request body")
+
+
+class StorageSettings(_Group):
+    """S3-compatible object storage: AWS, OBS, MinIO, moto."""
+
     region: str = Field("us-east-1", description="the service's region: buckets elsewhere are refused (R6)")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint; unset = AWS")
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
 
+
+class CatalogSettings(_Group):
     catalog_dir: Path | None = Field(
         None, description="folder with resources.yaml / engines.yaml; unset = the catalogs shipped"
     )
 
-    # --- intake -------------------------------------------------------------------------
-    max_request_bytes: int = Field(256 * 1024, description="largest accepted job request body")
+
+class IntakeSettings(_Group):
     create_wait_s: float = Field(
         10.0, description="how long tm.jobs.create waits for the validator's verdict before replying"
     )
     request_dedupe_ttl_s: float = Field(24 * 3600, description="how long a request id stays remembered")
 
-    # --- scheduler ------------------------------------------------------------------------
+
+class BillingSettings(_Group):
+    default_account: str = Field("default", description="the account created at start-up for jobs that name none")
+    default_account_balance: float = Field(100.0, description="starting balance of the default account")
+    currency: str = Field("USD", description="currency of prices and balances")
+
+
+class SchedulerSettings(_Group):
     agent_timeout_s: float = Field(
         15.0, gt=0, description="an agent silent this long is marked lost: not placed on, and its jobs are "
         "retried elsewhere or failed (their retry policy)")
@@ -72,15 +99,17 @@ class Settings(BaseSettings):
     scheduler_commit_concurrency: int = Field(
         256, ge=1, le=10_000, description="placements written (compare-and-set, events, assignments) at once")
 
-    # --- executor agent -------------------------------------------------------------------
+
+class AgentSettings(_Group):
+    """The executor agent: who it is, what it offers, and how it stages, runs and logs nodes."""
+
     agent_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     agent_pool: str = "cpu"
     agent_labels: str = ""
-    agent_workdir: Path | None = None
+    agent_workdir: Path | None = Field(None, description="run folders and the data cache; unset = "
+                                       "<data_dir>/agents/<agent_id>")
     heartbeat_interval_s: float = 2.0
     stop_grace_s: float = Field(10.0, description="SIGTERM to SIGKILL grace when a job is stopped")
-
-    # --- executor agent: staging, runtimes, containers, distributed launch, logs ---------------
     agent_cpus: int | None = Field(None, ge=1, description="CPUs this agent offers; unset = the host's")
     agent_memory_mb: int | None = Field(None, ge=1, description="memory this agent offers; unset = the host's")
     agent_addr: str | None = Field(
@@ -99,19 +128,18 @@ class Settings(BaseSettings):
     job_log_limit_bytes: int = Field(100 * 1024**2, ge=1024, description="log bytes kept per job (shared "
                                      "equally by its nodes); past it, lines are dropped with a marker")
 
-    # --- billing and registries ---------------------------------------------------
-    default_account: str = Field("default", description="the account created at start-up for jobs that name none")
-    default_account_balance: float = Field(100.0, description="starting balance of the default account")
-    currency: str = Field("USD", description="currency of prices and balances")
 
-    # --- observability --------------------------------------------------------------------
+class ObservabilitySettings(_Group):
     log_level: str = "INFO"
     otel_exporter: str = Field(
         "none", description="none | console | file (JSON lines in data_dir/traces) | otlp"
     )
     otel_file: Path | None = None
 
-    # --- notifier: webhooks and email ---------------------------------------------
+
+class NotifierSettings(_Group):
+    """Webhooks and email."""
+
     webhook_allow_private: bool = Field(
         False, description="allow webhook URLs that resolve to loopback, private, link-local or metadata "
         "addresses (only for tests and closed networks)")
@@ -141,14 +169,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                import json
-
                 return tuple(json.loads(text))
             return tuple(float(part) for part in text.split(",") if part.strip())
         return value
 
     @model_validator(mode="after")
-    def _notify_limits(self) -> Settings:
+    def _notify_limits(self) -> NotifierSettings:
         schedule = self.webhook_retry_schedule_s
         if not 1 <= len(schedule) <= 50 or any(d < 0 for d in schedule):
             raise ValueError("webhook_retry_schedule_s: give 1 to 50 delays, each >= 0")
@@ -159,9 +185,57 @@ class Settings(BaseSettings):
             raise ValueError("notify_ack_wait_s must be at least twice webhook_timeout_s and smtp_timeout_s")
         return self
 
+
+GROUPS: dict[str, type[_Group]] = {
+    "bus": BusSettings, "embedded": EmbeddedSettings, "api": ApiSettings, "storage": StorageSettings,
+    "catalog": CatalogSettings, "intake": IntakeSettings, "billing": BillingSettings,
+    "scheduler": SchedulerSettings, "agent": AgentSettings, "observability": ObservabilitySettings,
+    "notifier": NotifierSettings,
+}
+GROUP_OF: dict[str, str] = {field: group for group, cls in GROUPS.items() for field in cls.model_fields}
+
+
+class Settings(BaseModel):
+    """Every group, each read from the environment; keyword arguments (flat names, or whole
+    groups) take precedence over it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bus: BusSettings
+    embedded: EmbeddedSettings
+    api: ApiSettings
+    storage: StorageSettings
+    catalog: CatalogSettings
+    intake: IntakeSettings
+    billing: BillingSettings
+    scheduler: SchedulerSettings
+    agent: AgentSettings
+    observability: ObservabilitySettings
+    notifier: NotifierSettings
+
+    def __init__(self, **given: Any) -> None:
+        per_group: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+        groups: dict[str, Any] = {}
+        unknown: list[str] = []
+        for key, value in given.items():
+            if key in GROUPS:
+                groups[key] = value
+            elif key in GROUP_OF:
+                per_group[GROUP_OF[key]][key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(sorted(unknown))}: see trainmaster.settings for the names")
+        for name, cls in GROUPS.items():
+            if name not in groups:
+                groups[name] = cls(**per_group[name])
+            elif per_group[name]:  # a group and some of its settings by name: the names win
+                groups[name] = cls(**{**dict(groups[name]), **per_group[name]})
+        super().__init__(**groups)
+
     @property
     def agent_workdir_path(self) -> Path:
-        return self.agent_workdir or (self.data_dir / "agents" / self.agent_id)
+        return self.agent.agent_workdir or (self.embedded.data_dir / "agents" / self.agent.agent_id)
 
 
 @lru_cache

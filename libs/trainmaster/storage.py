@@ -70,10 +70,10 @@ class Storage:
         s = self.settings
         return self._session.client(
             "s3",
-            endpoint_url=s.s3_endpoint_url,
-            region_name=s.region,
-            aws_access_key_id=s.s3_access_key_id,
-            aws_secret_access_key=s.s3_secret_access_key,
+            endpoint_url=s.storage.s3_endpoint_url,
+            region_name=s.storage.region,
+            aws_access_key_id=s.storage.s3_access_key_id,
+            aws_secret_access_key=s.storage.s3_secret_access_key,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
         )
 

@@ -95,11 +95,11 @@ class Child:
 class Stack:
     def __init__(self, settings: Settings, agents: list[AgentConf], echo=print) -> None:
         self.settings = settings
-        self.data_dir = settings.data_dir.resolve()
+        self.data_dir = settings.embedded.data_dir.resolve()
         self.agents = agents
         self.echo = echo
-        self.nats = NatsServer(store_dir=self.data_dir / "nats", host=settings.nats_host, port=settings.nats_port,
-                               log_file=self.data_dir / "logs" / "nats-server.log")
+        self.nats = NatsServer(store_dir=self.data_dir / "nats", host=settings.embedded.nats_host,
+                               port=settings.embedded.nats_port, log_file=self.data_dir / "logs" / "nats-server.log")
         self.nats_restarts = Restarts()
         self.children: list[Child] = []
         self.url = ""
@@ -112,23 +112,23 @@ class Stack:
             self.url = await asyncio.to_thread(self.nats.wait_ready, NATS_READY_S)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(
-                f"{exc}. Is another stack using port {self.settings.nats_port}? "
+                f"{exc}. Is another stack using port {self.settings.embedded.nats_port}? "
                 f"Stop it or choose another port with TM_NATS_PORT. Log: {self.nats.log_file}"
             ) from exc
         # a restarted nats-server must listen where the services reconnect to, also when the
         # port was picked at random (-1)
         self.nats.port = int(self.url.rsplit(":", 1)[1])
         nc = await nats.connect(self.url)
-        await provision(nc.jetstream(), Topology(self.settings.subject_prefix, self.settings.stream_replicas))
+        await provision(nc.jetstream(), Topology(self.settings.bus.subject_prefix, self.settings.bus.stream_replicas))
         await nc.close()
         s = self.settings
         base_env = dict(
             os.environ, TM_NATS_URL=self.url, TM_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
-            TM_SUBJECT_PREFIX=s.subject_prefix, TM_STREAM_REPLICAS=str(s.stream_replicas),
-            TM_LOG_LEVEL=s.log_level, TM_OTEL_EXPORTER=s.otel_exporter,
+            TM_SUBJECT_PREFIX=s.bus.subject_prefix, TM_STREAM_REPLICAS=str(s.bus.stream_replicas),
+            TM_LOG_LEVEL=s.observability.log_level, TM_OTEL_EXPORTER=s.observability.otel_exporter,
         )
-        if s.otel_file:
-            base_env["TM_OTEL_FILE"] = str(s.otel_file)
+        if s.observability.otel_file:
+            base_env["TM_OTEL_FILE"] = str(s.observability.otel_file)
         for name in SERVICES:
             self.children.append(Child(name, f"services.{name}", base_env,
                                        self.data_dir / "logs" / f"{name.replace('_', '-')}.log"))

@@ -92,22 +92,23 @@ class JsonLinesSpanExporter(SpanExporter):
 def configure_tracing(service: str, settings: Settings) -> TracerProvider | None:
     """The service's tracer provider, or None when tracing is off (``TM_OTEL_EXPORTER=none``):
     recording spans nobody exports cost intake about a third of its throughput."""
-    if settings.otel_exporter == "none":
+    if settings.observability.otel_exporter == "none":
         return None
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     exporter: SpanExporter
-    if settings.otel_exporter == "console":
+    if settings.observability.otel_exporter == "console":
         exporter = ConsoleSpanExporter(out=sys.stderr)
-    elif settings.otel_exporter == "file":
-        exporter = JsonLinesSpanExporter(settings.otel_file or settings.data_dir / "traces.jsonl")
-    elif settings.otel_exporter == "otlp":
+    elif settings.observability.otel_exporter == "file":
+        path = settings.observability.otel_file or settings.embedded.data_dir / "traces.jsonl"
+        exporter = JsonLinesSpanExporter(path)
+    elif settings.observability.otel_exporter == "otlp":
         try:  # optional dependency: opentelemetry-exporter-otlp
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError as exc:  # pragma: no cover - depends on the deployment
             raise RuntimeError("TM_OTEL_EXPORTER=otlp needs: pip install opentelemetry-exporter-otlp") from exc
         exporter = OTLPSpanExporter()
     else:
-        raise ValueError(f"TM_OTEL_EXPORTER={settings.otel_exporter!r}: use none, console, file or otlp")
+        raise ValueError(f"TM_OTEL_EXPORTER={settings.observability.otel_exporter!r}: use none, console, file or otlp")
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
     return provider

@@ -392,4 +392,4 @@ def topology_from_settings() -> Topology:
     from trainmaster.settings import get_settings
 
     s = get_settings()
-    return Topology(prefix=s.subject_prefix, replicas=s.stream_replicas)
+    return Topology(prefix=s.bus.subject_prefix, replicas=s.bus.stream_replicas)

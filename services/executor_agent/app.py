@@ -58,7 +58,7 @@ class Agent:
         self.settings = ctx.settings
         self.topo = ctx.topo
         self.log = ctx.log
-        self.agent_id = ctx.settings.agent_id
+        self.agent_id = ctx.settings.agent.agent_id
         self.inputs: Inputs | None = None  # presets and datasets (inputs.py), set by setup
         self.facts = facts
         self.labels = labels
@@ -82,7 +82,7 @@ class Agent:
         key = RunKey(report.job_id, report.attempt, report.node)
         await publish_js(self.ctx.broker, self.topo.agent_status(self.agent_id), encode(report),
                          stream=self.topo.stream_agent.name, msg_id=key.msg_id(report.state),
-                         timeout=self.settings.publish_timeout_s)
+                         timeout=self.settings.bus.publish_timeout_s)
 
     async def publish_until_sent(self, report: NodeReport) -> None:
         """An exit report must not be lost to a bus hiccup: retry (same msg id) until it lands."""
@@ -231,14 +231,14 @@ class Agent:
             self.log.info("cancel for a job that does not run here", reason=cmd.reason)
             return
         for run in runs:
-            run.stop(f"stopped: {cmd.reason}", self.settings.stop_grace_s)
+            run.stop(f"stopped: {cmd.reason}", self.settings.agent.stop_grace_s)
 
     # ------------------------------------------------------------------------------ life cycle
     def heartbeat(self) -> AgentHeartbeat:
         return AgentHeartbeat(
-            agent_id=self.agent_id, host=self.facts.host, pool=self.settings.agent_pool, labels=self.labels,
-            cpus=self.settings.agent_cpus or self.facts.cpus,
-            memory_mb=self.settings.agent_memory_mb or self.facts.memory_mb, gpus=self.facts.gpus,
+            agent_id=self.agent_id, host=self.facts.host, pool=self.settings.agent.agent_pool, labels=self.labels,
+            cpus=self.settings.agent.agent_cpus or self.facts.cpus,
+            memory_mb=self.settings.agent.agent_memory_mb or self.facts.memory_mb, gpus=self.facts.gpus,
             running=sorted(key.label for key in self.runs), sent_at=time.time(), started_at=self.started_at,
         )
 
@@ -250,18 +250,18 @@ class Agent:
                 await self.ctx.broker.connection.publish(subject, encode(self.heartbeat()))
             except Exception as exc:  # a missed beat is survivable; a dead loop is not
                 self.log.warning("heartbeat not sent", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            await asyncio.sleep(self.settings.agent.heartbeat_interval_s)
 
     async def stop_all(self) -> None:
         """Agent shutdown: stop every node (no orphans), and report each as exited."""
         self.stopping = True
         # the agent's own stop is bounded (shutdown_grace_s): its nodes get half of that, so that
         # their exits are still reported before the stack stops nats-server
-        grace_s = min(self.settings.stop_grace_s, self.settings.shutdown_grace_s / 2)
+        grace_s = min(self.settings.agent.stop_grace_s, self.settings.bus.shutdown_grace_s / 2)
         for run in list(self.runs.values()):
             run.stop("agent stopped", grace_s)
         if self.watchers:
-            _, pending = await asyncio.wait(set(self.watchers), timeout=self.settings.shutdown_grace_s)
+            _, pending = await asyncio.wait(set(self.watchers), timeout=self.settings.bus.shutdown_grace_s)
             if pending:
                 self.log.error("some nodes were not reported before the agent stopped", count=len(pending))
 
@@ -305,18 +305,18 @@ class Agent:
     async def _publish_log(self, body: bytes, subject: str, headers: dict[str, str]) -> None:
         # the plain JetStream client, not broker.publish: the broker's telemetry middleware would
         # make one trace span per log line, and it was 3x slower (100k lines: 13 s against 4 s)
-        await self.ctx.js.publish(subject, body, timeout=self.settings.publish_timeout_s,
+        await self.ctx.js.publish(subject, body, timeout=self.settings.bus.publish_timeout_s,
                                   stream=self.topo.stream_logs.name, headers=headers)
 
 
 async def setup(ctx: ServiceContext) -> None:
-    agent_id = ctx.settings.agent_id
+    agent_id = ctx.settings.agent.agent_id
     if not TOKEN_RE.match(agent_id):
         raise ValueError(f"TM_AGENT_ID {agent_id!r}: use 1-128 letters, digits, '-' or '_'")
     structlog.contextvars.bind_contextvars(agent_id=agent_id)
     facts = await asyncio.to_thread(probe_host, ctx.log)
-    agent = Agent(ctx, facts, parse_labels(ctx.settings.agent_labels))
-    ctx.log.info("agent ready", pool=ctx.settings.agent_pool, labels=agent.labels, cpus=facts.cpus,
+    agent = Agent(ctx, facts, parse_labels(ctx.settings.agent.agent_labels))
+    ctx.log.info("agent ready", pool=ctx.settings.agent.agent_pool, labels=agent.labels, cpus=facts.cpus,
                  memory_mb=facts.memory_mb, gpus=len(facts.gpus), workdir=str(agent.workdir))
     # presets and dataset manifests (inputs.py)
     agent.inputs = Inputs(ctx.settings, await ctx.js.key_value(ctx.topo.bucket_dataset_versions.name))

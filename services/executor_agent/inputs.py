@@ -80,7 +80,7 @@ class Inputs:
         self.settings = settings
         self.versions = versions
         self.storage = Storage(settings)
-        self.presets = load_presets(settings.catalog_dir)
+        self.presets = load_presets(settings.catalog.catalog_dir)
 
     async def manifest(self, name: str, version: str) -> DatasetVersion:
         try:

@@ -62,12 +62,13 @@ class NodeExecutor:
         self.publish_log = publish_log
         self.log = log
         self.storage = Storage(settings)
-        self.cache = DataCache(workdir / "cache", self.storage, endpoint=settings.s3_endpoint_url,
-                               concurrency=settings.stage_concurrency, max_bytes=settings.stage_cache_max_bytes)
+        self.cache = DataCache(workdir / "cache", self.storage, endpoint=settings.storage.s3_endpoint_url,
+                               concurrency=settings.agent.stage_concurrency,
+                               max_bytes=settings.agent.stage_cache_max_bytes)
         self.runtimes = RuntimeCache(workdir / "runtimes", base_python=sys.executable,
-                                     pip_timeout_s=settings.runtime_pip_timeout_s)
-        self.rendezvous = Rendezvous(js, topo.bucket_rendezvous.name, settings.rendezvous_timeout_s)
-        self.addr = advertised_addr(settings.nats_url, settings.agent_addr)
+                                     pip_timeout_s=settings.agent.runtime_pip_timeout_s)
+        self.rendezvous = Rendezvous(js, topo.bucket_rendezvous.name, settings.agent.rendezvous_timeout_s)
+        self.addr = advertised_addr(settings.bus.nats_url, settings.agent.agent_addr)
         self.podman = find_podman()
         self.containers_conf = write_containers_conf(workdir / "containers.conf")
 
@@ -77,7 +78,7 @@ class NodeExecutor:
         if algo.source != "framework" or not algo.engine:
             return None
         try:
-            engine = load_engines(self.settings.catalog_dir).engine(algo.engine)
+            engine = load_engines(self.settings.catalog.catalog_dir).engine(algo.engine)
         except (CatalogError, OSError) as exc:
             raise Refused(f"the engine catalog cannot be read: {exc}", 1) from exc
         if engine is None:
@@ -90,7 +91,7 @@ class NodeExecutor:
 
     def flavor_limits(self, cmd: Assign) -> tuple[float | None, int | None]:
         try:
-            pool = load_resources(self.settings.catalog_dir).pool(cmd.spec.resources.pool)
+            pool = load_resources(self.settings.catalog.catalog_dir).pool(cmd.spec.resources.pool)
         except (CatalogError, OSError):
             return None, None
         flavor = pool.flavor(cmd.spec.resources.flavor) if pool else None
@@ -108,8 +109,8 @@ class NodeExecutor:
         python = str(self.runtimes.python_of(runtime)) if runtime else sys.executable
         cpus, memory_mb = self.flavor_limits(cmd)
         host = HostFacts(environ=os.environ, python=python,
-                         podman=self.podman, container_network=self.settings.container_network,
-                         stage_local="copy" if self.settings.stage_local == "copy" else "link",
+                         podman=self.podman, container_network=self.settings.agent.container_network,
+                         stage_local="copy" if self.settings.agent.stage_local == "copy" else "link",
                          cpus=cpus, memory_mb=memory_mb, now=time.time())
         launch = plan_launch(cmd, run_dir, host)
         preflight(launch)
@@ -123,7 +124,7 @@ class NodeExecutor:
         key = RunKey.of(cmd)
         return LogSink(key=key, subject=self.topo.logs(key.job_id, str(key.node)), publish=self.publish_log,
                        file=launch.log_file, header=launch.header, log=self.log,
-                       limit_bytes=node_log_limit(self.settings.job_log_limit_bytes, cmd.node_count))
+                       limit_bytes=node_log_limit(self.settings.agent.job_log_limit_bytes, cmd.node_count))
 
     # ------------------------------------------------------------------------------ prepare
     async def prepare(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink) -> dict[str, str]:
@@ -138,9 +139,9 @@ class NodeExecutor:
                 sink.note(f"runtime {runtime.describe()} ready in {built.seconds:.1f} s")
             self.log.info("runtime ready", runtime=built.key, built=built.built, seconds=round(built.seconds, 3))
         if launch.node_count == 1:
-            peers = [Peer("127.0.0.1", free_port("127.0.0.1"), self.settings.agent_id)]
+            peers = [Peer("127.0.0.1", free_port("127.0.0.1"), self.settings.agent.agent_id)]
         else:
-            me = Peer(self.addr, free_port(), self.settings.agent_id)
+            me = Peer(self.addr, free_port(), self.settings.agent.agent_id)
             sink.note(f"waiting for the other {launch.node_count - 1} nodes (this node: {me.addr}:{me.port})")
             peers = await self.rendezvous.meet(run.key, launch.node_count, me)
             sink.note(f"all {launch.node_count} nodes ready; master {peers[0].addr}:{peers[0].port}")
@@ -160,7 +161,7 @@ class NodeExecutor:
             failure = self._prepare_failure(exc)
             sink.note(failure.reason or "preparation failed")
         if failure is not None:
-            await sink.close(self.settings.publish_timeout_s)
+            await sink.close(self.settings.bus.publish_timeout_s)
             clean_inputs(launch.output_dir.parent)
             return failure
         extra_env = run.preparing.result()
@@ -168,7 +169,7 @@ class NodeExecutor:
             await run.start(sink, launch.process_argv(extra_env), launch.process_env(
                 podman_env(self.containers_conf), extra_env))
         except OSError as exc:
-            await sink.close(self.settings.publish_timeout_s)
+            await sink.close(self.settings.bus.publish_timeout_s)
             return Outcome(2, f"cannot start the node: {exc}")
         on_started(run)
         returncode = await run.wait()
@@ -197,7 +198,7 @@ class NodeExecutor:
             sink.note(f"outputs: {files} files ({human_bytes(size)}) uploaded to {launch.output_url}")
         if launch.log_url:
             sink.note(f"log: uploading to {launch.log_url} (a copy stays at {launch.log_file})")
-        await sink.close(self.settings.publish_timeout_s)
+        await sink.close(self.settings.bus.publish_timeout_s)
         if launch.log_url and (log_error := await upload_log(self.storage, launch.log_file, launch.log_url)):
             self.log.error("log upload failed", error=log_error)
             problems.append(log_error)

@@ -147,7 +147,7 @@ class Intake:
                 continue
 
     def parse(self, body: bytes) -> JobRequest:
-        spec = normalise(decode_as(body, JobRequest, self.settings.max_request_bytes))
+        spec = normalise(decode_as(body, JobRequest, self.settings.api.max_request_bytes))
         check_name(spec.name)
         return spec
 
@@ -169,11 +169,11 @@ class Intake:
     async def _await_verdict(self, record: JobRecord) -> JobRecord:
         """Wait (bounded) until the validator moved the job out of Initializing, so that the reply
         to ``create`` carries the violations of an invalid job."""
-        if record.status != Status.INITIALIZING or self.settings.create_wait_s <= 0:
+        if record.status != Status.INITIALIZING or self.settings.intake.create_wait_s <= 0:
             return record
         watcher = await self.store.kv.watch(record.id, include_history=False)  # type: ignore[union-attr]
         try:
-            deadline = time.monotonic() + self.settings.create_wait_s
+            deadline = time.monotonic() + self.settings.intake.create_wait_s
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     entry = await watcher.updates(timeout=left)
@@ -215,7 +215,7 @@ class Intake:
     # ------------------------------------------------------------------ read / command API
     async def on_get(self, msg: NatsMessage) -> bytes:
         try:
-            query = decode_as(msg.body, GetRequest, self.settings.max_request_bytes)
+            query = decode_as(msg.body, GetRequest, self.settings.api.max_request_bytes)
         except RequestError as err:
             return encode(ErrorReply(err.body))
         record = await self.store.find(query.id)
@@ -226,7 +226,7 @@ class Intake:
     async def on_list(self, msg: NatsMessage) -> bytes:
         body = msg.body if msg.body.strip() else b"{}"
         try:
-            query = decode_as(body, ListRequest, self.settings.max_request_bytes)
+            query = decode_as(body, ListRequest, self.settings.api.max_request_bytes)
         except RequestError as err:
             return encode(ErrorReply(err.body))
         jobs, total = self.index.select(query)
@@ -234,7 +234,7 @@ class Intake:
 
     async def on_stop(self, msg: NatsMessage) -> bytes:
         try:
-            query = decode_as(msg.body, StopRequest, self.settings.max_request_bytes)
+            query = decode_as(msg.body, StopRequest, self.settings.api.max_request_bytes)
         except RequestError as err:
             return encode(ErrorReply(err.body))
         if await self.store.find(query.id) is None:
@@ -295,13 +295,13 @@ async def setup_registries(ctx: ServiceContext, intake: Intake, store: JobStore)
     s, topo = ctx.settings, ctx.topo
     kv = {b.name: await ctx.broker.key_value(b.name, declare=False) for b in topo.registry_buckets}
     accounts_kv = kv[topo.bucket_accounts.name]
-    await accounts.ensure(accounts_kv, s.default_account, s.default_account_balance, s.currency)
-    intake.templates = registry.Templates(kv[topo.bucket_templates.name], s.max_request_bytes)
-    registry.serve(ctx, intake.templates, registry.Accounts(accounts_kv, s.max_request_bytes, s.currency),
-                   registry.Algorithms(load_presets(s.catalog_dir), s.max_request_bytes))
+    await accounts.ensure(accounts_kv, s.billing.default_account, s.billing.default_account_balance, s.billing.currency)
+    intake.templates = registry.Templates(kv[topo.bucket_templates.name], s.api.max_request_bytes)
+    registry.serve(ctx, intake.templates, registry.Accounts(accounts_kv, s.api.max_request_bytes, s.billing.currency),
+                   registry.Algorithms(load_presets(s.catalog.catalog_dir), s.api.max_request_bytes))
     datasets.serve(ctx, datasets.Datasets(kv[topo.bucket_datasets.name], kv[topo.bucket_dataset_versions.name],
-                                          Storage(s), s.max_request_bytes))
+                                          Storage(s), s.api.max_request_bytes))
     planning.serve(intake, planning.Planner(intake, accounts_kv))
-    biller = Biller(store, accounts_kv, load_resources(s.catalog_dir), default_account=s.default_account,
-                    currency=s.currency)
+    biller = Biller(store, accounts_kv, load_resources(s.catalog.catalog_dir),
+                    default_account=s.billing.default_account, currency=s.billing.currency)
     durable_subscriber(ctx.broker, topo, topo.consumer_billing, biller.on_event)

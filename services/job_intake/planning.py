@@ -58,12 +58,13 @@ class Planner:
         self.intake = intake
         self.settings = intake.settings
         self.accounts_kv = accounts_kv
-        self.resources = load_resources(self.settings.catalog_dir)
+        self.resources = load_resources(self.settings.catalog.catalog_dir)
 
     async def check(self, spec: JobRequest) -> CheckReply:
         try:
             reply = await self.intake.ctx.broker.connection.request(
-                self.intake.topo.validator_check, encode(CheckRequest(spec)), timeout=self.settings.create_wait_s)
+                self.intake.topo.validator_check, encode(CheckRequest(spec)),
+                timeout=self.settings.intake.create_wait_s)
         except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
             raise ValidatorUnavailable(f"the validator did not answer ({type(exc).__name__})") from exc
         return msgspec.json.decode(reply.data, type=CheckReply)
@@ -72,10 +73,11 @@ class Planner:
         verdict = await self.check(spec)
         pool = self.resources.pool(spec.resources.pool)
         flavor = pool.flavor(spec.resources.flavor) if pool is not None else None
-        account = await accounts.get(self.accounts_kv, spec.account or self.settings.default_account)
+        account = await accounts.get(self.accounts_kv, spec.account or self.settings.billing.default_account)
         return PlanReply(
             spec=spec, valid=not verdict.violations, violations=verdict.violations, warnings=verdict.warnings,
-            price_per_hour=accounts.price_per_hour(spec.resources, self.resources), currency=self.settings.currency,
+            price_per_hour=accounts.price_per_hour(spec.resources, self.resources),
+            currency=self.settings.billing.currency,
             flavor=flavor.name if flavor else None, next_version=await self._next_version(spec.name),
             account_balance=account[0].balance if account else None,
         )
@@ -112,7 +114,7 @@ class Planner:
 
     async def on_new_version(self, msg: NatsMessage) -> bytes:
         try:
-            request = decode_as(msg.body, NewVersionRequest, self.settings.max_request_bytes)
+            request = decode_as(msg.body, NewVersionRequest, self.settings.api.max_request_bytes)
         except RequestError as err:
             return error_reply(err.body.code, err.body.message, err.body.details)
         job_id = self.latest(request.name)
@@ -123,7 +125,7 @@ class Planner:
                 "`trainmaster job create`")])
         try:
             spec = normalise(with_overrides(without_save_as(record.spec), request.overrides,
-                                            self.settings.max_request_bytes))
+                                            self.settings.api.max_request_bytes))
             check_name(spec.name)
         except RequestError as err:
             return error_reply(err.body.code, err.body.message, err.body.details)

@@ -73,7 +73,7 @@ class TopicsApi:
         }
         for verb in self.topo.topic_verbs:
             type_, fn = handlers[verb]
-            parse = _decoder(type_, self.settings.max_request_bytes)
+            parse = _decoder(type_, self.settings.api.max_request_bytes)
             responder(broker, self.topo.topics(verb), QUEUE, self._answer(parse, fn))
 
     @staticmethod
@@ -119,7 +119,7 @@ class TopicsApi:
         else:
             endpoint = req.endpoint.strip()
             try:
-                await check_url(endpoint, self.resolve, self.settings.webhook_allow_private)
+                await check_url(endpoint, self.resolve, self.settings.notifier.webhook_allow_private)
             except AddressRefused as exc:
                 raise ApiProblem("invalid_request", f"webhook URL refused: {exc}", "endpoint",
                                  "forbidden_address") from None

@@ -84,7 +84,7 @@ async def setup(ctx: ServiceContext) -> None:
             futures = [await js.publish_async(topo.notify_deliver(t.topic, t.subscription_id), encode(t),
                                               headers={MSG_ID: fanout_msg_id(t.event_id, t.subscription_id)})
                        for t in tasks]
-            await asyncio.wait_for(asyncio.gather(*futures), settings.publish_timeout_s)
+            await asyncio.wait_for(asyncio.gather(*futures), settings.bus.publish_timeout_s)
             log.info("notification fanned out", event_id=event.id, subscription_event=name, topic=topic_name,
                      deliveries=len(tasks))
 

@@ -59,7 +59,7 @@ class Deliverer:
         self.spec: ConsumerSpec = topo.consumer_notify_deliver
         self.settler = Settler.for_js(js, topo, self.spec)
         self.settings = settings
-        self.schedule = settings.webhook_retry_schedule_s
+        self.schedule = settings.notifier.webhook_retry_schedule_s
         self.topics = topics
         self.records = records
         self.webhooks = webhooks
@@ -73,12 +73,12 @@ class Deliverer:
     async def declare(self) -> None:
         """Create or update the durable with ``ack_wait`` from the settings (see topology)."""
         config = consumer_config(self.spec)
-        config.ack_wait = self.settings.notify_ack_wait_s
+        config.ack_wait = self.settings.notifier.notify_ack_wait_s
         await self.js.add_consumer(self.spec.stream, config)
 
     async def run(self) -> None:
         self.psub = psub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
-        limit = self.settings.notify_max_in_flight
+        limit = self.settings.notifier.notify_max_in_flight
         while not self.stopping:
             free = limit - len(self.in_flight)
             if free <= 0:
@@ -137,7 +137,7 @@ class Deliverer:
             await self._bury(rec, task)
             await msg.ack()
             return
-        if self.busy.get(sub.id, 0) >= self.settings.notify_max_in_flight_per_subscription:
+        if self.busy.get(sub.id, 0) >= self.settings.notifier.notify_max_in_flight_per_subscription:
             await msg.nak(delay=DEFER_S * random.uniform(0.75, 1.5))
             return
         self.busy[sub.id] = self.busy.get(sub.id, 0) + 1
@@ -160,7 +160,7 @@ class Deliverer:
                                             int(self.clock()))
         event = _decode_event(task.body)
         message = render_email(event, notification=task.notification, topic=task.topic, delivery_id=task.id,
-                               sender=self.settings.smtp_from, to=sub.endpoint)
+                               sender=self.settings.notifier.smtp_from, to=sub.endpoint)
         return await self.email.send(message)
 
     async def _settle(self, msg: Msg, task: DeliveryTask, sub: TopicSubscription, attempt_no: int,

@@ -26,9 +26,9 @@ class WebhookSender:
     ``TM_WEBHOOK_ALLOW_PRIVATE`` the client connects only through the address guard."""
 
     def __init__(self, settings: Settings) -> None:
-        self.allow_private = settings.webhook_allow_private
-        self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_s)
-        self.pool_size = settings.notify_max_in_flight
+        self.allow_private = settings.notifier.webhook_allow_private
+        self.timeout = aiohttp.ClientTimeout(total=settings.notifier.webhook_timeout_s)
+        self.pool_size = settings.notifier.notify_max_in_flight
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> WebhookSender:
@@ -63,24 +63,25 @@ class EmailSender:
     """One SMTP session per email (notifications are few); STARTTLS and credentials from settings."""
 
     def __init__(self, settings: Settings) -> None:
-        self.s = settings
+        self.config = settings.notifier
         self.tls: ssl.SSLContext | None = None
-        if settings.smtp_starttls:
-            self.tls = ssl.create_default_context(cafile=str(settings.smtp_ca_file) if settings.smtp_ca_file else None)
+        if settings.notifier.smtp_starttls:
+            ca_file = settings.notifier.smtp_ca_file
+            self.tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
     async def send(self, message: EmailMessage) -> Outcome:
-        s = self.s
+        config = self.config
         try:
             await asyncio.wait_for(aiosmtplib.send(
                 message,
-                hostname=s.smtp_host,
-                port=s.smtp_port,
-                start_tls=s.smtp_starttls,
+                hostname=config.smtp_host,
+                port=config.smtp_port,
+                start_tls=config.smtp_starttls,
                 tls_context=self.tls,
-                username=s.smtp_username,
-                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                timeout=s.smtp_timeout_s,
-            ), s.smtp_timeout_s)
+                username=config.smtp_username,
+                password=config.smtp_password.get_secret_value() if config.smtp_password else None,
+                timeout=config.smtp_timeout_s,
+            ), config.smtp_timeout_s)
         except Exception as exc:
             return classify_error(exc)
         return Outcome(Verdict.DELIVERED)

@@ -92,12 +92,13 @@ class Scheduler:
         self.store = store
         self.lease = lease
         self.commands = AgentCommands(ctx)
-        catalog = load_resources(self.settings.catalog_dir)
-        self.view = SchedulerView(ShapeCatalog(catalog), self.settings.agent_timeout_s, started_at=time.time())
+        catalog = load_resources(self.settings.catalog.catalog_dir)
+        self.view = SchedulerView(ShapeCatalog(catalog), self.settings.scheduler.agent_timeout_s,
+                                  started_at=time.time())
         self.reservations: dict[str, list[str]] = {}
         self.unsent: set[str] = set()  # Scheduled jobs whose assignments must be sent (again)
         self.leading = False
-        self.tracing = self.settings.otel_exporter != "none"
+        self.tracing = self.settings.observability.otel_exporter != "none"
         self._reconciled_at = time.time()
         self._wake = asyncio.Event()
 
@@ -212,10 +213,10 @@ class Scheduler:
             return 0, False
         cluster = self.view.cluster(now)
         settings = PassSettings(
-            strategy=self.settings.scheduler_strategy,
-            reserve_after_s=self.settings.scheduler_reserve_after_s,
-            max_placements=self.settings.scheduler_batch,
-            judge_impossible=now - self.view.started_at >= self.settings.agent_timeout_s,
+            strategy=self.settings.scheduler.scheduler_strategy,
+            reserve_after_s=self.settings.scheduler.scheduler_reserve_after_s,
+            max_placements=self.settings.scheduler.scheduler_batch,
+            judge_impossible=now - self.view.started_at >= self.settings.scheduler.agent_timeout_s,
         )
         result = plan_pass(list(self.view.queued.values()), cluster, self.view.usage_shares(cluster.totals), now,
                            settings, self.reservations)
@@ -232,7 +233,7 @@ class Scheduler:
         self.reservations = result.reservations
 
     async def commit(self, result: PassResult) -> None:
-        gate = asyncio.Semaphore(self.settings.scheduler_commit_concurrency)
+        gate = asyncio.Semaphore(self.settings.scheduler.scheduler_commit_concurrency)
 
         async def place(job: QueuedJob, agents: list[str]) -> None:
             async with gate:
@@ -290,7 +291,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ lost agents, timeouts
     async def reconcile(self, now: float) -> None:
-        if now - self._reconciled_at > max(self.settings.agent_timeout_s / 2, 3 * TICK_S):
+        if now - self._reconciled_at > max(self.settings.scheduler.agent_timeout_s / 2, 3 * TICK_S):
             # this replica was paused or starved (or just took office): silence it could not hear
             # is not the agents' fault, so every agent gets a fresh timeout instead of being lost
             self.view.grace(now)
@@ -390,7 +391,7 @@ class Scheduler:
 
     async def on_agents_list(self, msg: NatsMessage) -> bytes:
         try:
-            decode_empty(msg.body, self.settings.max_request_bytes)
+            decode_empty(msg.body, self.settings.api.max_request_bytes)
         except RequestError as err:
             return error_reply(err.body.code, err.body.message, err.body.details)
         agents = sorted(self.view.heartbeats.values(), key=lambda hb: hb.agent_id)
@@ -404,7 +405,7 @@ async def setup(ctx: ServiceContext) -> None:
     leases = await ctx.broker.key_value(topo.bucket_scheduler.name, declare=False)
     holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     scheduler = Scheduler(ctx, store)
-    lease = LeaderLease(leases, holder, ctx.settings.scheduler_lease_s, on_change=scheduler.wake)
+    lease = LeaderLease(leases, holder, ctx.settings.scheduler.scheduler_lease_s, on_change=scheduler.wake)
     scheduler.lease = lease
 
     # plain nats-py, not a faststream subscriber: a heartbeat is no part of any job's trace
@@ -419,9 +420,9 @@ async def setup(ctx: ServiceContext) -> None:
         ctx.background(consumer.run(), spec.durable)
     # every replica relays (one durable consumer shares the revisions out): what a writer that
     # died between its compare-and-set and its publish left unannounced
-    relay = RecordRelay(ctx.broker.connection, topo, store, settle_s=ctx.settings.relay_settle_s)
+    relay = RecordRelay(ctx.broker.connection, topo, store, settle_s=ctx.settings.scheduler.relay_settle_s)
     ctx.background(relay.run(), topo.consumer_record_relay.durable)
     ctx.background(lease.run(), "leader-lease")
     ctx.background(scheduler.run(), "placement-loop")
     ctx.on_stop.append(lease.release)
-    log.info("scheduler replica", holder=holder, lease_s=ctx.settings.scheduler_lease_s)
+    log.info("scheduler replica", holder=holder, lease_s=ctx.settings.scheduler.scheduler_lease_s)

@@ -28,7 +28,7 @@ class AgentCommands:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.topo = ctx.topo
-        self.timeout_s = ctx.settings.publish_timeout_s
+        self.timeout_s = ctx.settings.bus.publish_timeout_s
         self._in_flight: list[tuple[str, asyncio.Future]] = []
 
     async def _publish(self, agent_id: str, body: bytes, msg_id: str) -> None:

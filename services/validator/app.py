@@ -56,9 +56,9 @@ async def setup(ctx: ServiceContext) -> None:
     s = ctx.settings
     store = await JobStore(ctx.broker, ctx.topo, source="validator").open()
     accounts_kv = await ctx.broker.key_value(ctx.topo.bucket_accounts.name, declare=False)
-    await accounts.ensure(accounts_kv, s.default_account, s.default_account_balance, s.currency)
+    await accounts.ensure(accounts_kv, s.billing.default_account, s.billing.default_account_balance, s.billing.currency)
     collect = make_collector(ctx.broker, ctx.topo, s)
-    handle = make_handler(store, ctx.broker, ctx.topo, collect, publish_timeout_s=s.publish_timeout_s)
+    handle = make_handler(store, ctx.broker, ctx.topo, collect, publish_timeout_s=s.bus.publish_timeout_s)
     durable_subscriber(ctx.broker, ctx.topo, ctx.topo.consumer_validator, handle)
     responder(ctx.broker, ctx.topo.validator_check, "validator", make_checker(collect))
 
@@ -92,9 +92,9 @@ def make_collector(broker: NatsBroker, topo: Topology, settings: Settings) -> Co
     lookups = facts_adapter.Lookups(dataset=dataset, version=version, account=account, topic_exists=topic_exists)
 
     async def collect(spec: JobRequest) -> Facts:
-        return await facts_adapter.collect(spec, storage=storage, lookups=lookups, region=settings.region,
-                                           default_account=settings.default_account,
-                                           catalog_dir=settings.catalog_dir)
+        return await facts_adapter.collect(spec, storage=storage, lookups=lookups, region=settings.storage.region,
+                                           default_account=settings.billing.default_account,
+                                           catalog_dir=settings.catalog.catalog_dir)
 
     return collect
 

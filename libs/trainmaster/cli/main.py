@@ -49,7 +49,7 @@ NatsOpt = Annotated[str | None, typer.Option("--nats-url", envvar="TM_NATS_URL",
 
 def _client(nats_url: str | None) -> Client:
     s = get_settings()
-    return Client(nats_url or s.nats_url, prefix=s.subject_prefix)
+    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix)
 
 
 def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:
@@ -132,7 +132,7 @@ def demo(
     async def run_sample(url: str) -> None:
         console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
         spec = load_job_file(job_file)
-        async with Client(url, prefix=settings.subject_prefix, timeout=60) as client:
+        async with Client(url, prefix=settings.bus.subject_prefix, timeout=60) as client:
             await _wait_for_agents(client)
             try:
                 job = await client.create(spec)
