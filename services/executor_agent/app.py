@@ -3,8 +3,9 @@ commands of its own durable consumer, runs nodes (``runner``), and reports them.
 
 Delivery: commands arrive at least once and, within a fetched batch, concurrently.  Every
 command is therefore idempotent: a run is keyed by (job, attempt, node), remembered in memory
-while it runs and by ``exit.json`` in its run folder after; a repeated Assign only re-sends the
-last report.  Reports carry a ``Nats-Msg-Id`` per (run, state), so re-sending is safe.
+while it runs and by its run folder (``runfolder``, states in ``runstate``) after; a repeated
+Assign only re-sends the last report.  Reports carry a ``Nats-Msg-Id`` per (run, state), so
+re-sending is safe.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ import msgspec
 import structlog
 from faststream.nats import NatsMessage
 
+from services.executor_agent.cancels import RememberedCancel, remember, stops
 from services.executor_agent.fingerprint import HostFacts, parse_labels, probe_host
 from services.executor_agent.inputs import Inputs
 from services.executor_agent.launch import Refused, RunKey
-from services.executor_agent.node import NodeExecutor, Outcome
+from services.executor_agent.node import NodeExecutor, NodeExit
+from services.executor_agent.runfolder import RunFolder
 from services.executor_agent.runner import LogSink, Run, kill_leftovers
+from services.executor_agent.runstate import (
+    LOST_EXIT_CODE,
+    LOST_REASON,
+    AssignAction,
+    RecoveryAction,
+    on_assign,
+    on_recovery,
+)
 from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js
 from trainmaster.containers import podman
 from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
@@ -32,24 +43,7 @@ from trainmaster.names import TOKEN_RE
 from trainmaster.runtimes import RuntimeSpec
 from trainmaster.service import ServiceContext
 
-# ids go into subjects and folder names: one subject token, no path tricks
-EXIT_FILE = "exit.json"
-REPORTED_FILE = "exit.reported"
-ASSIGN_FILE = "assign.json"
-PID_FILE = "pid"
-CONTAINER_FILE = "container"
-# how long a Cancel is remembered for an Assign that was published before it but handled after
-CANCEL_MEMORY_S = 3600.0
-
 _decode_command = msgspec.json.Decoder(AgentCommand).decode
-_decode_report = msgspec.json.Decoder(NodeReport).decode
-_decode_assign = msgspec.json.Decoder(Assign).decode
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Agent:
@@ -67,8 +61,8 @@ class Agent:
         self.started_at = time.time()
         self.runs: dict[RunKey, Run] = {}
         self.watchers: set[asyncio.Task[None]] = set()
-        # job id -> (stream sequence of the Cancel, reason, when, the attempt it stops and earlier: None = all)
-        self.cancels: dict[str, tuple[int, str, float, int | None]] = {}
+        # job id -> its latest Cancel, for Assigns published before it but handled after (cancels.py)
+        self.cancels: dict[str, RememberedCancel] = {}
         self.stopping = False
         self.executor = NodeExecutor(ctx.settings, self.workdir, ctx.js, ctx.topo, self._publish_log, ctx.log)
 
@@ -104,19 +98,14 @@ class Agent:
                 await self.publish_report(self.report(run.key, "running"))
                 run.running_reported = True
 
-    def record_exit(self, key: RunKey, report: NodeReport) -> Path:
-        run_dir = key.run_dir(self.workdir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / EXIT_FILE, encode(report))
-        return run_dir
-
     async def finish_run(self, key: RunKey, code: int, reason: str | None) -> None:
-        """Record the outcome on disk first (so a repeated Assign finds it), then report it."""
+        """Record the exit on disk first (so a repeated Assign finds it), then report it."""
         report = self.report(key, "exited", code, reason)
-        run_dir = self.record_exit(key, report)
+        folder = RunFolder.of(self.workdir, key)
+        folder.record_exit(report)
         self.runs.pop(key, None)
         await self.publish_until_sent(report)
-        (run_dir / REPORTED_FILE).touch()
+        folder.record_reported()
 
     # ------------------------------------------------------------------------------ commands
     async def handle(self, msg: NatsMessage) -> None:
@@ -124,6 +113,7 @@ class Agent:
             command = _decode_command(msg.body)
         except UNDECODABLE as exc:
             raise Poison(f"not an agent command: {exc}") from exc
+        # ids go into subjects and folder names: one subject token, no path tricks
         if not TOKEN_RE.match(command.job_id):
             raise Poison(f"job id {command.job_id[:140]!r} is not a valid id")
         metadata = msg.raw_message.metadata
@@ -139,16 +129,18 @@ class Agent:
         with structlog.contextvars.bound_contextvars(attempt=cmd.attempt, node=cmd.node):
             # everything up to the insertion into self.runs is synchronous on purpose: commands of
             # one batch are handled concurrently, and a Cancel must find the run once it exists
-            if (run := self.runs.get(key)) is not None:
+            run = self.runs.get(key)
+            folder = RunFolder.of(self.workdir, key)
+            action = on_assign(folder.state(), running_here=run is not None)
+            if action is AssignAction.RESEND_RUNNING:
+                assert run is not None
                 self.log.info("assignment already running here; re-sending its report")
                 await self.report_running(run, resend=True)
                 return
-            run_dir = key.run_dir(self.workdir)
-            if (run_dir / EXIT_FILE).exists():
+            if action is AssignAction.RESEND_EXIT:
                 self.log.info("assignment already finished here; re-sending its report")
-                report = _decode_report((run_dir / EXIT_FILE).read_bytes())
-                await self.publish_report(report)
-                (run_dir / REPORTED_FILE).touch()
+                await self.publish_report(folder.exit_report())
+                folder.record_reported()
                 return
             if self.stopping:
                 # not acked: it is redelivered to this agent once it is back
@@ -156,23 +148,23 @@ class Agent:
             # a preset runs as a framework job; dataset sources are staged as their manifest
             if self.inputs is not None:
                 try:
-                    cmd = await self.inputs.prepare(cmd, run_dir)
+                    cmd = await self.inputs.prepare(cmd, folder.path)
                 except Refused as refused:
                     self.log.warning("assignment refused", reason=refused.reason)
                     await self.finish_run(key, refused.exit_code, refused.reason)
                     return
             cancelled = self.cancels.get(cmd.job_id)
-            if cancelled is not None and cancelled[0] > seq and (cancelled[3] is None or cmd.attempt <= cancelled[3]):
-                self.log.info("assignment was cancelled before it started", reason=cancelled[1])
-                await self.finish_run(key, 143, f"stopped: {cancelled[1]} (before it started)")
+            if cancelled is not None and stops(cancelled, seq, cmd.attempt):
+                self.log.info("assignment was cancelled before it started", reason=cancelled.reason)
+                await self.finish_run(key, 143, f"stopped: {cancelled.reason} (before it started)")
                 return
-            await self.start(cmd, key, run_dir, seq)
+            await self.start(cmd, key, folder, seq)
 
-    async def start(self, cmd: Assign, key: RunKey, run_dir: Path, seq: int) -> None:
+    async def start(self, cmd: Assign, key: RunKey, folder: RunFolder, seq: int) -> None:
         """Plan (synchronously: see ``assign``), then prepare and run in the background: staging
         data or building a runtime may take far longer than the command's ack wait."""
         try:
-            launch, runtime = self.executor.plan(cmd, run_dir, lambda: write_atomic(run_dir / ASSIGN_FILE, encode(cmd)))
+            launch, runtime = self.executor.plan(cmd, folder.path, lambda: folder.record_assignment(cmd))
         except Refused as refused:
             self.log.warning("assignment refused", reason=refused.reason)
             await self.finish_run(key, refused.exit_code, refused.reason)
@@ -186,7 +178,7 @@ class Agent:
             return
         if run.container:
             # what to remove should this agent die while the container runs (podman outlives it)
-            (run_dir / CONTAINER_FILE).write_text(run.container)
+            folder.record_container(run.container)
         watcher = asyncio.create_task(self.watch(run, runtime, sink), name=f"watch-{key.label}")
         self.watchers.add(watcher)
         watcher.add_done_callback(self.watchers.discard)
@@ -194,7 +186,7 @@ class Agent:
     def started(self, run: Run) -> None:
         assert run.proc is not None
         # the process group to clean up should this agent die without stopping it
-        (run.key.run_dir(self.workdir) / PID_FILE).write_text(str(run.proc.pid))
+        RunFolder.of(self.workdir, run.key).record_pid(run.proc.pid)
         task = asyncio.create_task(self._report_started(run), name=f"running-{run.key.label}")
         self.watchers.add(task)
         task.add_done_callback(self.watchers.discard)
@@ -211,7 +203,7 @@ class Agent:
         except Exception as exc:
             self.log.exception("running the node failed")
             run.stop("agent error", 0)
-            result = Outcome(1, f"the agent failed while running the node: {type(exc).__name__}: {exc}")
+            result = NodeExit(1, f"the agent failed while running the node: {type(exc).__name__}: {exc}")
         if run.proc is not None:
             try:
                 await self.report_running(run)
@@ -221,12 +213,10 @@ class Agent:
 
     def cancel(self, cmd: Cancel, seq: int) -> None:
         now = time.monotonic()
-        self.cancels = {job: c for job, c in self.cancels.items() if now - c[2] < CANCEL_MEMORY_S}
-        self.cancels[cmd.job_id] = (seq, cmd.reason, now, cmd.attempt)
-        # an old Cancel, redelivered, must not stop a later attempt of the job; nor one for a superseded
-        # attempt (the scheduler retrying the job) a newer attempt placed here
-        runs = [run for key, run in self.runs.items() if key.job_id == cmd.job_id and run.assign_seq < seq
-                and (cmd.attempt is None or key.attempt <= cmd.attempt)]
+        remembered = RememberedCancel(seq, cmd.reason, now, cmd.attempt)
+        self.cancels = remember(self.cancels, cmd.job_id, remembered, now)
+        runs = [run for key, run in self.runs.items()
+                if key.job_id == cmd.job_id and stops(remembered, run.assign_seq, key.attempt)]
         if not runs:
             self.log.info("cancel for a job that does not run here", reason=cmd.reason)
             return
@@ -267,40 +257,39 @@ class Agent:
 
     async def reconcile(self) -> None:
         """After a restart: report what ended unreported, and nodes lost with the previous agent."""
-        for run_dir in sorted(self.workdir.glob("runs/*/a*-n*")):
-            if (run_dir / REPORTED_FILE).exists():
-                continue
+        for folder in RunFolder.all(self.workdir):
             try:
-                if (run_dir / EXIT_FILE).exists():
-                    report = _decode_report((run_dir / EXIT_FILE).read_bytes())
-                elif (run_dir / ASSIGN_FILE).exists():
-                    key = RunKey.of(_decode_assign((run_dir / ASSIGN_FILE).read_bytes()))
-                    if (run_dir / CONTAINER_FILE).exists():
-                        # the container runs under conmon, not in the node's process group
-                        name = (run_dir / CONTAINER_FILE).read_text().strip()
-                        code, out = await podman(["rm", "-f", "--ignore", name], self.executor.containers_conf)
-                        self.log.warning("removed the container of a lost node", container=name, code=code,
-                                         output=out[-200:])
-                    if (run_dir / PID_FILE).exists():
-                        # the death signal reached the boot file only, not what it forked
-                        killed = kill_leftovers(int((run_dir / PID_FILE).read_text()), key.job_id)
-                        if killed:
-                            self.log.warning("killed processes left by a lost node", job_id=key.job_id,
-                                             pids=killed)
-                    # 137: the node was SIGKILLed with its agent (the death signal), so the job's
-                    # retry policy (retry_exit_codes, 137 by default) decides as for any kill
-                    report = self.report(key, "exited", 137, "lost: the agent restarted while this node ran")
-                    write_atomic(run_dir / EXIT_FILE, encode(report))
-                else:
+                action = on_recovery(folder.state())
+                if action is RecoveryAction.NOTHING:
                     continue
+                if action is RecoveryAction.RESEND_EXIT:
+                    report = folder.exit_report()
+                else:
+                    report = await self.record_lost(folder)
             except (OSError, ValueError) as exc:  # msgspec.DecodeError is a ValueError
-                self.log.warning("unreadable run folder skipped", path=str(run_dir), error=str(exc))
+                self.log.warning("unreadable run folder skipped", path=str(folder.path), error=str(exc))
                 continue
             with contextlib.suppress(Exception):
                 await self.publish_report(report)
-                (run_dir / REPORTED_FILE).touch()
+                folder.record_reported()
                 self.log.info("reported a node that ended before this start", job_id=report.job_id,
                               exit_code=report.exit_code, reason=report.reason)
+
+    async def record_lost(self, folder: RunFolder) -> NodeReport:
+        """Kill what is left of a node the previous agent ran, and record its exit as lost."""
+        key = RunKey.of(folder.assignment())
+        if (name := folder.container()) is not None:
+            # the container runs under conmon, not in the node's process group
+            code, out = await podman(["rm", "-f", "--ignore", name], self.executor.containers_conf)
+            self.log.warning("removed the container of a lost node", container=name, code=code, output=out[-200:])
+        if (pid := folder.pid()) is not None:
+            # the death signal reached the boot file only, not what it forked
+            killed = kill_leftovers(pid, key.job_id)
+            if killed:
+                self.log.warning("killed processes left by a lost node", job_id=key.job_id, pids=killed)
+        report = self.report(key, "exited", LOST_EXIT_CODE, LOST_REASON)
+        folder.record_exit(report)
+        return report
 
     async def _publish_log(self, body: bytes, subject: str, headers: dict[str, str]) -> None:
         # the plain JetStream client, not broker.publish: the broker's telemetry middleware would

@@ -48,7 +48,9 @@ from trainmaster.topology import Topology
 
 
 @dataclass(frozen=True)
-class Outcome:
+class NodeExit:
+    """How a node ended: what its exit report says."""
+
     exit_code: int
     reason: str | None
 
@@ -149,14 +151,14 @@ class NodeExecutor:
 
     # ------------------------------------------------------------------------------ the whole node
     async def execute(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink,
-                      on_started: Callable[[Run], None]) -> Outcome:
+                      on_started: Callable[[Run], None]) -> NodeExit:
         """Prepare, run and finish one node; never raises for the node's own failures."""
         launch = run.launch
         run.preparing = asyncio.create_task(self.prepare(run, runtime, sink), name=f"prepare-{run.key.label}")
         await asyncio.wait({run.preparing})
-        failure: Outcome | None = None
+        failure: NodeExit | None = None
         if run.preparing.cancelled():
-            failure = Outcome(143, run.stop_reason or "stopped")
+            failure = NodeExit(143, run.stop_reason or "stopped")
         elif (exc := run.preparing.exception()) is not None:
             failure = self._prepare_failure(exc)
             sink.note(failure.reason or "preparation failed")
@@ -170,22 +172,22 @@ class NodeExecutor:
                 podman_env(self.containers_conf), extra_env))
         except OSError as exc:
             await sink.close(self.settings.bus.publish_timeout_s)
-            return Outcome(2, f"cannot start the node: {exc}")
+            return NodeExit(2, f"cannot start the node: {exc}")
         on_started(run)
         returncode = await run.wait()
         return await self.finish(run, sink, returncode)
 
-    def _prepare_failure(self, exc: BaseException) -> Outcome:
+    def _prepare_failure(self, exc: BaseException) -> NodeExit:
         if isinstance(exc, Refused | StagingFailed):
-            return Outcome(exc.exit_code, exc.reason)
+            return NodeExit(exc.exit_code, exc.reason)
         if isinstance(exc, RuntimeBuildFailed):
-            return Outcome(2, exc.reason)
+            return NodeExit(2, exc.reason)
         if isinstance(exc, RendezvousFailed):
-            return Outcome(1, exc.reason)
+            return NodeExit(1, exc.reason)
         self.log.error("preparing the node failed", error=f"{type(exc).__name__}: {exc}")
-        return Outcome(1, f"the agent could not prepare the node: {type(exc).__name__}: {exc}")
+        return NodeExit(1, f"the agent could not prepare the node: {type(exc).__name__}: {exc}")
 
-    async def finish(self, run: Run, sink: LogSink, returncode: int) -> Outcome:
+    async def finish(self, run: Run, sink: LogSink, returncode: int) -> NodeExit:
         launch = run.launch
         problems: list[str] = []
         files, copy_error = await upload_outputs(self.storage, launch.output_dir, launch.output_url)
@@ -206,4 +208,4 @@ class NodeExecutor:
         code, reason = outcome(returncode, run.stop_reason, "; ".join(problems) or None, run.last_error_line,
                                container=run.container is not None)
         self.log.info("node exited", returncode=returncode, exit_code=code, reason=reason, log_lines=sink.lines)
-        return Outcome(code, reason)
+        return NodeExit(code, reason)

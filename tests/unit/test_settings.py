@@ -57,7 +57,7 @@ def test_a_whole_group_can_be_given_and_names_still_win() -> None:
 
 
 def test_an_unknown_name_is_refused_with_a_pointer() -> None:
-    with pytest.raises(TypeError, match="unknown setting.*agent_timeout: see trainmaster.settings"):
+    with pytest.raises(TypeError, match=r"unknown setting.*agent_timeout: see trainmaster\.settings"):
         Settings(agent_timeout=5)
 
 
