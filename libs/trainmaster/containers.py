@@ -11,13 +11,13 @@ agent writes that configuration into its own work folder and points podman at it
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import resource
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from trainmaster.procs import run_captured
 
 # where a custom image finds its data (read-only) and writes what should be kept
 DATA_MOUNT = "/data"
@@ -103,16 +103,7 @@ async def podman(args: Sequence[str], conf: Path, timeout_s: float = 60.0) -> tu
     if binary is None:
         return 127, "podman is not installed"
     try:
-        proc = await asyncio.create_subprocess_exec(
-            binary, *args, env=podman_env(conf), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        code, out = await run_captured([binary, *args], timeout_s, podman_env(conf))
     except OSError as exc:
         return 127, str(exc)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return -1, f"podman {' '.join(args[:2])} took longer than {timeout_s:.0f} s"
-    return proc.returncode or 0, out.decode("utf-8", "replace").strip()
+    return code, out.strip()

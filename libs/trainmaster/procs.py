@@ -1,9 +1,13 @@
-"""Child-process hygiene: children die with their parent, so nothing is left orphaned."""
+"""Child processes: they die with their parent (nothing left orphaned), and a short command's
+output is captured within a time limit."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import signal
 import sys
 
@@ -17,3 +21,21 @@ def child_preexec() -> None:
     """``preexec_fn`` for Popen: deliver SIGTERM to the child if its parent dies (Linux)."""
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def run_captured(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run a short command: (exit code, stdout and stderr together).  Past ``timeout_s`` it is
+    killed and the code is -1; cancelling the caller kills it too.  Not starting raises OSError."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                                                env=env)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except (TimeoutError, asyncio.CancelledError) as stopped:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        if isinstance(stopped, asyncio.CancelledError):
+            raise
+        await proc.wait()
+        return -1, f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} took longer than {timeout_s:.0f} s"
+    return proc.returncode or 0, out.decode("utf-8", "replace")

@@ -23,7 +23,6 @@ How a runtime is made (the decision, and why):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -35,6 +34,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from trainmaster.procs import run_captured
 
 READY_FILE = ".tm-ready"
 BUILD_LOG = "build.log"
@@ -220,23 +221,10 @@ async def _purelib(python: Path) -> str:
 
 
 async def _run(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> tuple[int, str]:
+    # the agent's own virtual environment must not leak into the runtime being built
     full_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                                                env=full_env)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return -1, f"{argv[0]} {' '.join(argv[1:3])} took longer than {timeout_s:.0f} s"
-    except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        raise
-    return proc.returncode or 0, out.decode("utf-8", "replace")
+    return await run_captured(argv, timeout_s, full_env)
 
 
 def _tail(text: str, lines: int = 3, limit: int = 400) -> str:

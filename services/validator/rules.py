@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 # the facts model lives in model.py; re-exported here because the rules and their tests read it
 from services.validator.model import MISSING, Facts, PathFact, PathFacts, as_facts
@@ -96,8 +97,8 @@ def check(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
     out += _check_basics(spec)
     data_real = _check_data(spec, facts, out)
     _check_algorithm(spec, facts.paths, out)
-    _check_output(spec, facts.paths, data_real, out)
-    _check_log(spec, facts.paths, data_real, out)
+    _check_destination(_OUTPUT, spec.output_path, facts.paths, data_real, out)
+    _check_destination(_LOG, spec.log_path, facts.paths, data_real, out)
     out += _check_parameters(spec)
     out += _check_resources(spec)
     out += catalog_rules.check(spec, facts)
@@ -276,59 +277,60 @@ def _check_algorithm(spec: JobRequest, facts: PathFacts, out: list[Violation]) -
             ))
 
 
-def _check_output(spec: JobRequest, facts: PathFacts, data_real: list[tuple[str, str]],
-                  out: list[Violation]) -> None:
-    if not spec.output_path:
-        out.append(_required("output_path", "the training output location (an empty directory is best)"))
-        return
-    path = _usable("output_path", spec.output_path, "output location", out)
-    if path is None:
-        return
-    fact = facts.get(spec.output_path, MISSING)
-    if fact.exists and not fact.is_dir:
-        out.append(Violation(
-            "output_path", "output_not_directory",
-            f"output location {path} exists and is not a directory: give a directory (an empty one is best)",
-        ))
-    real = fact.real or path
-    for data_field, data in data_real:
-        if real == data:
-            how = "is the data location"
-        elif is_within(real, data):
-            how = "is inside the data location"
-        elif is_within(data, real):
-            how = "contains the data location"
-        else:
-            continue
-        out.append(Violation(
-            "output_path", "output_overlaps_data",
-            f"output location {path} {how} {data} ({data_field}): the job would write into its own "
-            "input; choose a separate (empty) directory",
-        ))
+@dataclass(frozen=True)
+class _Destination:
+    """A directory the job writes to (its output, its logs): how its violations are worded."""
+
+    field: str
+    noun: str
+    purpose: str  # what the field is for, when it is missing
+    not_directory: str  # code, then the fix when the path is a file
+    not_directory_fix: str
+    overlap_code: str
+    overlap_fix: str
+    reads_back: bool  # may it not even contain the data (the output: a job reading its own output)?
 
 
-def _check_log(spec: JobRequest, facts: PathFacts, data_real: list[tuple[str, str]],
-               out: list[Violation]) -> None:
-    if not spec.log_path:
-        out.append(_required("log_path", "the directory where the job's log files are stored"))
+_OUTPUT = _Destination(
+    "output_path", "output location", "the training output location (an empty directory is best)",
+    "output_not_directory", "give a directory (an empty one is best)",
+    "output_overlaps_data", "the job would write into its own input; choose a separate (empty) directory",
+    reads_back=True)
+_LOG = _Destination(
+    "log_path", "log path", "the directory where the job's log files are stored",
+    "log_path_not_directory", "give a directory for the log files",
+    "log_path_in_data", "the logs would be written into the job's input; choose a separate directory",
+    reads_back=False)
+
+
+def _overlap(real: str, data: str, reads_back: bool) -> str | None:
+    if reads_back and real == data:
+        return "is the data location"
+    if is_within(real, data):
+        return "is inside the data location"
+    if reads_back and is_within(data, real):
+        return "contains the data location"
+    return None
+
+
+def _check_destination(dest: _Destination, value: str | None, facts: PathFacts,
+                       data_real: list[tuple[str, str]], out: list[Violation]) -> None:
+    if not value:
+        out.append(_required(dest.field, dest.purpose))
         return
-    path = _usable("log_path", spec.log_path, "log path", out)
+    path = _usable(dest.field, value, dest.noun, out)
     if path is None:
         return
-    fact = facts.get(spec.log_path, MISSING)
+    fact = facts.get(value, MISSING)
     if fact.exists and not fact.is_dir:
-        out.append(Violation(
-            "log_path", "log_path_not_directory",
-            f"log path {path} exists and is not a directory: give a directory for the log files",
-        ))
+        out.append(Violation(dest.field, dest.not_directory,
+                             f"{dest.noun} {path} exists and is not a directory: {dest.not_directory_fix}"))
     real = fact.real or path
     for data_field, data in data_real:
-        if is_within(real, data):
-            out.append(Violation(
-                "log_path", "log_path_in_data",
-                f"log path {path} is inside the data location {data} ({data_field}): the logs would be "
-                "written into the job's input; choose a separate directory",
-            ))
+        how = _overlap(real, data, dest.reads_back)
+        if how is not None:
+            out.append(Violation(dest.field, dest.overlap_code,
+                                 f"{dest.noun} {path} {how} {data} ({data_field}): {dest.overlap_fix}"))
 
 
 def _check_parameters(spec: JobRequest) -> list[Violation]:
