@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-import yaml
 
-from trainmaster.catalog import SHIPPED, CatalogError
+from trainmaster.catalog import SHIPPED, parse_catalog
 from trainmaster.messages import Algorithm, JobRequest, ParamValue
 
 PRESETS_DIR = Path(__file__).with_name("presets")
@@ -63,10 +62,7 @@ class PresetCatalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def parse_presets(text: str, source: str = "presets.yaml") -> PresetCatalog:
-    try:
-        return msgspec.convert(yaml.safe_load(text), PresetCatalog)
-    except (yaml.YAMLError, msgspec.ValidationError) as exc:
-        raise CatalogError(f"{source}: {exc}") from exc
+    return parse_catalog(text, PresetCatalog, source)
 
 
 @lru_cache

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import yaml
 
 SHIPPED = Path(__file__).with_name("catalogs")
+C = TypeVar("C")
 
 
 class Flavor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -82,11 +83,16 @@ class CatalogError(ValueError):
     pass
 
 
-def parse_resources(text: str, source: str = "resources.yaml") -> ResourceCatalog:
+def parse_catalog(text: str, type_: type[C], source: str) -> C:
+    """A YAML catalog as ``type_``; any fault names the file and the field."""
     try:
-        catalog = msgspec.convert(yaml.safe_load(text), ResourceCatalog)
+        return msgspec.convert(yaml.safe_load(text), type_)
     except (yaml.YAMLError, msgspec.ValidationError) as exc:
         raise CatalogError(f"{source}: {exc}") from exc
+
+
+def parse_resources(text: str, source: str = "resources.yaml") -> ResourceCatalog:
+    catalog = parse_catalog(text, ResourceCatalog, source)
     for pool in catalog.pools:
         if not pool.flavors:
             raise CatalogError(f"{source}: pool {pool.name!r} has no flavor")
@@ -100,10 +106,7 @@ def load_resources(catalog_dir: Path | None = None) -> ResourceCatalog:
 
 
 def parse_engines(text: str, source: str = "engines.yaml") -> EngineCatalog:
-    try:
-        return msgspec.convert(yaml.safe_load(text), EngineCatalog)
-    except (yaml.YAMLError, msgspec.ValidationError) as exc:
-        raise CatalogError(f"{source}: {exc}") from exc
+    return parse_catalog(text, EngineCatalog, source)
 
 
 @lru_cache
