@@ -3,7 +3,6 @@ what an integration looks like."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -136,17 +135,6 @@ class Client:
                     return
         finally:
             await sub.unsubscribe()
-
-
-async def wait_for_status(client: Client, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
-    async def _wait() -> dict[str, Any]:
-        while True:
-            job = await client.get(job_id)
-            if job["status"] in statuses:
-                return job
-            await asyncio.sleep(0.2)
-
-    return await asyncio.wait_for(_wait(), timeout)
 
 
 # ================================================================ notifications
