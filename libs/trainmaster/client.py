@@ -3,7 +3,6 @@ what an integration looks like."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -34,11 +33,17 @@ class Client:
         self.topo = Topology(prefix=prefix)
         self.timeout = timeout
         self.nc: NATS | None = None
+        self.last_connection_error: Exception | None = None
 
     async def __aenter__(self) -> Client:
         self.nc = await nats.connect(self.nats_url, connect_timeout=3, max_reconnect_attempts=3,
-                                     allow_reconnect=True)
+                                     allow_reconnect=True, error_cb=self._connection_error)
         return self
+
+    async def _connection_error(self, exc: Exception) -> None:
+        """nats-py's default prints a traceback per failed try; the caller gets the final error
+        (NoServersError) raised from ``connect`` instead, and a reconnect is not worth a word."""
+        self.last_connection_error = exc
 
     async def __aexit__(self, *exc: object) -> None:
         if self.nc is not None:
@@ -136,17 +141,6 @@ class Client:
                     return
         finally:
             await sub.unsubscribe()
-
-
-async def wait_for_status(client: Client, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
-    async def _wait() -> dict[str, Any]:
-        while True:
-            job = await client.get(job_id)
-            if job["status"] in statuses:
-                return job
-            await asyncio.sleep(0.2)
-
-    return await asyncio.wait_for(_wait(), timeout)
 
 
 # ================================================================ notifications

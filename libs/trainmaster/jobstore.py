@@ -92,8 +92,9 @@ class JobStore:
                  clock: Callable[[], float] = time.time, max_attempts: int = 20,
                  js: JetStreamContext | None = None, published_memory: int = 4096) -> None:
         """``js``: publish events with this plain JetStream client instead of the broker (its
-        per-publish middleware costs a busy writer such as the scheduler a tenth of its CPU); the
-        trace context still travels in the headers.  ``published_memory``: how many event ids this
+        per-publish middleware costs a busy writer such as the scheduler a share of its CPU worth
+        saving: docs/benchmarks.md, "Figures the code relies on"); the trace context still travels
+        in the headers.  ``published_memory``: how many event ids this
         store remembers having published (to skip re-publishing them): more than a burst of changes."""
         self.broker = broker
         self.topo = topo

@@ -254,10 +254,6 @@ class StopRequested(Change, tag="stop_requested"):
     reason: str
 
 
-class Requeued(Change, tag="requeued"):
-    reason: str
-
-
 class AgentLost(Change, tag="agent_lost"):
     """The agent running some of the attempt's nodes went silent (scheduler): retry or fail."""
 
@@ -279,8 +275,8 @@ class Billed(Change, tag="billed"):
 
 
 AnyChange = (
-    Validated | Rejected | Placed | PlacementImpossible | NodeRunning | NodeExited | StopRequested | Requeued
-    | AgentLost | TimedOut | Billed
+    Validated | Rejected | Placed | PlacementImpossible | NodeRunning | NodeExited | StopRequested | AgentLost
+    | TimedOut | Billed
 )
 
 
@@ -670,10 +666,6 @@ class Account(Struct, frozen=True):
     created_at: float
     updated_at: float
     ledger: list[LedgerEntry] = []
-
-    @property
-    def in_arrears(self) -> bool:
-        return self.balance < 0
 
 
 class AccountCredit(Struct, frozen=True, forbid_unknown_fields=True):

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from trainmaster.messages import JobRecord, RetryPolicy
 
-# what the documentation calls the classes (the defaults of RetryPolicy.retry_exit_codes):
-# 137 = SIGKILL (OOM killer, a lost node's kill), 143 = SIGTERM (preemption, a host shutting down)
-DEFAULT_RETRYABLE_EXIT_CODES: tuple[int, ...] = (137, 143)
-
 
 def retries_used(record: JobRecord) -> int:
     return max(record.attempt - 1, 0)

@@ -4,11 +4,12 @@ reused by every later node that needs the same one.
 
 How a runtime is made (the decision, and why):
 
-- ``python -m venv --without-pip`` from the agent's own interpreter (a few tens of milliseconds),
-  plus a ``.pth`` file that adds the agent's site-packages *after* the runtime's own.  A plain
-  ``--system-site-packages`` would not do: a venv made from a venv sees the *base* interpreter's
-  packages, not the agent's.  So the common case — the engine's packages are already installed
-  beside the agent (scikit-learn, PyTorch CPU) — costs no download and works offline.
+- ``python -m venv --without-pip`` from the agent's own interpreter (cheap: docs/benchmarks.md,
+  "Figures the code relies on"), plus a ``.pth`` file that adds the agent's site-packages *after*
+  the runtime's own.  A plain ``--system-site-packages`` would not do: a venv made from a venv
+  sees the *base* interpreter's packages, not the agent's.  So the common case — the engine's
+  packages are already installed beside the agent (scikit-learn, PyTorch CPU) — costs no download
+  and works offline.
 - Only what is missing or named by the code's ``requirements.txt`` is installed, with the agent's
   pip running inside the runtime (``<runtime>/bin/python -m pip install``): packages land in the
   runtime's own site-packages and shadow the agent's versions; the agent's environment is never

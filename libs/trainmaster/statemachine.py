@@ -34,7 +34,6 @@ from trainmaster.messages import (
     Placed,
     PlacementImpossible,
     Rejected,
-    Requeued,
     Status,
     StopRequested,
     TimedOut,
@@ -185,10 +184,6 @@ def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
                 raise StaleChange("stop already requested")
             new_status = S.STOPPED if status in (S.INITIALIZING, S.PENDING) else S.STOPPING
             reason = why
-        case Requeued(reason=why):
-            _expect(record, change, S.SCHEDULED, S.RUNNING)
-            new_status, reason = S.PENDING, why
-            updates.update(nodes=[], placements=[])
         case AgentLost(attempt=attempt, agent_id=agent):
             if attempt != record.attempt or status not in (S.SCHEDULED, S.RUNNING, S.STOPPING):
                 raise StaleChange(f"agent {agent} lost: attempt {attempt}, but the job is {status.value} "

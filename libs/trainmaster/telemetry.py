@@ -91,7 +91,8 @@ class JsonLinesSpanExporter(SpanExporter):
 
 def configure_tracing(service: str, settings: Settings) -> TracerProvider | None:
     """The service's tracer provider, or None when tracing is off (``TM_OTEL_EXPORTER=none``):
-    recording spans nobody exports cost intake about a third of its throughput."""
+    recording spans nobody exports costs intake a large share of its throughput (the figure is in
+    docs/benchmarks.md, "Figures the code relies on")."""
     if settings.observability.otel_exporter == "none":
         return None
     provider = TracerProvider(resource=Resource.create({"service.name": service}))

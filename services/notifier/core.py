@@ -8,7 +8,6 @@ import hashlib
 import msgspec
 
 from trainmaster.messages import (
-    SUBSCRIPTION_EVENT_NAMES,
     DeliveryTask,
     JobCloudEvent,
     JobRecord,
@@ -23,7 +22,6 @@ SUBSCRIPTION_EVENTS: dict[Status, str] = {
     Status.FAILED: "OnJobFailed",
     Status.STOPPED: "OnJobStopped",
 }
-KNOWN_EVENTS = frozenset(SUBSCRIPTION_EVENT_NAMES)
 
 
 def subscription_event(status: Status, previous: Status | None) -> str | None:

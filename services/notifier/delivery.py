@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.notifier.mail import render_email
-from services.notifier.retry import Decision, Outcome, Verdict, decide
+from services.notifier.retry import AttemptResult, Decision, Verdict, decide
 from services.notifier.senders import EmailSender, WebhookSender
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import disable_subscription
@@ -129,11 +129,12 @@ class Deliverer:
         sub = await self.topics.subscription(task.topic, task.subscription_id)
         if sub is None or sub.state != "active":
             why = "subscription removed" if sub is None else f"subscription {sub.state}"
-            await self.records.record(self._record(task, sub, "skipped", 0, Outcome(Verdict.RETRY, None, why)))
+            await self.records.record(self._record(task, sub, "skipped", 0, AttemptResult(Verdict.RETRY, None, why)))
             await msg.ack()
             return
         if delivered > POISON_DELIVERIES:
-            rec = self._record(task, sub, "dead", 0, Outcome(Verdict.PERMANENT, None, f"delivered {delivered} times"))
+            result = AttemptResult(Verdict.PERMANENT, None, f"delivered {delivered} times")
+            rec = self._record(task, sub, "dead", 0, result)
             await self._bury(rec, task)
             await msg.ack()
             return
@@ -145,16 +146,16 @@ class Deliverer:
             key = self.records.key(task.topic, task.subscription_id, task.id)
             attempt_no = (await self.records.attempts(key) if delivered > 1 else 0) + 1
             if attempt_no > len(self.schedule):  # the schedule was shortened since
-                outcome = Outcome(Verdict.PERMANENT, None, "retry schedule used up")
+                result = AttemptResult(Verdict.PERMANENT, None, "retry schedule used up")
             else:
-                outcome = await self._send(task, sub)
+                result = await self._send(task, sub)
         finally:
             self.busy[sub.id] -= 1
             if not self.busy[sub.id]:
                 del self.busy[sub.id]
-        await self._settle(msg, task, sub, attempt_no, outcome)
+        await self._settle(msg, task, sub, attempt_no, result)
 
-    async def _send(self, task: DeliveryTask, sub: TopicSubscription) -> Outcome:
+    async def _send(self, task: DeliveryTask, sub: TopicSubscription) -> AttemptResult:
         if sub.protocol == "webhook":
             return await self.webhooks.send(sub.endpoint, sub.secret or "", task.id, bytes(task.body),
                                             int(self.clock()))
@@ -164,12 +165,12 @@ class Deliverer:
         return await self.email.send(message)
 
     async def _settle(self, msg: Msg, task: DeliveryTask, sub: TopicSubscription, attempt_no: int,
-                      outcome: Outcome) -> None:
+                      result: AttemptResult) -> None:
         now = self.clock()
-        decision: Decision = decide(outcome, attempt_no, self.schedule, now)
-        rec = self._record(task, sub, decision.state, attempt_no, outcome, decision.next_attempt_at)
+        decision: Decision = decide(result, attempt_no, self.schedule, now)
+        rec = self._record(task, sub, decision.state, attempt_no, result, decision.next_attempt_at)
         bound: dict[str, Any] = dict(delivery=task.id, topic=task.topic, subscription=sub.id, attempt=attempt_no,
-                                     status=outcome.status, error=outcome.error)
+                                     status=result.status, error=result.error)
         if decision.state == "delivered":
             await self.records.record(rec, wait=False)
             await msg.ack()
@@ -179,7 +180,7 @@ class Deliverer:
             await msg.nak(delay=decision.retry_in_s)
         elif decision.state == "disabled":
             await self.topics.change(task.topic, lambda t: disable_subscription(
-                t, sub.id, f"the endpoint answered {outcome.status}", now))
+                t, sub.id, f"the endpoint answered {result.status}", now))
             await self.records.record(rec)
             log.warning("subscription disabled by its endpoint", **bound)
             await msg.ack()
@@ -193,13 +194,13 @@ class Deliverer:
         await self.records.dead_letter(DeadLetter(**msgspec.structs.asdict(rec), body=task.body))
 
     def _record(self, task: DeliveryTask, sub: TopicSubscription | None, state: str, attempts: int,
-                outcome: Outcome, next_attempt_at: float | None = None) -> DeliveryRecord:
+                result: AttemptResult, next_attempt_at: float | None = None) -> DeliveryRecord:
         return DeliveryRecord(
             id=task.id, topic=task.topic, subscription_id=task.subscription_id,
             protocol=sub.protocol if sub else "webhook", endpoint=sub.endpoint if sub else "",
             event_id=task.event_id, notification=task.notification, job_id=task.job_id, state=state,  # type: ignore[arg-type]
-            attempts=attempts, created_at=task.created_at, updated_at=self.clock(), last_status=outcome.status,
-            last_error=outcome.error, next_attempt_at=next_attempt_at,
+            attempts=attempts, created_at=task.created_at, updated_at=self.clock(), last_status=result.status,
+            last_error=result.error, next_attempt_at=next_attempt_at,
         )
 
 

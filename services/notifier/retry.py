@@ -1,7 +1,7 @@
-"""Pure core: the retry schedule and what an attempt's outcome means.
+"""Pure core: the retry schedule and what the result of a delivery attempt means.
 
-``classify_status`` / ``classify_error`` turn a response or an exception into an ``Outcome``;
-``decide`` turns an outcome, the attempt number and the schedule into what the delivery
+``classify_status`` / ``classify_error`` turn a response or an exception into an ``AttemptResult``;
+``decide`` turns that result, the attempt number and the schedule into what the delivery
 consumer does with the message (ack, or nak with a delay) and the record it writes.
 No clock reads here: ``now`` is passed in.
 """
@@ -25,7 +25,10 @@ class Verdict(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AttemptResult:
+    """How one delivery attempt (a webhook POST or an email) went: the verdict, the status the
+    receiver answered (HTTP or SMTP code) and the error to record."""
+
     verdict: Verdict
     status: int | None = None
     error: str | None = None
@@ -52,38 +55,38 @@ def next_attempt(attempt_no: int, schedule: Sequence[float]) -> float | None:
     return float(schedule[attempt_no])
 
 
-def classify_status(status: int) -> Outcome:
+def classify_status(status: int) -> AttemptResult:
     """Only 2xx is success.  Redirects are not followed, so a 3xx is a failure like any other."""
     if 200 <= status < 300:
-        return Outcome(Verdict.DELIVERED, status)
+        return AttemptResult(Verdict.DELIVERED, status)
     if status == 410:
-        return Outcome(Verdict.DISABLE, status, "410 Gone: the endpoint asked to be disabled")
-    return Outcome(Verdict.RETRY, status, f"HTTP {status}")
+        return AttemptResult(Verdict.DISABLE, status, "410 Gone: the endpoint asked to be disabled")
+    return AttemptResult(Verdict.RETRY, status, f"HTTP {status}")
 
 
-def classify_error(exc: BaseException) -> Outcome:
+def classify_error(exc: BaseException) -> AttemptResult:
     """An exception raised while sending.  Transient unless the SMTP server refused for good."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients]
         permanent = bool(codes) and all(500 <= c < 600 for c in codes)
-        return Outcome(Verdict.PERMANENT if permanent else Verdict.RETRY, codes[0] if codes else None,
+        return AttemptResult(Verdict.PERMANENT if permanent else Verdict.RETRY, codes[0] if codes else None,
                        f"recipient refused: {exc}")
     if isinstance(exc, aiosmtplib.SMTPResponseException | smtplib.SMTPResponseException):
         code = exc.code
         verdict = Verdict.PERMANENT if 500 <= code < 600 else Verdict.RETRY
-        return Outcome(verdict, code, f"SMTP {code}: {exc}"[:500])
+        return AttemptResult(verdict, code, f"SMTP {code}: {exc}"[:500])
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError):
-        return Outcome(Verdict.RETRY, None, "timeout")
+        return AttemptResult(Verdict.RETRY, None, "timeout")
     # connection refused or reset, TLS errors, a refused address, anything unexpected: try again later
-    return Outcome(Verdict.RETRY, None, f"{type(exc).__name__}: {exc}"[:500])
+    return AttemptResult(Verdict.RETRY, None, f"{type(exc).__name__}: {exc}"[:500])
 
 
-def decide(outcome: Outcome, attempt_no: int, schedule: Sequence[float], now: float) -> Decision:
-    if outcome.verdict is Verdict.DELIVERED:
+def decide(result: AttemptResult, attempt_no: int, schedule: Sequence[float], now: float) -> Decision:
+    if result.verdict is Verdict.DELIVERED:
         return Decision("delivered", None, None)
-    if outcome.verdict is Verdict.DISABLE:
+    if result.verdict is Verdict.DISABLE:
         return Decision("disabled", None, None)
-    if outcome.verdict is Verdict.PERMANENT:
+    if result.verdict is Verdict.PERMANENT:
         return Decision("dead", None, None)
     delay = next_attempt(attempt_no, schedule)
     if delay is None:

@@ -1,5 +1,5 @@
 """The two ways out: signed webhooks over HTTP (aiohttp) and email over SMTP (aiosmtplib).
-Each ``send`` returns an ``Outcome`` and never raises for a failed attempt."""
+Each ``send`` returns an ``AttemptResult`` and never raises for a failed attempt."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import aiosmtplib
 from aiohttp.resolver import DefaultResolver
 
 from services.notifier.guard import AddressRefused, GuardedResolver, InvalidUrl, check_url_static
-from services.notifier.retry import Outcome, Verdict, classify_error, classify_status
+from services.notifier.retry import AttemptResult, Verdict, classify_error, classify_status
 from services.notifier.signing import webhook_headers
 from trainmaster.settings import Settings
 
@@ -43,12 +43,12 @@ class WebhookSender:
         if self.session is not None:
             await self.session.close()
 
-    async def send(self, url: str, secret: str, delivery_id: str, body: bytes, timestamp: int) -> Outcome:
+    async def send(self, url: str, secret: str, delivery_id: str, body: bytes, timestamp: int) -> AttemptResult:
         assert self.session is not None
         try:
             check_url_static(url, self.allow_private)
         except (AddressRefused, InvalidUrl) as exc:
-            return Outcome(Verdict.RETRY, None, f"address refused: {exc}")
+            return AttemptResult(Verdict.RETRY, None, f"address refused: {exc}")
         headers = webhook_headers(secret, delivery_id, timestamp, body)
         try:
             async with self.session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
@@ -69,7 +69,7 @@ class EmailSender:
             ca_file = settings.notifier.smtp_ca_file
             self.tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
-    async def send(self, message: EmailMessage) -> Outcome:
+    async def send(self, message: EmailMessage) -> AttemptResult:
         config = self.config
         try:
             await asyncio.wait_for(aiosmtplib.send(
@@ -84,4 +84,4 @@ class EmailSender:
             ), config.smtp_timeout_s)
         except Exception as exc:
             return classify_error(exc)
-        return Outcome(Verdict.DELIVERED)
+        return AttemptResult(Verdict.DELIVERED)

@@ -61,8 +61,8 @@ _decode_work = msgspec.json.Decoder(WorkItem).decode
 TICK_S = 2.0  # the loop runs at least this often (lost agents, timeouts, queued jobs)
 # pause between passes, so that wake-ups pile up into one pass: short after a pass that placed
 # something (more may have come), longer after one that placed nothing from a queue that is not
-# empty (a blocked queue of thousands costs tens of milliseconds to walk, for nothing); none after
-# a pass over an empty queue
+# empty (walking a blocked queue of thousands is not free, and gains nothing: docs/benchmarks.md,
+# "Figures the code relies on"); none after a pass over an empty queue
 BUSY_GAP_S = 0.02
 IDLE_GAP_S = 0.25
 CATCH_UP_S = 5.0  # how long a new leader waits for its view to reach the bucket's last write
@@ -75,7 +75,8 @@ def job_trace(record: JobRecord, name: str, tracing: bool = True) -> Iterator[No
     """A span in the job's own trace (job-intake records the request's ``traceparent``): the
     placement loop runs outside any message's span, so without this the Assign, and all the agent
     does with it, would start a trace of their own.  Nothing at all when tracing is off: making
-    the span cost the placement of 15,000 jobs a twentieth of the scheduler's CPU."""
+    the span costs placement a measurable share of the scheduler's CPU (docs/benchmarks.md,
+    "Figures the code relies on")."""
     if not tracing:
         yield
         return

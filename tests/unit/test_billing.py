@@ -48,10 +48,10 @@ def test_a_ledger_entry_applies_once():
     account = accounts.new_account("a", 1.0, "USD", 0)
     charge = LedgerEntry("charge:job-1", "charge", -0.25, 1, "job-1")
     once = accounts.apply_entry(account, charge, 1)
-    assert once is not None and once.balance == 0.75 and not once.in_arrears
+    assert once is not None and once.balance == 0.75
     assert accounts.apply_entry(once, charge, 2) is None
     twice = accounts.apply_entry(once, LedgerEntry("charge:job-2", "charge", -1, 2, "job-2"), 2)
-    assert twice is not None and twice.in_arrears
+    assert twice is not None and twice.balance == -0.25
 
 
 def test_the_ledger_is_bounded():

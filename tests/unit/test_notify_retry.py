@@ -1,4 +1,4 @@
-"""The retry schedule and outcome classification (pure)."""
+"""The retry schedule and the classification of attempt results (pure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.notifier.retry import Outcome, Verdict, classify_error, classify_status, decide, next_attempt
+from services.notifier.retry import AttemptResult, Verdict, classify_error, classify_status, decide, next_attempt
 from trainmaster.settings import WEBHOOK_RETRY_SCHEDULE_S
 
 schedules = st.lists(st.floats(min_value=0, max_value=86400, allow_nan=False), min_size=1, max_size=20)
@@ -68,7 +68,7 @@ def test_a_permanent_smtp_refusal_is_dead_at_once() -> None:
 
 @given(schedules, st.integers(min_value=1, max_value=25), st.floats(min_value=0, max_value=2e9))
 def test_decide_retries_until_the_schedule_is_used_up(schedule: list[float], attempt: int, now: float) -> None:
-    d = decide(Outcome(Verdict.RETRY, 500), attempt, schedule, now)
+    d = decide(AttemptResult(Verdict.RETRY, 500), attempt, schedule, now)
     if attempt < len(schedule):
         assert d.state == "retrying" and d.retry_in_s == schedule[attempt]
         assert d.next_attempt_at == now + schedule[attempt]
@@ -77,5 +77,5 @@ def test_decide_retries_until_the_schedule_is_used_up(schedule: list[float], att
 
 
 def test_decide_success_and_disable_ack() -> None:
-    assert decide(Outcome(Verdict.DELIVERED, 200), 1, [0], 0).state == "delivered"
-    assert decide(Outcome(Verdict.DISABLE, 410), 1, [0, 1], 0).retry_in_s is None
+    assert decide(AttemptResult(Verdict.DELIVERED, 200), 1, [0], 0).state == "delivered"
+    assert decide(AttemptResult(Verdict.DISABLE, 410), 1, [0, 1], 0).retry_in_s is None

@@ -18,14 +18,15 @@ from services.scheduler.view import SchedulerView
 from trainmaster.catalog import parse_resources
 from trainmaster.messages import (
     AgentHeartbeat,
+    AgentLost,
     JobRecord,
     JobRequest,
     NodeExited,
     NodeRunning,
     Placed,
     Placement,
-    Requeued,
     Resources,
+    RetryPolicy,
     Validated,
 )
 from trainmaster.statemachine import new_record, transition
@@ -41,9 +42,9 @@ T0 = 1_000.0
 
 
 def pending(job_id: str, nodes: int = 1, flavor: str | None = None, account: str = "a",
-            max_run_time_s: float | None = None) -> JobRecord:
+            max_run_time_s: float | None = None, max_retries: int = 0) -> JobRecord:
     spec = JobRequest(name="j", resources=Resources(pool="cpu", node_count=nodes, flavor=flavor), account=account,
-                      max_run_time_s=max_run_time_s)
+                      max_run_time_s=max_run_time_s, retry=RetryPolicy(max_retries=max_retries))
     record = new_record(job_id=job_id, name="j", version="V001", spec=spec, request_id=job_id, now=T0)
     return transition(record, Validated("v"), T0)
 
@@ -84,7 +85,7 @@ agents = st.sampled_from(["a", "b", "c"])
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=st.lists(st.tuples(records, st.sampled_from(["pending", "place", "run", "requeue", "end"]),
+@given(steps=st.lists(st.tuples(records, st.sampled_from(["pending", "place", "run", "retry", "end"]),
                                 st.lists(agents, min_size=1, max_size=3)), max_size=40))
 def test_the_incremental_ledger_always_equals_a_recount(steps):
     view = SchedulerView(ShapeCatalog(CATALOG), agent_timeout_s=15, started_at=T0)
@@ -94,13 +95,14 @@ def test_the_incremental_ledger_always_equals_a_recount(steps):
         record = current.get(job_id)
         try:
             if action == "pending" and record is None:
-                record = pending(job_id, nodes=len(where), account=job_id[-1])
+                record = pending(job_id, nodes=len(where), account=job_id[-1], max_retries=10)
             elif action == "place" and record is not None:
                 record = placed(record, where)
             elif action == "run" and record is not None:
                 record = transition(record, NodeRunning(f"r{revision}", attempt=record.attempt, node=0), T0 + 5)
-            elif action == "requeue" and record is not None:
-                record = transition(record, Requeued(f"q{revision}", reason="x"), T0 + 5)
+            elif action == "retry" and record is not None:  # its first node's agent lost: placed again later
+                lost = AgentLost(f"q{revision}", attempt=record.attempt, agent_id=record.placements[0].agent_id)
+                record = transition(record, lost, T0 + 5)
             elif action == "end" and record is not None:
                 record = transition(record, NodeExited(f"e{revision}", attempt=record.attempt, node=0, exit_code=1),
                                     T0 + 5)
@@ -148,13 +150,13 @@ def test_silent_agents():
 
 
 def test_the_run_time_counts_from_when_the_attempt_started_running():
-    record = placed(pending("j", max_run_time_s=60), ["a"], at=T0 + 10)
+    record = placed(pending("j", max_run_time_s=60, max_retries=1), ["a"], at=T0 + 10)
     assert run_deadline(record) is None, "placed, not running yet"
     record = transition(record, NodeRunning("r", attempt=1, node=0), T0 + 30)
     assert running_since(record) == T0 + 30 and run_deadline(record) == T0 + 90
     assert not timed_out(record, T0 + 89) and timed_out(record, T0 + 90)
     # a retry starts the clock anew
-    retried = placed(transition(record, Requeued("q", reason="x"), T0 + 40), ["b"], at=T0 + 200)
+    retried = placed(transition(record, AgentLost("q", attempt=1, agent_id="a"), T0 + 40), ["b"], at=T0 + 200)
     retried = transition(retried, NodeRunning("r2", attempt=2, node=0), T0 + 210)
     assert run_deadline(retried) == T0 + 270
     assert run_deadline(placed(pending("k"), ["a"])) is None, "no limit, no deadline"

@@ -20,7 +20,6 @@ from trainmaster.messages import (
     Placement,
     PlacementImpossible,
     Rejected,
-    Requeued,
     Resources,
     RetryPolicy,
     Status,
@@ -110,7 +109,6 @@ CHANGES = {
     "node_exited_ok": lambda r: NodeExited("c", attempt=r.attempt, node=0, exit_code=0),
     "node_exited_fail": lambda r: NodeExited("c", attempt=r.attempt, node=0, exit_code=3),
     "stop_requested": lambda r: StopRequested("c", reason="user"),
-    "requeued": lambda r: Requeued("c", reason="agent lost"),
     "agent_lost": lambda r: AgentLost("c", attempt=r.attempt, agent_id="agent-0"),
     "timed_out": lambda r: TimedOut("c", attempt=r.attempt, limit_s=60),
 }
@@ -122,33 +120,33 @@ EXPECTED: dict[Status, dict[str, Status | str]] = {
     S.INITIALIZING: {
         "validated": S.PENDING, "rejected": S.FAILED, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": STALE, "node_exited_ok": STALE, "node_exited_fail": STALE,
-        "stop_requested": S.STOPPED, "requeued": ILLEGAL, "agent_lost": STALE, "timed_out": STALE,
+        "stop_requested": S.STOPPED, "agent_lost": STALE, "timed_out": STALE,
     },
     S.PENDING: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": S.SCHEDULED, "placement_impossible": S.FAILED,
         "node_running": STALE, "node_exited_ok": STALE, "node_exited_fail": STALE,
-        "stop_requested": S.STOPPED, "requeued": ILLEGAL, "agent_lost": STALE, "timed_out": STALE,
+        "stop_requested": S.STOPPED, "agent_lost": STALE, "timed_out": STALE,
     },
     S.SCHEDULED: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": S.RUNNING, "node_exited_ok": S.SUCCEEDED, "node_exited_fail": S.FAILED,
-        "stop_requested": S.STOPPING, "requeued": S.PENDING, "agent_lost": S.FAILED, "timed_out": S.STOPPING,
+        "stop_requested": S.STOPPING, "agent_lost": S.FAILED, "timed_out": S.STOPPING,
     },
     S.RUNNING: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": S.RUNNING, "node_exited_ok": S.SUCCEEDED, "node_exited_fail": S.FAILED,
-        "stop_requested": S.STOPPING, "requeued": S.PENDING, "agent_lost": S.FAILED, "timed_out": S.STOPPING,
+        "stop_requested": S.STOPPING, "agent_lost": S.FAILED, "timed_out": S.STOPPING,
     },
     S.STOPPING: {
         "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
         "node_running": S.STOPPING, "node_exited_ok": S.STOPPED, "node_exited_fail": S.STOPPED,
-        "stop_requested": STALE, "requeued": ILLEGAL, "agent_lost": S.STOPPED, "timed_out": STALE,
+        "stop_requested": STALE, "agent_lost": S.STOPPED, "timed_out": STALE,
     },
     **{
         terminal: {
             "validated": ILLEGAL, "rejected": ILLEGAL, "placed": ILLEGAL, "placement_impossible": ILLEGAL,
             "node_running": STALE, "node_exited_ok": STALE, "node_exited_fail": STALE,
-            "stop_requested": ILLEGAL, "requeued": ILLEGAL, "agent_lost": STALE, "timed_out": STALE,
+            "stop_requested": ILLEGAL, "agent_lost": STALE, "timed_out": STALE,
         }
         for terminal in (S.SUCCEEDED, S.FAILED, S.STOPPED)
     },
@@ -162,7 +160,7 @@ def test_table_covers_every_status_and_change_kind():
     assert all(set(row) == set(CHANGES) for row in EXPECTED.values())
     kinds = {change_kind(make(fresh())) for make in CHANGES.values()}
     assert kinds == {"validated", "rejected", "placed", "placement_impossible", "node_running",
-                     "node_exited", "stop_requested", "requeued", "agent_lost", "timed_out"}
+                     "node_exited", "stop_requested", "agent_lost", "timed_out"}
 
 
 # ------------------------------------------------------------------------- the table
@@ -337,9 +335,9 @@ def test_placement_for_another_attempt_is_stale(attempt):
         transition(record_in(S.PENDING), Placed("p", attempt=attempt, placements=placements(1)), T0 + 5)
 
 
-def test_stale_attempts_are_ignored_after_a_requeue():
-    d = Driver(record_in(S.RUNNING, nodes=2))
-    d(Requeued("rq", reason="agent-1 lost"))
+def test_stale_attempts_are_ignored_after_a_retry():
+    d = Driver(record_in(S.RUNNING, nodes=2, retry=RetryPolicy(max_retries=1)))
+    d(AgentLost("lost-a1", attempt=1, agent_id="agent-1"))
     assert d.record.status == S.PENDING and d.record.nodes == [] and d.record.placements == []
     assert d.record.attempt == 1
     # reports of attempt 1 arriving now are stale, whatever the state
@@ -468,11 +466,6 @@ def test_stopping_a_multi_node_job_waits_for_every_node():
     assert d.record.status == S.STOPPED and d.record.history[-1].reason == "user"
 
 
-def test_requeue_while_stopping_is_illegal():
-    with pytest.raises(IllegalTransition):
-        transition(record_in(S.STOPPING), Requeued("rq", reason="agent lost"), T0 + 50)
-
-
 # ------------------------------------------------------------------------- property
 change_ids = st.sampled_from(["a", "b", "c", "verdict", "x"])
 reasons = st.sampled_from(["user", "agent lost", "oom", "no capacity"])
@@ -511,7 +504,6 @@ def _change_for(status: Status, attempt: int, count: int, plausible: bool) -> st
                   reason=st.none() | reasons),
     ]
     stop = st.builds(StopRequested, change_ids, reason=reasons)
-    requeue = st.builds(Requeued, change_ids, reason=reasons)
     lost = st.builds(AgentLost, change_ids, attempt=attempts, agent_id=st.sampled_from(["a0", "a1", "a9"]))
     timeout = st.builds(TimedOut, change_ids, attempt=attempts, limit_s=st.just(60.0))
     verdicts = [st.builds(Validated, change_ids, warnings=some_warnings),
@@ -522,13 +514,13 @@ def _change_for(status: Status, attempt: int, count: int, plausible: bool) -> st
         change_ids, next_attempt, placed_nodes)
     impossible = st.builds(PlacementImpossible, change_ids, reason=reasons)
     if not plausible or status.terminal:
-        return st.one_of(*verdicts, placement, impossible, *reports, stop, requeue, lost, timeout)
+        return st.one_of(*verdicts, placement, impossible, *reports, stop, lost, timeout)
     if status == S.INITIALIZING:
         return weighted((6, verdicts[0]), (1, verdicts[1]), (1, stop))
     if status == S.PENDING:
         return weighted((6, placement), (1, impossible), (1, stop))
     # Scheduled, Running, Stopping: mostly node reports
-    return weighted((6, reports[0]), (6, reports[1]), (1, stop), (1, requeue), (1, lost), (1, timeout))
+    return weighted((6, reports[0]), (6, reports[1]), (1, stop), (1, lost), (1, timeout))
 
 
 @settings(max_examples=300, deadline=None)

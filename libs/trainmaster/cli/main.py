@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,22 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from trainmaster.cli.render import console, err_console, event_line, job_details, job_table, show_error, status
-from trainmaster.client import ApiError, Client
-from trainmaster.jobfile import JobFileError, apply_overrides, load_job_file
-from trainmaster.settings import get_settings
-
-app = typer.Typer(no_args_is_help=True, help="trainmaster: self-hosted training jobs over NATS JetStream")
-job_app = typer.Typer(no_args_is_help=True, help="create, list, show, follow and stop training jobs")
-agent_app = typer.Typer(no_args_is_help=True, help="the executor agents the scheduler knows")
-app.add_typer(job_app, name="job")
-app.add_typer(agent_app, name="agent")
-# notifications: `trainmaster topic ...` lives in cli/topics.py
-from trainmaster.cli.topics import topic_app  # noqa: E402
-
-app.add_typer(topic_app, name="topic")
-# datasets, templates, accounts, preset algorithms (cli/registry.py)
-from trainmaster.cli.registry import (  # noqa: E402
+from trainmaster.cli.common import JsonOpt, NatsOpt, connect, print_json, run, run_with_client
+from trainmaster.cli.registry import (
     account_app,
     algorithm_app,
     confirm_plan,
@@ -35,7 +20,19 @@ from trainmaster.cli.registry import (  # noqa: E402
     show_plan,
     template_app,
 )
+from trainmaster.cli.render import console, err_console, event_line, job_details, job_table, show_error, status
+from trainmaster.cli.topics import topic_app
+from trainmaster.client import ApiError, Client
+from trainmaster.jobfile import apply_overrides, load_job_file
+from trainmaster.settings import get_settings
 
+app = typer.Typer(no_args_is_help=True, help="trainmaster: self-hosted training jobs over NATS JetStream")
+job_app = typer.Typer(no_args_is_help=True, help="create, list, show, follow and stop training jobs")
+agent_app = typer.Typer(no_args_is_help=True, help="the executor agents the scheduler knows")
+app.add_typer(job_app, name="job")
+app.add_typer(agent_app, name="agent")
+app.add_typer(topic_app, name="topic")  # notifications (cli/topics.py)
+# datasets, templates, accounts, preset algorithms (cli/registry.py)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(template_app, name="template")
 app.add_typer(account_app, name="account")
@@ -43,31 +40,6 @@ app.add_typer(algorithm_app, name="algorithm")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SAMPLE_JOB = REPO_ROOT / "examples" / "sklearn-iris" / "job.yaml"
-
-NatsOpt = Annotated[str | None, typer.Option("--nats-url", envvar="TM_NATS_URL", help="NATS server URL")]
-
-
-def _client(nats_url: str | None) -> Client:
-    s = get_settings()
-    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix)
-
-
-def _run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:
-    try:
-        code = asyncio.run(coro_fn())
-    except ApiError as exc:
-        show_error(exc)
-        raise typer.Exit(1) from None
-    except JobFileError as exc:
-        err_console.print(f"[red]error[/red]: {exc}")
-        raise typer.Exit(2) from None
-    except (OSError, TimeoutError) as exc:
-        err_console.print(f"[red]error[/red]: cannot reach the trainmaster stack ({type(exc).__name__}: {exc}). "
-                          "Is it up (`trainmaster up`) and is TM_NATS_URL right?")
-        raise typer.Exit(3) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    raise typer.Exit(code or 0)
 
 
 async def follow_job(client: Client, job_id: str, with_logs: bool = True) -> dict[str, Any]:
@@ -85,6 +57,22 @@ async def follow_job(client: Client, job_id: str, with_logs: bool = True) -> dic
         except TimeoutError:
             pass
     return await client.get(job_id)
+
+
+def exit_code(job: dict[str, Any]) -> int:
+    """A command that waited for a job exits 0 only when the job succeeded."""
+    return 0 if job["status"] == "Succeeded" else 1
+
+
+async def report_created(client: Client, job: dict[str, Any], follow: bool) -> int:
+    """Say which job was created; with ``follow``, stay until it ends and say how it ended."""
+    console.print(f"created {job['name']} {job['version']}: {job['id']} ({status(job['status'])})")
+    if not follow:
+        return 0
+    final = await follow_job(client, job["id"])
+    console.print(f"{final['name']} {final['version']} {status(final['status'])}"
+                  + (f": {final['failure_reason']}" if final.get("failure_reason") else ""))
+    return exit_code(final)
 
 
 # ----------------------------------------------------------------------------------- stack
@@ -233,7 +221,7 @@ def provision_cmd(nats_url: NatsOpt = None) -> None:
         finally:
             await nc.close()
 
-    _run(go)
+    run(go)
 
 
 # ----------------------------------------------------------------------------------- jobs
@@ -254,47 +242,39 @@ def job_create(
         err_console.print("[red]error[/red]: give exactly one of --file FILE or --template NAME")
         raise typer.Exit(2)
 
-    async def go() -> int:
-        async with _client(nats_url) as client:
-            if template is not None:
-                spec = (await client.registry.call("templates", "get", {"name": template}))["spec"]
-            else:
-                assert file is not None
-                spec = load_job_file(file)
-            spec = apply_overrides(spec, set_ or [])
-            if not yes and not confirm_plan(await client.plan(spec), yes):
-                return 1
-            job = await client.create(spec, request_id)
-            console.print(f"created {job['name']} {job['version']}: {job['id']} ({status(job['status'])})")
-            if not follow:
-                return 0
-            final = await follow_job(client, job["id"])
-            console.print(f"{final['name']} {final['version']} {status(final['status'])}"
-                          + (f": {final['failure_reason']}" if final.get("failure_reason") else ""))
-            return 0 if final["status"] == "Succeeded" else 1
+    async def go(client: Client) -> int:
+        if template is not None:
+            spec = (await client.registry.call("templates", "get", {"name": template}))["spec"]
+        else:
+            assert file is not None
+            spec = load_job_file(file)
+        spec = apply_overrides(spec, set_ or [])
+        if not yes and not confirm_plan(await client.plan(spec), yes):
+            return 1
+        return await report_created(client, await client.create(spec, request_id), follow)
 
-    _run(go)
+    run_with_client(nats_url, go)
 
 
 @job_app.command("plan")
 def job_plan(
     file: Annotated[Path, typer.Option("--file", "-f", help="job file, YAML or JSON")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: key.path=value")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
     nats_url: NatsOpt = None,
 ) -> None:
     """Dry run: the normalised spec, every problem and warning, the price per hour; creates nothing."""
     async def go() -> int:
-        spec = apply_overrides(load_job_file(file), set_ or [])
-        async with _client(nats_url) as client:
+        spec = apply_overrides(load_job_file(file), set_ or [])  # a bad file is told before connecting
+        async with connect(nats_url) as client:
             plan = await client.plan(spec)
         if as_json:
-            print(json.dumps(plan, indent=2))
+            print_json(plan)
         else:
             show_plan(plan)
         return 0 if plan["valid"] else 1
 
-    _run(go)
+    run(go)
 
 
 @job_app.command("new-version")
@@ -307,19 +287,13 @@ def job_new_version(
 ) -> None:
     """The next version of job NAME: the latest version's parameters with the --set changes."""
     async def go() -> int:
-        overrides = parse_overrides(set_ or [])
-        async with _client(nats_url) as client:
+        overrides = parse_overrides(set_ or [])  # a bad --set is told before connecting
+        async with connect(nats_url) as client:
             if not yes and not confirm_plan(await client.new_version(name, overrides, dry_run=True), yes):
                 return 1
-            job = await client.new_version(name, overrides)
-            console.print(f"created {job['name']} {job['version']}: {job['id']} ({status(job['status'])})")
-            if not follow:
-                return 0
-            final = await follow_job(client, job["id"])
-            console.print(f"{final['name']} {final['version']} {status(final['status'])}")
-            return 0 if final["status"] == "Succeeded" else 1
+            return await report_created(client, await client.new_version(name, overrides), follow)
 
-    _run(go)
+    run(go)
 
 
 @job_app.command("list")
@@ -328,78 +302,71 @@ def job_list(
     name: Annotated[str | None, typer.Option(help="only jobs of this name")] = None,
     limit: int = 50,
     offset: int = 0,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
     nats_url: NatsOpt = None,
 ) -> None:
     """Jobs, newest first."""
-    async def go() -> None:
-        async with _client(nats_url) as client:
-            page = await client.list(status_, name, limit, offset)
+    async def go(client: Client) -> None:
+        page = await client.list(status_, name, limit, offset)
         if as_json:
-            print(json.dumps(page, indent=2))
+            print_json(page)
         else:
             job_table(page["jobs"], page["total"])
 
-    _run(go)
+    run_with_client(nats_url, go)
 
 
 @job_app.command("show")
-def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False, nats_url: NatsOpt = None) -> None:
+def job_show(job_id: str, as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
     """Everything about one job: spec, status history, placements, failure reason."""
-    async def go() -> None:
-        async with _client(nats_url) as client:
-            job = await client.get(job_id)
+    async def go(client: Client) -> None:
+        job = await client.get(job_id)
         if as_json:
-            print(json.dumps(job, indent=2))
+            print_json(job)
         else:
             job_details(job)
 
-    _run(go)
+    run_with_client(nats_url, go)
 
 
 @job_app.command("logs")
 def job_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
              nats_url: NatsOpt = None) -> None:
     """The job's log lines (every node); --follow waits for new ones until the job ends."""
-    async def go() -> None:
-        async with _client(nats_url) as client:
-            await client.get(job_id)  # a clear error for an unknown id
-            async for node, line in client.logs(job_id, follow=follow):
-                sys.stdout.write(f"node {node} | {line}\n")
-                sys.stdout.flush()
+    async def go(client: Client) -> None:
+        await client.get(job_id)  # a clear error for an unknown id
+        async for node, line in client.logs(job_id, follow=follow):
+            sys.stdout.write(f"node {node} | {line}\n")
+            sys.stdout.flush()
 
-    _run(go)
+    run_with_client(nats_url, go)
 
 
 @job_app.command("stop")
 def job_stop(job_id: str, reason: str = "stopped by user", nats_url: NatsOpt = None) -> None:
     """Stop a job: every node gets SIGTERM, then SIGKILL after the grace period."""
-    async def go() -> None:
-        async with _client(nats_url) as client:
-            job = await client.stop(job_id, reason)
+    async def go(client: Client) -> None:
+        job = await client.stop(job_id, reason)
         console.print(f"{job['id']} {job['name']} {job['version']}: {status(job['status'])}")
 
-    _run(go)
+    run_with_client(nats_url, go)
 
 
 @job_app.command("watch")
 def job_watch(job_id: str, nats_url: NatsOpt = None) -> None:
     """Follow a job's events and logs until it ends."""
-    async def go() -> int:
-        async with _client(nats_url) as client:
-            final = await follow_job(client, job_id)
-        return 0 if final["status"] == "Succeeded" else 1
+    async def go(client: Client) -> int:
+        return exit_code(await follow_job(client, job_id))
 
-    _run(go)
+    run_with_client(nats_url, go)
 
 
 # ----------------------------------------------------------------------------------- agents
 @agent_app.command("list")
 def agent_list(nats_url: NatsOpt = None) -> None:
     """Agents that sent a heartbeat: pool, CPUs, memory, GPUs, what they run."""
-    async def go() -> None:
-        async with _client(nats_url) as client:
-            agents = await client.agents()
+    async def go(client: Client) -> None:
+        agents = await client.agents()
         for a in agents:
             gpus = ", ".join(g["model"] for g in a["gpus"]) or "no GPU"
             console.print(f"{a['agent_id']} on {a['host']}: pool {a['pool']}, {a['cpus']} CPUs, "
@@ -407,7 +374,7 @@ def agent_list(nats_url: NatsOpt = None) -> None:
         if not agents:
             console.print("no agents")
 
-    _run(go)
+    run_with_client(nats_url, go)
 
 
 @app.command()

@@ -4,14 +4,16 @@ used by ``job create`` / ``job new-version`` before they ask to confirm (R22).""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.table import Table
 
-from trainmaster.cli.render import console, err_console, ts
+from trainmaster.cli.common import JsonOpt, NatsOpt, print_json, run_with_client
+from trainmaster.cli.render import console, err_console, print_table, ts
+from trainmaster.client import RegistryClient
 from trainmaster.jobfile import JobFileError
 
 dataset_app = typer.Typer(no_args_is_help=True, help="datasets: a storage location with immutable, published versions")
@@ -19,22 +21,9 @@ template_app = typer.Typer(no_args_is_help=True, help="saved job parameters (tem
 account_app = typer.Typer(no_args_is_help=True, help="accounts: balances, charges of ended jobs, credits")
 algorithm_app = typer.Typer(no_args_is_help=True, help="the preset algorithms and their hyperparameters")
 
-NatsOpt = Annotated[str | None, typer.Option("--nats-url", envvar="TM_NATS_URL", help="NATS server URL")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the reply as JSON")]
 
-
-def _go(nats_url: str | None, fn: Any) -> None:
-    from trainmaster.cli.main import _client, _run
-
-    async def go() -> None:
-        async with _client(nats_url) as client:
-            await fn(client.registry)
-
-    _run(go)
-
-
-def _json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+def _with_registry(nats_url: str | None, fn: Callable[[RegistryClient], Awaitable[None]]) -> None:
+    run_with_client(nats_url, lambda client: fn(client.registry))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -85,50 +74,46 @@ def dataset_create(name: str, location: Annotated[str, typer.Option(help="a loca
     """Create a dataset over a storage location (then publish versions of it)."""
     loc = location if "://" in location else str(Path(location).resolve())
 
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         ds = await reg.call("datasets", "create", {"name": name, "location": loc, "description": description})
         console.print(f"created dataset {ds['name']} over {ds['location']}")
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @dataset_app.command("publish")
 def dataset_publish(name: str, description: str = "", nats_url: NatsOpt = None) -> None:
     """Snapshot the dataset's files (names, sizes, checksums) as its next, immutable version."""
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         v = await reg.call("datasets", "publish", {"name": name, "description": description})
         console.print(f"published {v['dataset']} {v['version']}: {len(v['files'])} file(s), {v['total_bytes']} bytes")
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @dataset_app.command("list")
 def dataset_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
     """Every dataset with its latest version."""
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         items = (await reg.call("datasets", "list"))["datasets"]
         if as_json:
-            return _json(items)
-        table = Table(title=f"{len(items)} dataset(s)")
-        for col in ("NAME", "LOCATION", "VERSIONS", "LATEST", "DESCRIPTION"):
-            table.add_column(col)
-        for d in items:
-            latest = d["versions"][-1]["version"] if d["versions"] else "-"
-            table.add_row(d["name"], d["location"], str(len(d["versions"])), latest, d["description"])
-        console.print(table)
+            return print_json(items)
+        print_table(f"{len(items)} dataset(s)", ("NAME", "LOCATION", "VERSIONS", "LATEST", "DESCRIPTION"),
+                    [(d["name"], d["location"], str(len(d["versions"])),
+                      d["versions"][-1]["version"] if d["versions"] else "-", d["description"]) for d in items])
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @dataset_app.command("show")
 def dataset_show(name: str, version: Annotated[str | None, typer.Option(help="show this version's files")] = None,
                  as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
     """A dataset and its versions; with --version, that version's manifest (files, sizes, checksums)."""
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         if version:
             v = await reg.call("datasets", "version", {"name": name, "version": version})
             if as_json:
-                return _json(v)
+                return print_json(v)
             console.print(f"{v['dataset']} {v['version']} of {v['location']}, {ts(v['created_at'])}: "
                           f"{len(v['files'])} file(s), {v['total_bytes']} bytes")
             for path, size, checksum in v["files"]:
@@ -136,45 +121,45 @@ def dataset_show(name: str, version: Annotated[str | None, typer.Option(help="sh
             return None
         d = await reg.call("datasets", "get", {"name": name})
         if as_json:
-            return _json(d)
+            return print_json(d)
         console.print(f"[bold]{d['name']}[/bold] over {d['location']} {d['description']}")
         for v in d["versions"]:
             console.print(f"  {v['version']}  {ts(v['created_at'])}  {v['files']} file(s)  {v['bytes']} bytes  "
                           f"{v['description']}")
         return None
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 # ----------------------------------------------------------------------------------- templates
+def _algorithm_of(spec: dict[str, Any]) -> str:
+    algo = spec["algorithm"]
+    return algo.get("preset") or algo.get("engine") or algo["source"]
+
+
 @template_app.command("list")
 def template_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
     """Saved job parameters."""
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         items = (await reg.call("templates", "list"))["templates"]
         if as_json:
-            return _json(items)
-        table = Table(title=f"{len(items)} template(s)")
-        for col in ("NAME", "JOB NAME", "ALGORITHM", "UPDATED", "DESCRIPTION"):
-            table.add_column(col)
-        for t in items:
-            algo = t["spec"]["algorithm"]
-            table.add_row(t["name"], t["spec"].get("name") or "-", algo.get("preset") or algo.get("engine") or
-                          algo["source"], ts(t["updated_at"]), t["description"])
-        console.print(table)
+            return print_json(items)
+        print_table(f"{len(items)} template(s)", ("NAME", "JOB NAME", "ALGORITHM", "UPDATED", "DESCRIPTION"),
+                    [(t["name"], t["spec"].get("name") or "-", _algorithm_of(t["spec"]), ts(t["updated_at"]),
+                      t["description"]) for t in items])
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @template_app.command("show")
 def template_show(name: str, nats_url: NatsOpt = None) -> None:
     """One template's job specification (YAML)."""
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         t = await reg.call("templates", "get", {"name": name})
         console.print(f"[bold]{t['name']}[/bold] {t['description']} (updated {ts(t['updated_at'])})")
         console.out(yaml.safe_dump(t["spec"], sort_keys=False).rstrip(), highlight=False)
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @template_app.command("update")
@@ -185,25 +170,23 @@ def template_update(
     nats_url: NatsOpt = None,
 ) -> None:
     """Change a template's fields (--set) or description."""
-    overrides = parse_overrides(set_ or [])
-
-    async def fn(reg: Any) -> None:
-        body: dict[str, Any] = {"name": name, "overrides": overrides}
+    async def fn(reg: RegistryClient) -> None:
+        body: dict[str, Any] = {"name": name, "overrides": parse_overrides(set_ or [])}
         if description is not None:
             body["description"] = description
         t = await reg.call("templates", "update", body)
         console.print(f"updated template {t['name']}")
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @template_app.command("delete")
 def template_delete(name: str, nats_url: NatsOpt = None) -> None:
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         await reg.call("templates", "delete", {"name": name})
         console.print(f"deleted template {name}")
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 # ----------------------------------------------------------------------------------- accounts
@@ -214,31 +197,31 @@ def _account_line(a: dict[str, Any]) -> str:
 
 @account_app.command("list")
 def account_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         items = (await reg.call("accounts", "list"))["accounts"]
         if as_json:
-            return _json(items)
+            return print_json(items)
         for a in items:
             console.print(_account_line(a))
         return None
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @account_app.command("show")
 def account_show(name: Annotated[str, typer.Argument(help="the account")] = "default", as_json: JsonOpt = False,
                  nats_url: NatsOpt = None) -> None:
     """Balance and the latest charges (one per ended job) and credits."""
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         a = await reg.call("accounts", "get", {"name": name})
         if as_json:
-            return _json(a)
+            return print_json(a)
         console.print(_account_line(a))
         for e in a["ledger"][-20:]:
             console.print(f"  {ts(e['at'])}  {e['kind']:<6} {e['amount']:>12.4f}  {e.get('job_id') or ''} {e['note']}")
         return None
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @account_app.command("credit")
@@ -246,27 +229,27 @@ def account_credit(name: str, amount: float, note: str = "",
                    credit_id: Annotated[str | None, typer.Option(help="idempotency key")] = None,
                    nats_url: NatsOpt = None) -> None:
     """Add AMOUNT to an account (created if needed)."""
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         body: dict[str, Any] = {"name": name, "amount": amount, "note": note}
         if credit_id:
             body["credit_id"] = credit_id
         console.print(_account_line(await reg.call("accounts", "credit", body)))
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 # ----------------------------------------------------------------------------------- algorithms
 @algorithm_app.command("list")
 def algorithm_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         items = (await reg.call("algorithms", "list"))["algorithms"]
         if as_json:
-            return _json(items)
+            return print_json(items)
         for p in items:
             console.print(f"[bold]{p['name']}[/bold] ({p['engine']} {p['engine_version']}): {p['description']}")
         return None
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)
 
 
 @algorithm_app.command("show")
@@ -274,18 +257,14 @@ def algorithm_show(name: str, as_json: JsonOpt = False, nats_url: NatsOpt = None
     """A preset's hyperparameters: type, range or choices, default, what it does."""
     from trainmaster.algorithms import PresetParameter, describe
 
-    async def fn(reg: Any) -> None:
+    async def fn(reg: RegistryClient) -> None:
         p = await reg.call("algorithms", "get", {"name": name})
         if as_json:
-            return _json(p)
+            return print_json(p)
         console.print(f"[bold]{p['name']}[/bold]: {p['description']} (engine {p['engine']} {p['engine_version']}; "
                       f"writes {', '.join(p['outputs'])})")
-        table = Table(title="hyperparameters (run parameters)")
-        for col in ("NAME", "TAKES", "DEFAULT", "WHAT"):
-            table.add_column(col)
-        for param in p["parameters"]:
-            spec = PresetParameter(**param)
-            table.add_row(spec.name, describe(spec), json.dumps(spec.default), spec.doc)
-        console.print(table)
+        specs = [PresetParameter(**param) for param in p["parameters"]]
+        print_table("hyperparameters (run parameters)", ("NAME", "TAKES", "DEFAULT", "WHAT"),
+                    [(spec.name, describe(spec), json.dumps(spec.default), spec.doc) for spec in specs])
 
-    _go(nats_url, fn)
+    _with_registry(nats_url, fn)

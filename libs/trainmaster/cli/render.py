@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,13 +38,19 @@ def show_error(exc: ApiError) -> None:
                           f"is {exc.job.get('status')}")
 
 
-def job_table(jobs: list[dict[str, Any]], total: int) -> None:
-    table = Table(title=f"{len(jobs)} of {total} jobs")
-    for col in ("ID", "NAME", "VERSION", "STATUS", "CREATED", "UPDATED"):
-        table.add_column(col, no_wrap=True)
-    for j in jobs:
-        table.add_row(j["id"], j["name"], j["version"], status(j["status"]), ts(j["created_at"]), ts(j["updated_at"]))
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], no_wrap: bool = False) -> None:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, no_wrap=no_wrap)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+
+
+def job_table(jobs: list[dict[str, Any]], total: int) -> None:
+    print_table(f"{len(jobs)} of {total} jobs", ("ID", "NAME", "VERSION", "STATUS", "CREATED", "UPDATED"),
+                [(j["id"], j["name"], j["version"], status(j["status"]), ts(j["created_at"]), ts(j["updated_at"]))
+                 for j in jobs], no_wrap=True)
 
 
 def job_details(job: dict[str, Any]) -> None:
@@ -78,12 +85,9 @@ def job_details(job: dict[str, Any]) -> None:
         b = job["billing"]
         console.print(f"  billed: {b['duration_s']:.1f} s at {b['price_per_hour']:g} {b['currency']}/h = "
                       f"{b['cost']:.4f} {b['currency']} to account {b['account']}")
-    table = Table(title="history")
-    for col in ("#", "TIME", "CHANGE", "STATUS", "REASON"):
-        table.add_column(col)
-    for h in job["history"]:
-        table.add_row(str(h["seq"]), ts(h["at"]), h["change"], status(h["status"]), h.get("reason") or "")
-    console.print(table)
+    print_table("history", ("#", "TIME", "CHANGE", "STATUS", "REASON"),
+                [(str(h["seq"]), ts(h["at"]), h["change"], status(h["status"]), h.get("reason") or "")
+                 for h in job["history"]])
 
 
 def event_line(event: dict[str, Any]) -> str:

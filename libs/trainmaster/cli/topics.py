@@ -2,73 +2,56 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from trainmaster.cli.render import console, err_console, ts
+from trainmaster.cli.common import JsonOpt, NatsOpt, print_json, run_with_client
+from trainmaster.cli.render import console, err_console, print_table, ts
+from trainmaster.client import TopicsClient
 
 topic_app = typer.Typer(no_args_is_help=True, help="notification topics: webhooks (signed) and email subscriptions")
 
-NatsOpt = Annotated[str | None, typer.Option("--nats-url", envvar="TM_NATS_URL", help="NATS server URL")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the reply as JSON")]
 
-
-def _go(nats_url: str | None, fn: Any) -> None:
-    """Run ``fn(topics_client)`` with the CLI's usual error handling."""
-    from trainmaster.cli.main import _client, _run
-
-    async def go() -> None:
-        async with _client(nats_url) as client:
-            await fn(client.topics)
-
-    _run(go)
-
-
-def _json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+def _with_topics(nats_url: str | None, fn: Callable[[TopicsClient], Awaitable[None]]) -> None:
+    run_with_client(nats_url, lambda client: fn(client.topics))
 
 
 @topic_app.command("create")
 def create(name: str, description: Annotated[str, typer.Option(help="what the topic is for")] = "",
            nats_url: NatsOpt = None) -> None:
     """Create a topic (1-64 letters, digits, '-' and '_')."""
-    async def fn(topics: Any) -> None:
+    async def fn(topics: TopicsClient) -> None:
         topic = await topics.create(name, description)
         console.print(f"created topic {topic['name']}")
 
-    _go(nats_url, fn)
+    _with_topics(nats_url, fn)
 
 
 @topic_app.command("list")
 def list_(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
     """Every topic with its number of subscriptions."""
-    async def fn(topics: Any) -> None:
+    async def fn(topics: TopicsClient) -> None:
         items = await topics.list()
         if as_json:
-            return _json(items)
-        table = Table(title=f"{len(items)} topic(s)")
-        for col in ("NAME", "SUBSCRIPTIONS", "ACTIVE", "CREATED", "DESCRIPTION"):
-            table.add_column(col)
-        for t in items:
-            table.add_row(t["name"], str(t["subscriptions"]), str(t["active_subscriptions"]), ts(t["created_at"]),
-                          t["description"])
-        console.print(table)
+            return print_json(items)
+        print_table(f"{len(items)} topic(s)", ("NAME", "SUBSCRIPTIONS", "ACTIVE", "CREATED", "DESCRIPTION"),
+                    [(t["name"], str(t["subscriptions"]), str(t["active_subscriptions"]), ts(t["created_at"]),
+                      t["description"]) for t in items])
 
-    _go(nats_url, fn)
+    _with_topics(nats_url, fn)
 
 
 @topic_app.command("delete")
 def delete(name: str, force: Annotated[bool, typer.Option(help="also remove its subscriptions")] = False,
            nats_url: NatsOpt = None) -> None:
     """Delete a topic; one with subscriptions only with --force (which removes them too)."""
-    async def fn(topics: Any) -> None:
+    async def fn(topics: TopicsClient) -> None:
         out = await topics.delete(name, force)
         console.print(f"deleted topic {out['deleted']} ({out['subscriptions_removed']} subscription(s) removed)")
 
-    _go(nats_url, fn)
+    _with_topics(nats_url, fn)
 
 
 @topic_app.command("subscribe")
@@ -86,61 +69,60 @@ def subscribe(
         err_console.print("[red]error[/red]: give exactly one of --webhook URL or --email ADDRESS")
         raise typer.Exit(2)
 
-    async def fn(topics: Any) -> None:
+    async def fn(topics: TopicsClient) -> None:
         sub = await topics.subscribe(name, "webhook" if webhook else "email", webhook or email, secret)
         if as_json:
-            return _json(sub)
+            return print_json(sub)
         console.print(f"subscribed {sub['protocol']} {sub['endpoint']} to {name}: {sub['id']}")
         if sub.get("secret"):
             console.print(f"signing secret (shown only now): {sub['secret']}")
 
-    _go(nats_url, fn)
+    _with_topics(nats_url, fn)
 
 
 @topic_app.command("subscriptions")
 def subscriptions(name: str, as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
     """The subscriptions of a topic and their state (active, or disabled with the reason)."""
-    async def fn(topics: Any) -> None:
+    async def fn(topics: TopicsClient) -> None:
         subs = await topics.subscriptions(name)
         if as_json:
-            return _json(subs)
-        table = Table(title=f"{len(subs)} subscription(s) of {name}")
-        for col in ("ID", "PROTOCOL", "ENDPOINT", "STATE", "CREATED", "DISABLED BECAUSE"):
-            table.add_column(col)
-        for s in subs:
-            table.add_row(s["id"], s["protocol"], s["endpoint"], s["state"], ts(s["created_at"]),
-                          s.get("disabled_reason") or "")
-        console.print(table)
+            return print_json(subs)
+        print_table(f"{len(subs)} subscription(s) of {name}",
+                    ("ID", "PROTOCOL", "ENDPOINT", "STATE", "CREATED", "DISABLED BECAUSE"),
+                    [(s["id"], s["protocol"], s["endpoint"], s["state"], ts(s["created_at"]),
+                      s.get("disabled_reason") or "") for s in subs])
 
-    _go(nats_url, fn)
+    _with_topics(nats_url, fn)
 
 
 @topic_app.command("unsubscribe")
 def unsubscribe(name: str, subscription_id: str, nats_url: NatsOpt = None) -> None:
     """Remove a subscription (its pending deliveries are dropped)."""
-    async def fn(topics: Any) -> None:
+    async def fn(topics: TopicsClient) -> None:
         await topics.unsubscribe(name, subscription_id)
         console.print(f"removed {subscription_id} from {name}")
 
-    _go(nats_url, fn)
+    _with_topics(nats_url, fn)
 
 
 @topic_app.command("deliveries")
 def deliveries(name: str, dead: Annotated[bool, typer.Option(help="only dead letters")] = False,
                limit: int = 100, as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
     """The newest deliveries of a topic: state, attempts, last answer or error."""
-    async def fn(topics: Any) -> None:
+    async def fn(topics: TopicsClient) -> None:
         page = await topics.deliveries(name, dead, limit)
         if as_json:
-            return _json(page)
+            return print_json(page)
         what = "dead letter(s)" if dead else "delivery(ies)"
-        table = Table(title=f"{len(page['deliveries'])} of {page['total']} {what} of {name}")
-        for col in ("WEBHOOK-ID", "SUBSCRIPTION", "EVENT", "STATE", "ATTEMPTS", "LAST", "UPDATED"):
-            table.add_column(col)
-        for d in page["deliveries"]:
-            last = d.get("last_error") or (str(d["last_status"]) if d.get("last_status") is not None else "")
-            table.add_row(d["id"], d["subscription_id"], f"{d['notification']} {d['event_id']}", d["state"],
-                          str(d["attempts"]), last, ts(d["updated_at"]))
-        console.print(table)
+        print_table(f"{len(page['deliveries'])} of {page['total']} {what} of {name}",
+                    ("WEBHOOK-ID", "SUBSCRIPTION", "EVENT", "STATE", "ATTEMPTS", "LAST", "UPDATED"),
+                    [(d["id"], d["subscription_id"], f"{d['notification']} {d['event_id']}", d["state"],
+                      str(d["attempts"]), _last_answer(d), ts(d["updated_at"])) for d in page["deliveries"]])
 
-    _go(nats_url, fn)
+    _with_topics(nats_url, fn)
+
+
+def _last_answer(delivery: dict[str, Any]) -> str:
+    if delivery.get("last_error"):
+        return delivery["last_error"]
+    return str(delivery["last_status"]) if delivery.get("last_status") is not None else ""
