@@ -1,4 +1,5 @@
-"""Pure core of job-intake: decoding, normalising, naming, versioning, listing.  No I/O."""
+"""Pure core of job-intake: reading a request, normalising, naming, versioning, listing, and the
+decisions behind each record it keeps (request claims, templates, dataset listings).  No I/O."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ from collections.abc import Iterable
 
 import msgspec
 
-# decode_as and RequestError live in trainmaster.decoding (the scheduler and the notifier decode
-# requests too); job-intake's modules and tests import them from here
 from trainmaster.decoding import RequestError, decode_as
 from trainmaster.locations import local_path, locate
 from trainmaster.messages import (
     Algorithm,
+    Dataset,
+    DatasetVersion,
+    DatasetVersionInfo,
     DataSource,
     ErrorBody,
     JobRequest,
     JobSummary,
     ListRequest,
+    Template,
+    TemplateUpdate,
     Violation,
 )
 from trainmaster.names import NAME_RE, TOKEN_RE
@@ -71,6 +75,13 @@ def normalise(spec: JobRequest) -> JobRequest:
     )
 
 
+def read_job_request(body: bytes, max_bytes: int) -> JobRequest:
+    """A job request as every verb that takes one reads it: decoded, normalised, its name checked."""
+    spec = normalise(decode_as(body, JobRequest, max_bytes))
+    check_name(spec.name)
+    return spec
+
+
 def check_name(name: str | None) -> None:
     """The name is needed to assign a version, so intake checks it before storing anything."""
     if not name:
@@ -97,12 +108,18 @@ def request_key(request_id: str) -> str:
     return hashlib.sha256(request_id.encode()).hexdigest()[:40]
 
 
-
-
 def request_token(request_id: str) -> str:
     """The subject token of ``tm.events.request.<token>``: the request id itself when it is a
     plain token (letters, digits, ``-``, ``_``; at most 128), else ``request_key(request_id)``."""
     return request_id if TOKEN_RE.match(request_id) else request_key(request_id)
+
+
+def latest_job(jobs: Iterable[JobSummary], name: str) -> str | None:
+    """The id of the job with the highest version of ``name`` (the newer one of equal versions)."""
+    named = [j for j in jobs if j.name == name]
+    if not named:
+        return None
+    return max(named, key=lambda j: (int(j.version[1:]) if j.version[1:].isdigit() else 0, j.created_at)).id
 
 
 def select(jobs: Iterable[JobSummary], query: ListRequest) -> tuple[list[JobSummary], int]:
@@ -162,3 +179,62 @@ def with_overrides(spec: JobRequest, overrides: dict[str, object], max_bytes: in
 
 def without_save_as(spec: JobRequest) -> JobRequest:
     return msgspec.structs.replace(spec, save_as=None) if spec.save_as is not None else spec
+
+
+# ------------------------------------------------------------------------------ request claims
+class RequestClaim(msgspec.Struct):
+    """Value of ``tm_requests[request_key(request id)]``: the job a request creates, and its
+    version once taken, so that a redelivered or retried request finds the same job."""
+
+    job_id: str
+    version: str | None = None
+
+
+def claim_request(current: RequestClaim | None, job_id: str) -> RequestClaim | None:
+    """The first delivery of a request claims it for ``job_id``; a later one finds it claimed
+    (None: keep the claim there is)."""
+    return RequestClaim(job_id) if current is None else None
+
+
+def claim_version(current: RequestClaim | None, claim: RequestClaim, version: str) -> RequestClaim | None:
+    """``claim`` with ``version`` recorded, unless a concurrent delivery recorded one first (None:
+    keep that one, so both deliveries create the same job)."""
+    if current is not None and current.version is not None:
+        return None
+    return msgspec.structs.replace(current or claim, version=version)
+
+
+# ------------------------------------------------------------------------------ templates
+def saved_template(current: Template | None, name: str, description: str, spec: JobRequest,
+                   source_job: str | None, now: float) -> Template:
+    """Template ``name`` holding ``spec`` (without its own ``save_as``); one of that name is replaced."""
+    spec = without_save_as(spec)
+    if current is None:
+        return Template(name=name, spec=spec, created_at=now, updated_at=now, description=description,
+                        source_job=source_job)
+    return msgspec.structs.replace(current, spec=spec, description=description, updated_at=now,
+                                   source_job=source_job)
+
+
+def updated_template(current: Template, change: TemplateUpdate, max_bytes: int, now: float) -> Template:
+    """``current`` with the update's spec, overrides and description; a bad override is a RequestError."""
+    spec = change.spec if change.spec is not None else current.spec
+    spec = normalise(with_overrides(spec, change.overrides, max_bytes))
+    return msgspec.structs.replace(
+        current, spec=without_save_as(spec), updated_at=now,
+        description=change.description if change.description is not None else current.description)
+
+
+# ------------------------------------------------------------------------------ dataset versions
+def next_dataset_version(dataset: Dataset) -> str:
+    return format_version(max((int(v.version[1:]) for v in dataset.versions), default=0) + 1)
+
+
+def with_listed_version(dataset: Dataset, version: DatasetVersion, now: float) -> Dataset | None:
+    """``dataset`` listing ``version`` among its versions (in order); None when it lists it already."""
+    if any(v.version == version.version for v in dataset.versions):
+        return None
+    info = DatasetVersionInfo(version=version.version, created_at=version.created_at, files=len(version.files),
+                              bytes=version.total_bytes, description=version.description)
+    versions = sorted([*dataset.versions, info], key=lambda v: int(v.version[1:]))
+    return msgspec.structs.replace(dataset, versions=versions, updated_at=now)

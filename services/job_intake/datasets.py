@@ -17,13 +17,12 @@ import time
 import msgspec
 import structlog
 from faststream.nats import NatsMessage
-from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from services.job_intake.core import RequestError, decode_as, format_version
-from services.job_intake.registry import _entries, not_found
-from trainmaster.bus import error_reply, responder
-from trainmaster.decoding import decode_empty
+from services.job_intake.core import next_dataset_version, with_listed_version
+from services.job_intake.replies import Refused, not_found, refused
+from trainmaster import kvstore
+from trainmaster.decoding import decode_as, decode_empty
 from trainmaster.locations import locate
 from trainmaster.messages import (
     Dataset,
@@ -31,14 +30,12 @@ from trainmaster.messages import (
     DatasetList,
     DatasetPublish,
     DatasetVersion,
-    DatasetVersionInfo,
     DatasetVersionRef,
     ManifestFile,
     NameRef,
     Violation,
     encode,
 )
-from trainmaster.service import ServiceContext
 from trainmaster.storage import Storage, StorageError
 
 log = structlog.get_logger()
@@ -47,10 +44,13 @@ _decode_version = msgspec.json.Decoder(DatasetVersion).decode
 
 # a manifest is one KV value: it must stay under the server's max_payload (1 MiB by default)
 MAX_MANIFEST_BYTES = 900 * 1024
+# version numbers a publish tries before it gives up: each one it loses was taken by another
+# publish of the same dataset at that moment, far more than ever publish at once
+PUBLISH_ATTEMPTS = 50
 
 
-def _bad(field: str, code: str, message: str) -> bytes:
-    return error_reply("invalid_request", f"{field}: {message}", [Violation(field, code, message)])
+def _bad_location(code: str, message: str) -> Refused:
+    return refused("invalid_request", f"location: {message}", [Violation("location", code, message)])
 
 
 class Datasets:
@@ -60,123 +60,96 @@ class Datasets:
         self.storage = storage
         self.max_bytes = max_bytes
 
-    async def find(self, name: str) -> tuple[Dataset, int] | None:
-        try:
-            entry = await self.kv.get(name)
-        except (KeyNotFoundError, InvalidKeyError):
-            return None
-        return (_decode_dataset(entry.value), entry.revision or 0) if entry.value else None
+    async def find(self, name: str) -> kvstore.Stored[Dataset] | None:
+        return await kvstore.read(self.kv, name, _decode_dataset)
 
     async def find_version(self, name: str, version: str) -> DatasetVersion | None:
-        try:
-            entry = await self.versions.get(f"{name}.{version}")
-        except (KeyNotFoundError, InvalidKeyError):
-            return None
-        return _decode_version(entry.value) if entry.value else None
+        found = await kvstore.read(self.versions, f"{name}.{version}", _decode_version)
+        return found.value if found is not None else None
 
-    async def _location(self, raw: str) -> str | bytes:
-        """The location as stored (a local path or an s3:// URL), or an error reply."""
+    async def _location(self, raw: str) -> str:
+        """The location as stored (a local path or an s3:// URL)."""
         loc = locate(raw.strip())
         if loc.kind == "local":
             path = posixpath.normpath(loc.path)
             if not await asyncio.to_thread(os.path.isdir, path):
-                return _bad("location", "location_not_found", f"{path} is not an existing folder")
+                raise _bad_location("location_not_found", f"{path} is not an existing folder")
             return path
         if loc.kind == "remote" and loc.path == "s3":
             try:
                 await self.storage.list(raw.strip())
             except StorageError as exc:
-                return _bad("location", "location_not_readable", str(exc))
+                raise _bad_location("location_not_readable", str(exc)) from exc
             return raw.strip().rstrip("/")
-        return _bad("location", "invalid_location",
-                    f"{raw!r} is not a dataset location: give an absolute local folder or s3://bucket/prefix")
+        raise _bad_location("invalid_location",
+                            f"{raw!r} is not a dataset location: give an absolute local folder or s3://bucket/prefix")
 
     # ---- handlers
     async def on_create(self, msg: NatsMessage) -> bytes:
-        try:
-            request = decode_as(msg.body, DatasetCreate, self.max_bytes)
-        except RequestError as err:
-            return error_reply(err.body.code, err.body.message, err.body.details)
+        request = decode_as(msg.body, DatasetCreate, self.max_bytes)
         location = await self._location(request.location)
-        if isinstance(location, bytes):
-            return location
         now = time.time()
         dataset = Dataset(name=request.name, location=location, created_at=now, updated_at=now,
                           description=request.description)
-        try:
-            await self.kv.create(request.name, encode(dataset))
-        except KeyWrongLastSequenceError:
-            return error_reply("conflict", f"dataset {request.name} exists already",
-                               [Violation("name", "exists", "choose another name, or publish a new version of it")])
+        if await kvstore.create(self.kv, request.name, encode(dataset)) is None:
+            raise refused("conflict", f"dataset {request.name} exists already",
+                          [Violation("name", "exists", "choose another name, or publish a new version of it")])
         log.info("dataset created", dataset=request.name, location=location)
         return encode(dataset)
 
     async def on_list(self, msg: NatsMessage) -> bytes:
-        try:
-            decode_empty(msg.body, self.max_bytes)
-        except RequestError as err:
-            return error_reply(err.body.code, err.body.message, err.body.details)
-        return encode(DatasetList(datasets=[_decode_dataset(v) for v in await _entries(self.kv)]))
+        decode_empty(msg.body, self.max_bytes)
+        return encode(DatasetList(datasets=[_decode_dataset(v) for v in await kvstore.values(self.kv)]))
 
     async def on_get(self, msg: NatsMessage) -> bytes:
-        try:
-            ref = decode_as(msg.body, NameRef, self.max_bytes)
-        except RequestError as err:
-            return error_reply(err.body.code, err.body.message, err.body.details)
+        ref = decode_as(msg.body, NameRef, self.max_bytes)
         found = await self.find(ref.name)
-        return encode(found[0]) if found else not_found("dataset", ref.name, "list them: trainmaster dataset list")
+        if found is None:
+            raise not_found("dataset", ref.name, "list them: trainmaster dataset list")
+        return encode(found.value)
 
     async def on_version(self, msg: NatsMessage) -> bytes:
-        try:
-            ref = decode_as(msg.body, DatasetVersionRef, self.max_bytes)
-        except RequestError as err:
-            return error_reply(err.body.code, err.body.message, err.body.details)
+        ref = decode_as(msg.body, DatasetVersionRef, self.max_bytes)
         version = await self.find_version(ref.name, ref.version)
         if version is None:
-            return not_found("dataset version", f"{ref.name} {ref.version}",
-                             f"list the versions: trainmaster dataset show {ref.name}")
+            raise not_found("dataset version", f"{ref.name} {ref.version}",
+                            f"list the versions: trainmaster dataset show {ref.name}")
         return encode(version)
 
     async def on_publish(self, msg: NatsMessage) -> bytes:
-        try:
-            request = decode_as(msg.body, DatasetPublish, self.max_bytes)
-        except RequestError as err:
-            return error_reply(err.body.code, err.body.message, err.body.details)
-        found = await self.find(request.name)
-        if found is None:
-            return not_found("dataset", request.name, "create it first: trainmaster dataset create")
-        dataset = found[0]
+        request = decode_as(msg.body, DatasetPublish, self.max_bytes)
+        dataset = await self._dataset(request.name)
         try:
             listing = await self.storage.list(dataset.location, checksums=True)
         except StorageError as exc:
-            return error_reply("invalid_request", f"cannot read dataset {dataset.name}: {exc}",
-                               [Violation("location", "location_not_readable", str(exc))])
+            raise refused("invalid_request", f"cannot read dataset {dataset.name}: {exc}",
+                          [Violation("location", "location_not_readable", str(exc))]) from exc
         if not listing:
-            return error_reply("invalid_request", f"{dataset.location} holds no file to publish",
-                               [Violation("location", "empty_location", "put the data files there first")])
+            raise refused("invalid_request", f"{dataset.location} holds no file to publish",
+                          [Violation("location", "empty_location", "put the data files there first")])
         files = [ManifestFile(f.relative, f.size, f.checksum) for f in listing]
         return await self._publish(dataset.name, files, request.description)
+
+    async def _dataset(self, name: str) -> Dataset:
+        found = await self.find(name)
+        if found is None:
+            raise not_found("dataset", name, "create it first: trainmaster dataset create")
+        return found.value
 
     async def _publish(self, name: str, files: list[ManifestFile], description: str) -> bytes:
         """Write the manifest as the next version (KV create: immutable), then list it on the dataset
         (compare-and-set).  A concurrent publish takes the next number; a half-done one is repaired."""
-        while True:
-            found = await self.find(name)
-            assert found is not None
-            dataset = found[0]
-            number = max((int(v.version[1:]) for v in dataset.versions), default=0) + 1
-            now = time.time()
-            manifest = DatasetVersion(dataset=name, version=format_version(number), location=dataset.location,
-                                      created_at=now, files=files, total_bytes=sum(f.size for f in files),
+        for _ in range(PUBLISH_ATTEMPTS):
+            dataset = await self._dataset(name)
+            manifest = DatasetVersion(dataset=name, version=next_dataset_version(dataset), location=dataset.location,
+                                      created_at=time.time(), files=files, total_bytes=sum(f.size for f in files),
                                       description=description)
             body = encode(manifest)
             if len(body) > MAX_MANIFEST_BYTES:
-                return error_reply("invalid_request", f"the manifest of {len(files)} files is {len(body)} bytes; "
-                                   f"at most {MAX_MANIFEST_BYTES} fit", [Violation(
-                                       "location", "manifest_too_large", "split the data into several datasets")])
-            try:
-                await self.versions.create(f"{name}.{manifest.version}", body)
-            except KeyWrongLastSequenceError:
+                raise refused("invalid_request", f"the manifest of {len(files)} files is {len(body)} bytes; "
+                              f"at most {MAX_MANIFEST_BYTES} fit", [Violation(
+                                  "location", "manifest_too_large", "split the data into several datasets")])
+            if await kvstore.create(self.versions, f"{name}.{manifest.version}", body) is None:
                 # that number is taken (a concurrent publish, or one that stopped half-way): record it, go on
                 taken = await self.find_version(name, manifest.version)
                 if taken is not None:
@@ -185,25 +158,16 @@ class Datasets:
             await self._list_version(name, manifest)
             log.info("dataset version published", dataset=name, version=manifest.version, files=len(files))
             return encode(manifest)
+        raise refused("conflict", f"dataset {name}: {PUBLISH_ATTEMPTS} version numbers in a row were taken by "
+                      "other publishes meanwhile; publish again", [Violation(
+                          "name", "conflict", "other publishes of this dataset are running: try again")])
 
     async def _list_version(self, name: str, version: DatasetVersion) -> None:
-        info = DatasetVersionInfo(version=version.version, created_at=version.created_at, files=len(version.files),
-                                  bytes=version.total_bytes, description=version.description)
-        while True:
-            found = await self.find(name)
-            assert found is not None
-            dataset, revision = found
-            if any(v.version == info.version for v in dataset.versions):
-                return
-            versions = sorted([*dataset.versions, info], key=lambda v: int(v.version[1:]))
-            updated = msgspec.structs.replace(dataset, versions=versions, updated_at=time.time())
-            try:
-                await self.kv.update(name, encode(updated), last=revision)
-                return
-            except KeyWrongLastSequenceError:
-                continue
+        now = time.time()
 
+        def decide(current: Dataset | None) -> Dataset | None:
+            if current is None:
+                raise not_found("dataset", name, "create it first: trainmaster dataset create")
+            return with_listed_version(current, version, now)
 
-def serve(ctx: ServiceContext, datasets: Datasets) -> None:
-    for verb in ("create", "list", "get", "publish", "version"):
-        responder(ctx.broker, ctx.topo.datasets(verb), "job-intake", getattr(datasets, f"on_{verb}"))
+        await kvstore.change(self.kv, name, decide, decode=_decode_dataset)

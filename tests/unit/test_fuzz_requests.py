@@ -10,10 +10,11 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.job_intake.core import RequestError, check_name, decode_as, normalise, with_overrides
+from services.job_intake.core import check_name, normalise, with_overrides
 from services.validator.facts import gather
 from services.validator.model import AccountFact, DatasetFact, Facts, VersionFact
 from services.validator.rules import check, warnings
+from trainmaster.decoding import RequestError, decode_as
 from trainmaster.messages import ErrorBody, JobRequest, NewVersionRequest, TemplateUpdate, Violation
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),

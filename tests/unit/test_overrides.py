@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.job_intake.core import RequestError, set_path, with_overrides
+from services.job_intake.core import set_path, with_overrides
+from trainmaster.decoding import RequestError
 from trainmaster.messages import DataSource, JobRequest
 
 

@@ -1,0 +1,130 @@
+"""Accepting a job, from ``tm.jobs.create`` (request/reply) or ``tm.jobs.submit`` (durable, fire
+and forget): read and normalise the request, claim its request id, take a job id and the name's
+next version, store the record, save it as a template when asked, hand it to the validator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from faststream.nats import NatsBroker, NatsMessage
+from nats.js.kv import KeyValue
+
+from services.job_intake.core import (
+    RequestClaim,
+    claim_request,
+    claim_version,
+    format_version,
+    new_job_id,
+    read_job_request,
+    request_key,
+    request_token,
+)
+from services.job_intake.index import JobIndex
+from services.job_intake.registry import Templates
+from services.job_intake.replies import request_id_of
+from services.job_intake.verdict import await_verdict, verdict_reply
+from services.job_intake.versions import VersionCounter
+from trainmaster import kvstore
+from trainmaster.bus import MSG_ID, publish_js
+from trainmaster.decoding import RequestError
+from trainmaster.jobstore import JobStore
+from trainmaster.messages import (
+    JobRecord,
+    JobRequest,
+    RequestCloudEvent,
+    RequestEventData,
+    WorkItem,
+    encode,
+    summary_of,
+)
+from trainmaster.settings import Settings
+from trainmaster.statemachine import new_record
+from trainmaster.telemetry import current_traceparent
+from trainmaster.topology import Topology
+
+log = structlog.get_logger()
+_decode_claim = msgspec.json.Decoder(RequestClaim).decode
+
+
+@dataclass(frozen=True, kw_only=True)
+class Intake:
+    broker: NatsBroker
+    topo: Topology
+    settings: Settings
+    store: JobStore
+    requests: KeyValue  # request claims
+    versions: VersionCounter
+    index: JobIndex
+    templates: Templates  # for save_as
+
+    async def accept(self, spec: JobRequest, request_id: str) -> JobRecord:
+        """Idempotent on ``request_id``: a retried request returns the job created the first time."""
+        assert spec.name is not None
+        key = request_key(request_id)
+        job_id = new_job_id(time.time())
+        claimed = await kvstore.change(self.requests, key, lambda current: claim_request(current, job_id),
+                                       decode=_decode_claim)
+        claim = claimed.value
+        assert claim is not None  # claim_request writes one where there is none
+        existing = await self.store.find(claim.job_id)
+        if existing is not None:
+            return existing
+        if claim.version is None:
+            version = format_version(await self.versions.take(spec.name))
+            first = claim
+            versioned = await kvstore.change(self.requests, key,
+                                             lambda current: claim_version(current, first, version),
+                                             decode=_decode_claim)
+            claim = versioned.value
+        assert claim is not None and claim.version is not None
+        record = new_record(
+            job_id=claim.job_id, name=spec.name, version=claim.version, spec=spec,
+            request_id=request_id, now=time.time(), traceparent=current_traceparent(),
+        )
+        with structlog.contextvars.bound_contextvars(job_id=record.id):
+            record = await self.store.create(record)
+            self.index.put(record)
+            if spec.save_as is not None:
+                # R21: the job's parameters saved as a template (a redelivery saves the same again)
+                await self.templates.save(spec.save_as.name, spec.save_as.description, spec, record.id)
+            await publish_js(self.broker, self.topo.work_validate, encode(WorkItem(record.id)),
+                             stream=self.topo.stream_work.name, msg_id=f"{record.id}.validate")
+            log.info("job accepted", name=record.name, version=record.version, request_id=request_id)
+        return record
+
+    async def accept_and_wait(self, spec: JobRequest, request_id: str) -> JobRecord:
+        """Accept, then wait (bounded) for the validator's verdict."""
+        record = await self.accept(spec, request_id)
+        return await await_verdict(self.store, record, self.settings.intake.create_wait_s)
+
+    # ---- tm.jobs.create
+    async def on_create(self, msg: NatsMessage) -> bytes:
+        spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
+        return verdict_reply(await self.accept_and_wait(spec, request_id_of(msg, "create")))
+
+    # ---- tm.jobs.submit
+    async def on_submit(self, msg: NatsMessage) -> None:
+        # without a client request id, the stream sequence still makes redeliveries idempotent
+        sequence = msg.raw_message.metadata.sequence.stream
+        request_id = (msg.headers or {}).get(MSG_ID) or f"{self.topo.stream_requests.name}-{sequence}"
+        try:
+            spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
+        except RequestError as err:
+            log.info("submission rejected", request_id=request_id, error=err.body.message)
+            await self._request_event(request_id, "tm.request.rejected", RequestEventData(request_id, error=err.body))
+            return
+        record = await self.accept(spec, request_id)
+        await self._request_event(request_id, "tm.request.accepted",
+                                  RequestEventData(request_id, job=summary_of(record)))
+
+    async def _request_event(self, request_id: str, type_: str, data: RequestEventData) -> None:
+        token = request_token(request_id)
+        event = RequestCloudEvent(
+            id=f"request-{request_key(request_id)}", source="trainmaster/job-intake", type=type_, subject=request_id,
+            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), data=data,
+        )
+        await publish_js(self.broker, self.topo.request_events(token), encode(event),
+                         stream=self.topo.stream_events.name, msg_id=event.id)
