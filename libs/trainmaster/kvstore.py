@@ -59,13 +59,15 @@ async def read(kv: KeyValue, key: str, decode: Callable[[bytes], T]) -> Stored[T
 
 async def change(kv: KeyValue, key: str, decide: Callable[[T | None], T | None], *,
                  decode: Callable[[bytes], T], encode: Callable[[T], bytes] = msgspec.json.encode,
-                 attempts: int = CHANGE_ATTEMPTS) -> Changed[T]:
+                 attempts: int = CHANGE_ATTEMPTS, known: Stored[T] | None = None) -> Changed[T]:
     """Write ``decide(current)`` at the revision ``current`` was read at (created when the key has
     no value).  ``decide`` gets None for an absent key; it returns None to write nothing, and may
     raise to refuse (the exception reaches the caller, nothing written).  A lost race calls
-    ``decide`` again on the fresh value, so it must be a pure function of its argument."""
+    ``decide`` again on the fresh value, so it must be a pure function of its argument.
+    ``known``: the value as the caller just read or wrote it, decided on instead of a first read
+    (a stale one costs a lost race, no more)."""
     for _ in range(attempts):
-        found = await read(kv, key, decode)
+        found, known = (known, None) if known is not None else (await read(kv, key, decode), None)
         current = found.value if found is not None else None
         updated = decide(current)
         if updated is None:

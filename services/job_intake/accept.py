@@ -77,7 +77,7 @@ class Intake:
             first = claim
             versioned = await kvstore.change(self.requests, key,
                                              lambda current: claim_version(current, first, version),
-                                             decode=_decode_claim)
+                                             decode=_decode_claim, known=kvstore.Stored(first, claimed.revision))
             claim = versioned.value
         assert claim is not None and claim.version is not None
         record = new_record(

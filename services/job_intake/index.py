@@ -8,22 +8,10 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from services.job_intake.core import select
-from trainmaster.messages import JobRecord, JobSummary, ListRequest, Status, summary_of
+from trainmaster.messages import JobRecord, JobSummary, ListRequest, summary_of
 
-
-class _RecordHead(msgspec.Struct):
-    """The fields of a record a summary needs; decoding only these skips the spec and history."""
-
-    id: str
-    name: str
-    version: str
-    status: Status
-    created_at: float
-    updated_at: float
-    failure_reason: str | None = None
-
-
-_decode_head = msgspec.json.Decoder(_RecordHead).decode
+# a summary's fields are a record's: decoding a record as a summary skips its spec and history
+_decode_summary = msgspec.json.Decoder(JobSummary).decode
 
 
 class JobIndex:
@@ -50,11 +38,7 @@ class JobIndex:
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
             self.jobs.pop(entry.key, None)
             return
-        head = _decode_head(entry.value)
-        self.jobs[entry.key] = JobSummary(
-            id=head.id, name=head.name, version=head.version, status=head.status,
-            created_at=head.created_at, updated_at=head.updated_at, failure_reason=head.failure_reason,
-        )
+        self.jobs[entry.key] = _decode_summary(entry.value)
 
     def put(self, record: JobRecord) -> None:
         """Read-your-writes for this replica: index a record before its watch update arrives."""

@@ -115,3 +115,27 @@ async def test_remove_checks_the_value_it_deletes(kv: KeyValue) -> None:
     await kv.put("t", msgspec.json.encode(4))
     assert await kvstore.remove(kv, "t", only_even, decode=decode_int) == 4
     assert await kvstore.remove(kv, "t", only_even, decode=decode_int) is None
+
+
+class CountingReads:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.reads = 0
+
+    async def get(self, key: str) -> KeyValue.Entry:
+        self.reads += 1
+        return await self.kv.get(key)
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        return await self.kv.update(key, value, last=last)
+
+
+async def test_a_known_value_saves_the_first_read_and_a_stale_one_costs_a_retry(kv: KeyValue) -> None:
+    first = await kvstore.change(kv, "k", lambda _: 1, decode=decode_int)
+    counted = CountingReads(kv)
+    changed = await kvstore.change(counted, "k", plus_one, decode=decode_int,  # type: ignore[arg-type]
+                                   known=kvstore.Stored(1, first.revision))
+    assert (changed.value, changed.written, counted.reads) == (2, True, 0)
+    stale = await kvstore.change(counted, "k", plus_one, decode=decode_int,  # type: ignore[arg-type]
+                                 known=kvstore.Stored(1, first.revision))
+    assert (stale.value, counted.reads) == (3, 1)  # the stale guess lost; decided again on the stored 2
