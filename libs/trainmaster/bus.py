@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
@@ -32,6 +33,7 @@ from nats.js.errors import (
 )
 from opentelemetry.sdk.trace import TracerProvider
 
+from trainmaster.auth.credentials import connect_options
 from trainmaster.delivery_policy import DLQ_PUBLISH_TIMEOUT_S, MSG_ID, Publish, Settler
 from trainmaster.delivery_policy import ERROR_HEADER as ERROR_HEADER
 from trainmaster.delivery_policy import Poison as Poison
@@ -71,7 +73,14 @@ def make_broker(service: str, settings: Settings, tracer_provider: TracerProvide
         graceful_timeout=settings.bus.shutdown_grace_s / 2,
         drain_timeout=max(1, int(settings.bus.shutdown_grace_s / 2)),
         log_level=10,  # faststream's own per-message lines at DEBUG
+        **connect_options(settings.bus.nats_creds),
     )
+
+
+async def connect(settings: Settings, **options: Any) -> NATS:
+    """A plain nats-py connection to the configured servers, with this process's credentials."""
+    servers = [s.strip() for s in settings.bus.nats_url.split(",") if s.strip()]
+    return await nats.connect(servers, **connect_options(settings.bus.nats_creds), **options)
 
 
 # ------------------------------------------------------------------------- provisioning

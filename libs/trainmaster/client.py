@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
+from trainmaster.auth.credentials import connect_options
 from trainmaster.topology import Topology
 
 TERMINAL = {"Succeeded", "Failed", "Stopped"}
@@ -28,8 +30,10 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, nats_url: str, prefix: str = "tm", timeout: float = 30.0) -> None:
+    def __init__(self, nats_url: str, prefix: str = "tm", timeout: float = 30.0, creds: Path | None = None) -> None:
+        """``creds``: a NATS creds file, this client's identity on the bus."""
         self.nats_url = nats_url
+        self.creds = creds
         self.topo = Topology(prefix=prefix)
         self.timeout = timeout
         self.nc: NATS | None = None
@@ -37,7 +41,8 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self.nc = await nats.connect(self.nats_url, connect_timeout=3, max_reconnect_attempts=3,
-                                     allow_reconnect=True, error_cb=self._connection_error)
+                                     allow_reconnect=True, error_cb=self._connection_error,
+                                     **connect_options(self.creds))
         return self
 
     async def _connection_error(self, exc: Exception) -> None:

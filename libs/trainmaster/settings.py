@@ -31,6 +31,8 @@ class _Group(BaseSettings):
 
 class BusSettings(_Group):
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated")
+    nats_creds: Path | None = Field(None, description="this process's credentials on the bus (a NATS creds "
+                                    "file); unset = connect without (a server without authentication)")
     subject_prefix: str = Field("tm", pattern=r"^[A-Za-z0-9_-]+$")
     publish_timeout_s: float = Field(10.0, description="JetStream publish ack wait; covers fail-over")
     stream_replicas: int = Field(1, ge=1, le=5, description="R of streams and KV buckets (3 on a cluster)")

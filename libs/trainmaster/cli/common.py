@@ -26,7 +26,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the reply as JSON")
 def connect(nats_url: str | None) -> Client:
     """A client for ``nats_url``, or for the configured server (TM_NATS_URL) when None."""
     s = get_settings()
-    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix)
+    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix, creds=s.bus.nats_creds)
 
 
 def run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:

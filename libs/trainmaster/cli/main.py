@@ -24,7 +24,7 @@ from trainmaster.cli.render import console, err_console, event_line, job_details
 from trainmaster.cli.topics import topic_app
 from trainmaster.client import ApiError, Client
 from trainmaster.jobfile import apply_overrides, load_job_file
-from trainmaster.settings import get_settings
+from trainmaster.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, help="trainmaster: self-hosted training jobs over NATS JetStream")
 job_app = typer.Typer(no_args_is_help=True, help="create, list, show, follow and stop training jobs")
@@ -206,13 +206,14 @@ def nats_health_cmd(
 @app.command("provision")
 def provision_cmd(nats_url: NatsOpt = None) -> None:
     """Create or update every stream, KV bucket and consumer (replicas from TM_STREAM_REPLICAS)."""
-    import nats
-
-    from trainmaster.bus import provision
+    from trainmaster.bus import connect, provision
     from trainmaster.topology import topology_from_settings
 
     async def go() -> None:
-        nc = await nats.connect(nats_url or get_settings().nats_url, connect_timeout=5)
+        settings = get_settings()
+        if nats_url:
+            settings = Settings(bus=settings.bus, nats_url=nats_url)
+        nc = await connect(settings, connect_timeout=5)
         try:
             topo = topology_from_settings()
             await provision(nc.jetstream(), topo)
