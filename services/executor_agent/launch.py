@@ -171,6 +171,12 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text) or "job"
 
 
+def host_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What of the agent's own environment a job may see: not the agent's settings (``TM_*``:
+    its bus credentials, storage and mail secrets among them)."""
+    return {name: value for name, value in environ.items() if not name.startswith("TM_")}
+
+
 def job_env(assign: Assign) -> dict[str, str]:
     return {
         "PYTHONUNBUFFERED": "1",  # lines reach the log stream as they are printed

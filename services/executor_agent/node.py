@@ -24,6 +24,7 @@ from services.executor_agent.launch import (
     Refused,
     RunKey,
     distributed_env,
+    host_environment,
     local_path,
     node_log_limit,
     outcome,
@@ -110,7 +111,7 @@ class NodeExecutor:
         runtime = self.runtime_spec(cmd)
         python = str(self.runtimes.python_of(runtime)) if runtime else sys.executable
         cpus, memory_mb = self.flavor_limits(cmd)
-        host = HostFacts(environ=os.environ, python=python,
+        host = HostFacts(environ=host_environment(os.environ), python=python,
                          podman=self.podman, container_network=self.settings.agent.container_network,
                          stage_local="copy" if self.settings.agent.stage_local == "copy" else "link",
                          cpus=cpus, memory_mb=memory_mb, now=time.time())

@@ -13,6 +13,7 @@ from services.executor_agent.launch import (
     Peer,
     Refused,
     distributed_env,
+    host_environment,
     node_log_limit,
     outcome,
     plan_launch,
@@ -41,6 +42,16 @@ def custom(**kw) -> JobRequest:
     fields = dict(name="n", data=[DataSource(path="/d/one")], output_path="s3://b/out", log_path="s3://b/logs",
                   algorithm=Algorithm(source="custom", image="localhost/tiny:1", command=["sh", "-c", "run"]))
     return JobRequest(**{**fields, **kw})
+
+
+def test_a_job_sees_none_of_the_agents_settings() -> None:
+    agent_env = {"PATH": "/bin", "HOME": "/root", "TM_NATS_CREDS": "/etc/tm/agent.creds",
+                 "TM_S3_SECRET_ACCESS_KEY": "s3cr3t", "TM_SMTP_PASSWORD": "pw"}
+    host = HostFacts(environ=host_environment(agent_env), python="/p", now=0.0)
+    launch = plan_launch(assign(framework()), RUN, host)
+    assert launch.env["PATH"] == "/bin" and launch.env["TM_JOB_ID"] == "job-1"
+    assert not {"TM_NATS_CREDS", "TM_S3_SECRET_ACCESS_KEY", "TM_SMTP_PASSWORD"} & set(launch.env)
+    assert "s3cr3t" not in json.dumps(launch.env)
 
 
 def test_distributed_env_names_the_master_ranks_and_tf_config() -> None:
