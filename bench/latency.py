@@ -170,7 +170,7 @@ async def drive(url: str, settings: Settings, root: Path, args: argparse.Namespa
     code, data = trivial_job_files(root / "job")
     run_token = secrets.token_hex(4)
     rec = Recorder()
-    async with Client(url, prefix=settings.bus.subject_prefix, timeout=30) as client:
+    async with Client(url, prefix=settings.bus.subject_prefix, timeout=30, creds=settings.bus.nats_creds) as client:
         assert client.nc is not None
         t_wait = time.perf_counter()
         agents = await wait_for_agent(client)
@@ -227,7 +227,8 @@ async def main_async(args: argparse.Namespace) -> int:
         url = await stack.start()
         pids = [p.pid for p in [stack.nats.proc, *(c.proc for c in stack.children)] if p is not None]
         print(f"stack up at {url}, data in {root}", file=sys.stderr)
-        result = await drive(url, settings, root, args, pids)
+        as_admin = Settings(bus=settings.bus, embedded=settings.embedded, nats_creds=stack.auth.admin_creds)
+        result = await drive(url, as_admin, root, args, pids)
     except (Exception, asyncio.CancelledError) as exc:
         error = exc
     finally:

@@ -31,6 +31,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from trainmaster.auth.credentials import connect_options
 from trainmaster.procs import child_preexec
 from trainmaster.topology import Topology
 
@@ -296,10 +297,20 @@ def spawn(module: str, nats_url: str, data_dir: Path, *, log_dir: Path | None = 
     return svc
 
 
+# the local admin's creds of each embedded stack a test started, by its URL: a stack refuses
+# anonymous clients
+STACK_CREDS: dict[str, Path] = {}
+
+
+async def connect(url: str, **options: Any) -> NATS:
+    """A connection to a test's nats-server: with the stack's admin creds where it has some."""
+    return await nats.connect(url, **connect_options(STACK_CREDS.get(url)), **options)
+
+
 async def wait_ready(services: Iterable[ServiceProcess], nats_url: str, topo: Topology,
                      timeout_s: float = 30.0) -> None:
     """Wait until every service answers and pulls, or fail with the tail of its log."""
-    nc = await nats.connect(nats_url, connect_timeout=5)
+    nc = await connect(nats_url, connect_timeout=5)
     js = nc.jetstream()
     try:
         for svc in services:

@@ -40,6 +40,11 @@ class BusSettings(_Group):
         2.5, gt=0, description="longest a service takes to stop on SIGTERM (stop hooks, in-flight messages, "
         "closing the connection) before it exits anyway; an agent's nodes get half of it")
 
+    @field_validator("nats_creds", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
 
 class EmbeddedSettings(_Group):
     """The stack ``trainmaster up`` (``make run``) runs on one host, nats-server included."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import nats
 
+from trainmaster.auth.credentials import connect_options
+from trainmaster.auth.local import LocalAuth
 from trainmaster.bus import provision
 from trainmaster.nats_health import needs_restart
 from trainmaster.natsd import NatsServer
@@ -98,8 +100,12 @@ class Stack:
         self.data_dir = settings.embedded.data_dir.resolve()
         self.agents = agents
         self.echo = echo
+        self.topo = Topology(settings.bus.subject_prefix, settings.bus.stream_replicas)
+        # authentication is on: every process gets its own identity, anonymous clients are refused
+        self.auth = LocalAuth(self.data_dir)
         self.nats = NatsServer(store_dir=self.data_dir / "nats", host=settings.embedded.nats_host,
-                               port=settings.embedded.nats_port, log_file=self.data_dir / "logs" / "nats-server.log")
+                               port=settings.embedded.nats_port, log_file=self.data_dir / "logs" / "nats-server.log",
+                               config_file=self.auth.server_config_file)
         self.nats_restarts = Restarts()
         self.children: list[Child] = []
         self.url = ""
@@ -107,6 +113,8 @@ class Stack:
 
     async def start(self) -> str:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.auth.prepare, self.topo, ["supervisor", *SERVICES],
+                                [agent.agent_id for agent in self.agents])
         try:
             self.nats.launch()  # in this (long-lived) thread: see NatsServer.launch
             self.url = await asyncio.to_thread(self.nats.wait_ready, NATS_READY_S)
@@ -118,8 +126,8 @@ class Stack:
         # a restarted nats-server must listen where the services reconnect to, also when the
         # port was picked at random (-1)
         self.nats.port = int(self.url.rsplit(":", 1)[1])
-        nc = await nats.connect(self.url)
-        await provision(nc.jetstream(), Topology(self.settings.bus.subject_prefix, self.settings.bus.stream_replicas))
+        nc = await nats.connect(self.url, **connect_options(self.auth.creds_of("supervisor")))
+        await provision(nc.jetstream(), self.topo)
         await nc.close()
         s = self.settings
         base_env = dict(
@@ -130,10 +138,12 @@ class Stack:
         if s.observability.otel_file:
             base_env["TM_OTEL_FILE"] = str(s.observability.otel_file)
         for name in SERVICES:
-            self.children.append(Child(name, f"services.{name}", base_env,
+            env = dict(base_env, TM_NATS_CREDS=str(self.auth.creds_of(name)))
+            self.children.append(Child(name, f"services.{name}", env,
                                        self.data_dir / "logs" / f"{name.replace('_', '-')}.log"))
         for agent in self.agents:
-            env = dict(base_env, TM_AGENT_ID=agent.agent_id, TM_AGENT_POOL=agent.pool, TM_AGENT_LABELS=agent.labels)
+            env = dict(base_env, TM_AGENT_ID=agent.agent_id, TM_AGENT_POOL=agent.pool, TM_AGENT_LABELS=agent.labels,
+                       TM_NATS_CREDS=str(self.auth.creds_of(f"agent-{agent.agent_id}")))
             self.children.append(Child(f"agent {agent.agent_id}", "services.executor_agent", env,
                                        self.data_dir / "logs" / f"executor-agent-{agent.agent_id}.log"))
         for child in self.children:

@@ -11,10 +11,20 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
-from support import LIVE, REPO, LoopThread, ServiceProcess, eventually, read_stream, request_json, wait_ready
+from support import (
+    LIVE,
+    REPO,
+    STACK_CREDS,
+    LoopThread,
+    ServiceProcess,
+    connect,
+    eventually,
+    read_stream,
+    request_json,
+    wait_ready,
+)
 
 from trainmaster.jobfile import load_job_file
 from trainmaster.settings import Settings
@@ -54,6 +64,7 @@ def stack_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                       echo=lambda *_: None)
         try:
             loop.run(stack.start())
+            STACK_CREDS[stack.url] = stack.auth.admin_creds
             for child in stack.children:
                 svc = ServiceProcess(child.name, child.module.removeprefix("services."), child.log_path,
                                      proc=child.proc, env=child.env)
@@ -70,7 +81,7 @@ def stack_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 async def agents_registered(url: str) -> None:
-    nc = await nats.connect(url)
+    nc = await connect(url)
     try:
         async def check() -> bool:
             reply = await request_json(nc, TOPO.agents_list, b"{}")
@@ -83,7 +94,7 @@ async def agents_registered(url: str) -> None:
 
 @pytest.fixture
 async def nc(stack_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(stack_url, connect_timeout=5)
+    client = await connect(stack_url, connect_timeout=5)
     yield client
     await client.close()
 

@@ -17,9 +17,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from support import (
     LIVE,
+    STACK_CREDS,
     LoopThread,
     ServiceProcess,
     assert_error,
+    connect,
     eventually,
     iris_job,
     read_stream,
@@ -64,6 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
                       echo=lambda *_: None)
         try:
             loop.run(stack.start())
+            STACK_CREDS[stack.url] = stack.auth.admin_creds
             for child in stack.children:
                 module = child.module.removeprefix("services.")
                 svc = ServiceProcess(child.name, module, child.log_path, proc=child.proc, env=child.env)
@@ -83,7 +86,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 
 async def agent_registered(url: str) -> None:
-    nc = await nats.connect(url)
+    nc = await connect(url)
     try:
         async def check() -> bool:
             reply = await request_json(nc, TOPO.agents_list, b"{}")
@@ -96,7 +99,7 @@ async def agent_registered(url: str) -> None:
 
 @pytest.fixture
 async def nc(stack: RunningStack) -> AsyncIterator[NATS]:
-    client = await nats.connect(stack.url, connect_timeout=5)
+    client = await connect(stack.url, connect_timeout=5)
     yield client
     await client.close()
 
@@ -268,3 +271,31 @@ async def test_one_trace_follows_a_job_across_the_services(stack: RunningStack, 
                     logged[entry["service"]].add(entry.get("trace_id"))
     assert {service for service, traces in logged.items() if trace_id in traces} >= wanted, dict(logged)
 
+
+
+ENV_PRINTER = textwrap.dedent("""\
+    import json, os
+    print("ENV " + json.dumps(sorted(os.environ)), flush=True)
+""")
+
+
+async def test_the_bus_refuses_anonymous_clients_and_jobs_get_no_credentials(
+        stack: RunningStack, nc: NATS, work: Path) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(stack.url, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=0,
+                           error_cb=_quiet)
+    job = await create(nc, script_job(work, f"env-{uuid.uuid4().hex[:6]}", ENV_PRINTER))
+    lines = await read_stream_lines(nc, TOPO.logs(job["id"], "0"), until="ENV ")
+    line = next(line for line in lines if "ENV " in line)
+    names = json.loads(line[line.index("ENV ") + 4:])
+    assert "TM_JOB_ID" in names
+    assert not [n for n in names if n.startswith("TM_") and n not in JOB_VARIABLES], names
+    events = await events_until_end(nc, job["id"])
+    assert events[-1]["type"] == "tm.job.succeeded"
+
+
+JOB_VARIABLES = {"TM_JOB_ID", "TM_JOB_NAME", "TM_JOB_VERSION", "TM_ATTEMPT"}
+
+
+async def _quiet(_exc: Exception) -> None:
+    """nats-py's default error callback prints a traceback per refused try."""

@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aioboto3
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from support import (
     LIVE,
+    STACK_CREDS,
     LoopThread,
     ServiceProcess,
+    connect,
     eventually,
     read_stream,
     request_json,
@@ -53,6 +54,7 @@ def stack_url(tmp_path_factory: pytest.TempPathFactory, s3_server) -> Iterator[s
         stack = Stack(Settings(data_dir=data_dir, nats_port=-1), [AgentConf(AGENT_ID, "cpu")], echo=lambda *_: None)
         try:
             loop.run(stack.start())
+            STACK_CREDS[stack.url] = stack.auth.admin_creds
             for child in stack.children:
                 svc = ServiceProcess(child.name, child.module.removeprefix("services."), child.log_path,
                                      proc=child.proc, env=child.env)
@@ -69,7 +71,7 @@ def stack_url(tmp_path_factory: pytest.TempPathFactory, s3_server) -> Iterator[s
 
 @pytest.fixture
 async def nc(stack_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(stack_url, connect_timeout=5)
+    client = await connect(stack_url, connect_timeout=5)
 
     async def registered() -> bool:
         reply = await request_json(client, TOPO.agents_list, b"{}")

@@ -29,6 +29,7 @@ import pytest
 from nats.errors import Error as NatsError
 from support import REPO, eventually, script_job
 
+from trainmaster.auth.local import LocalAuth
 from trainmaster.client import ApiError, Client
 from trainmaster.procs import child_preexec
 
@@ -219,7 +220,7 @@ async def client_of() -> AsyncIterator:
     opened: list[Client] = []
 
     async def open_client(up: Up) -> Client:
-        client = Client(up.url, timeout=10)
+        client = Client(up.url, timeout=10, creds=LocalAuth(up.data_dir).admin_creds)
         await eventually(lambda: _connected(client), 60, 0.2, what="a connection to the stack's NATS")
         opened.append(client)
         return client

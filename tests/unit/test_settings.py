@@ -78,3 +78,10 @@ def test_each_service_reads_only_its_groups(service: str) -> None:
     assert read, f"{service} reads no settings group: the pattern no longer matches how settings are read"
     foreign = sorted((name, group) for name, group in read if group not in ALLOWED[service])
     assert not foreign, f"{service} reads settings of other services: {foreign}"
+
+
+def test_an_empty_creds_variable_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TM_NATS_CREDS", "")
+    assert Settings().bus.nats_creds is None
+    monkeypatch.setenv("TM_NATS_CREDS", "/etc/tm/x.creds")
+    assert Settings().bus.nats_creds == Path("/etc/tm/x.creds")

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from nats.errors import NoServersError
 
+from trainmaster.auth.local import local_admin_creds
 from trainmaster.cli.render import err_console, show_error
 from trainmaster.client import ApiError, Client
 from trainmaster.jobfile import JobFileError
@@ -24,9 +25,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the reply as JSON")
 
 
 def connect(nats_url: str | None) -> Client:
-    """A client for ``nats_url``, or for the configured server (TM_NATS_URL) when None."""
+    """A client for ``nats_url``, or for the configured server (TM_NATS_URL) when None; with the
+    configured credentials (TM_NATS_CREDS), else those of the local admin of a stack run from here."""
     s = get_settings()
-    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix, creds=s.bus.nats_creds)
+    creds = s.bus.nats_creds or local_admin_creds(s.embedded.data_dir)
+    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix, creds=creds)
 
 
 def run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from trainmaster.auth.local import local_admin_creds
 from trainmaster.cli.common import JsonOpt, NatsOpt, connect, print_json, run, run_with_client
 from trainmaster.cli.registry import (
     account_app,
@@ -89,6 +90,8 @@ def up(
 
     async def ready(url: str) -> None:
         console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
+        console.print(f"authentication is on: the CLI run from here uses the local admin "
+                      f"({stack.auth.admin_creds}); elsewhere set TM_NATS_CREDS to it")
         console.print(f"service logs in {stack.data_dir / 'logs'}; Ctrl-C stops the stack")
 
     _run_stack(stack, ready)
@@ -120,7 +123,8 @@ def demo(
     async def run_sample(url: str) -> None:
         console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
         spec = load_job_file(job_file)
-        async with Client(url, prefix=settings.bus.subject_prefix, timeout=60) as client:
+        async with Client(url, prefix=settings.bus.subject_prefix, timeout=60,
+                          creds=stack.auth.admin_creds) as client:
             await _wait_for_agents(client)
             try:
                 job = await client.create(spec)
@@ -206,14 +210,15 @@ def nats_health_cmd(
 @app.command("provision")
 def provision_cmd(nats_url: NatsOpt = None) -> None:
     """Create or update every stream, KV bucket and consumer (replicas from TM_STREAM_REPLICAS)."""
-    from trainmaster.bus import connect, provision
+    from trainmaster.bus import connect as connect_bus
+    from trainmaster.bus import provision
     from trainmaster.topology import topology_from_settings
 
     async def go() -> None:
         settings = get_settings()
-        if nats_url:
-            settings = Settings(bus=settings.bus, nats_url=nats_url)
-        nc = await connect(settings, connect_timeout=5)
+        creds = settings.bus.nats_creds or local_admin_creds(settings.embedded.data_dir)
+        settings = Settings(bus=settings.bus, nats_url=nats_url or settings.bus.nats_url, nats_creds=creds)
+        nc = await connect_bus(settings, connect_timeout=5)
         try:
             topo = topology_from_settings()
             await provision(nc.jetstream(), topo)
