@@ -5,6 +5,8 @@
 - ``nc``: a plain nats-py connection to ``nats_server`` with the topology provisioned.
 - ``services`` / ``module_services``: start services as real subprocesses (``support.Services``);
   every one is stopped at teardown (SIGTERM, then SIGKILL), none is left behind.
+- ``secured_nats``: a nats-server in operator mode trusting a fresh ``Authority`` (no anonymous
+  connections); ``support.SecuredNats`` issues creds files for it.
 - ``s3_server``: a real S3-compatible server (moto's server mode) per module; ``.settings()``
   gives Settings that reach it, ``.env()`` the environment a service process needs.
 - a failed test shows the tail of the log of every service that ran during it.
@@ -21,8 +23,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from s3server import S3Server
-from support import LIVE, Services, run_sync
+from support import LIVE, SecuredNats, Services, run_sync
 
+from trainmaster.auth.authority import Authority
 from trainmaster.bus import provision
 from trainmaster.natsd import NatsServer
 from trainmaster.topology import Topology
@@ -73,6 +76,22 @@ def module_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     try:
         run_sync(lambda: provision_topology(server.url))
         yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[SecuredNats]:
+    authority = Authority.load_or_create(tmp_path / "authority")
+    home = tmp_path / "nats-secured"
+    config = home / "server.conf"
+    home.mkdir(parents=True, exist_ok=True)
+    config.write_text(authority.server_config(home / "trust"))
+    log_file = home / "nats-server.log"
+    server = NatsServer(store_dir=home / "store", port=-1, config_file=config, log_file=log_file)
+    server.start()
+    try:
+        yield SecuredNats(server.url, authority, tmp_path / "creds", log_file)
     finally:
         server.stop()
 

@@ -31,8 +31,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from trainmaster.auth import permissions
+from trainmaster.auth.authority import Authority, write_private
 from trainmaster.auth.credentials import connect_options
+from trainmaster.auth.jwt import Permissions
 from trainmaster.procs import child_preexec
+from trainmaster.settings import Settings
 from trainmaster.topology import Topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -335,6 +339,37 @@ async def wait_ready(services: Iterable[ServiceProcess], nats_url: str, topo: To
                 await asyncio.sleep(0.05)
     finally:
         await nc.close()
+
+
+@dataclass
+class SecuredNats:
+    """A nats-server in operator mode that trusts ``authority`` only: every connection needs a
+    creds file it issued (``creds``); an anonymous one is refused."""
+
+    url: str
+    authority: Authority
+    creds_dir: Path
+    log_file: Path
+
+    def creds(self, name: str, allowed: Permissions, account: str = "TM") -> Path:
+        """A creds file for a new user ``name`` with ``allowed``, written where only its owner reads it."""
+        path = self.creds_dir / f"{name}.creds"
+        write_private(path, self.authority.issue(name, account, allowed))
+        return path
+
+    def service_creds(self, name: str = "service") -> Path:
+        return self.creds(name, permissions.service())
+
+    def agent_creds(self, agent_id: str, topo: Topology | None = None) -> Path:
+        return self.creds(f"agent-{agent_id}", permissions.agent(topo or Topology(), agent_id))
+
+    def settings(self, creds: Path) -> Settings:
+        return Settings(nats_url=self.url, nats_creds=creds)
+
+    def violations(self) -> list[str]:
+        """The permission violations nats-server logged so far (one line each)."""
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return [line for line in text.splitlines() if "Violation" in line]
 
 
 class LoopThread:

@@ -59,8 +59,12 @@ TRANSIENT_BUS_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def make_broker(service: str, settings: Settings, tracer_provider: TracerProvider | None = None) -> NatsBroker:
+def make_broker(service: str, settings: Settings, tracer_provider: TracerProvider | None = None,
+                inbox_prefix: str | None = None) -> NatsBroker:
     middlewares = [NatsTelemetryMiddleware(tracer_provider=tracer_provider)] if tracer_provider else []
+    # replies (JetStream API, publish acks) come to inboxes under this prefix: a process allowed
+    # to subscribe only to its own inboxes (an agent) cannot read the replies meant for others
+    inbox = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
     return NatsBroker(
         servers=[s.strip() for s in settings.bus.nats_url.split(",") if s.strip()],
         name=f"trainmaster-{service}",
@@ -74,6 +78,7 @@ def make_broker(service: str, settings: Settings, tracer_provider: TracerProvide
         drain_timeout=max(1, int(settings.bus.shutdown_grace_s / 2)),
         log_level=10,  # faststream's own per-message lines at DEBUG
         **connect_options(settings.bus.nats_creds),
+        **inbox,
     )
 
 
@@ -102,6 +107,9 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
 
 def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
     return ConsumerConfig(
+        # the name makes nats-py create it on $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>:
+        # a subject that credentials can grant for one filter only (an agent: its own commands)
+        name=spec.durable,
         durable_name=spec.durable,
         filter_subject=spec.filter_subject,
         ack_policy=JsAckPolicy.EXPLICIT,
@@ -155,6 +163,25 @@ async def provision_when_ready(js: JetStreamContext, topo: Topology, patience_s:
             await asyncio.sleep(1.0)
 
 
+async def wait_for_streams(js: JetStreamContext, streams: list[str], interval_s: float = 1.0,
+                           note_every_s: float = 10.0) -> None:
+    """Wait until every stream of ``streams`` exists: for a process that may not provision the
+    topology itself (an agent) and starts before the services did it."""
+    loop = asyncio.get_running_loop()
+    noted = loop.time()
+    for name in streams:
+        while True:
+            try:
+                await js.stream_info(name)
+                break
+            except (NotFoundError, *TRANSIENT_BUS_ERRORS) as exc:
+                if loop.time() - noted >= note_every_s:
+                    noted = loop.time()
+                    log.warning("waiting for the services to provision the topology", stream=name,
+                                error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(interval_s)
+
+
 async def provision(js: JetStreamContext, topo: Topology) -> None:
     """Create or update every stream, bucket and fixed consumer of the topology (idempotent)."""
     for stream in topo.streams:
@@ -188,9 +215,12 @@ def dlq_publisher(broker: NatsBroker, stream: str, timeout: float = DLQ_PUBLISH_
     return publish
 
 
-def durable_subscriber(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, handle: Handler) -> None:
-    """Subscribe ``handle`` to the durable pull consumer ``spec`` with its delivery policy."""
+def durable_subscriber(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, handle: Handler,
+                       inbox_prefix: str | None = None) -> None:
+    """Subscribe ``handle`` to the durable pull consumer ``spec`` with its delivery policy.
+    ``inbox_prefix``: the connection's own (faststream fetches into ``_INBOX.`` otherwise)."""
     settler = Settler(spec, topo.dlq(spec.durable), dlq_publisher(broker, topo.stream_dlq.name))
+    inbox = {"inbox_prefix": f"{inbox_prefix}.".encode()} if inbox_prefix else {}
 
     @broker.subscriber(
         spec.filter_subject,
@@ -201,6 +231,7 @@ def durable_subscriber(broker: NatsBroker, topo: Topology, spec: ConsumerSpec, h
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
         title=spec.durable,
+        **inbox,
     )
     async def _consume(body: Any, msg: NatsMessage) -> None:  # raw bytes are in msg.body
         # settled on the nats-py message: faststream's own ack/nack/reject skip a settled one

@@ -45,17 +45,23 @@ class ServiceContext:
 
 
 Setup = Callable[[ServiceContext], Awaitable[None]]
+InboxOf = Callable[[Settings], str]
 
 
-async def serve(name: str, setup: Setup, settings: Settings | None = None) -> None:
+async def serve(name: str, setup: Setup, settings: Settings | None = None, *, provisions: bool = True,
+                inbox_of: InboxOf | None = None) -> None:
+    """``provisions``: the service creates or updates the topology before its setup (an executor
+    agent may not: its credentials allow only its own consumer).  ``inbox_of``: the inbox prefix
+    of a process whose credentials allow it only its own inboxes."""
     settings = settings or get_settings()
     log = configure_logging(name, settings.observability.log_level)
     provider = configure_tracing(name, settings)
     topo = Topology(prefix=settings.bus.subject_prefix, replicas=settings.bus.stream_replicas)
-    broker = make_broker(name, settings, provider)
+    broker = make_broker(name, settings, provider, inbox_prefix=inbox_of(settings) if inbox_of else None)
     await broker.connect()
     ctx = ServiceContext(name=name, settings=settings, topo=topo, broker=broker, log=log)
-    await provision_when_ready(ctx.js, topo)
+    if provisions:
+        await provision_when_ready(ctx.js, topo)
     await setup(ctx)
     await broker.start()
     log.info("service started", nats=settings.bus.nats_url)
@@ -105,5 +111,5 @@ async def close_quickly(broker: NatsBroker) -> None:
             await asyncio.wait_for(connection.close(), 0.5)
 
 
-def run_service(name: str, setup: Setup) -> None:
-    asyncio.run(serve(name, setup))
+def run_service(name: str, setup: Setup, *, provisions: bool = True, inbox_of: InboxOf | None = None) -> None:
+    asyncio.run(serve(name, setup, provisions=provisions, inbox_of=inbox_of))

@@ -36,12 +36,14 @@ from services.executor_agent.runstate import (
     on_assign,
     on_recovery,
 )
-from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js
+from trainmaster.auth.permissions import agent_inbox
+from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js, wait_for_streams
 from trainmaster.containers import podman
 from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
 from trainmaster.names import TOKEN_RE
 from trainmaster.runtimes import RuntimeSpec
 from trainmaster.service import ServiceContext
+from trainmaster.settings import Settings
 
 _decode_command = msgspec.json.Decoder(AgentCommand).decode
 
@@ -298,6 +300,11 @@ class Agent:
                                   stream=self.topo.stream_logs.name, headers=headers)
 
 
+def inbox_of(settings: Settings) -> str:
+    """The inbox prefix of this agent's connection: its credentials allow it only its own."""
+    return agent_inbox(settings.agent.agent_id)
+
+
 async def setup(ctx: ServiceContext) -> None:
     agent_id = ctx.settings.agent.agent_id
     if not TOKEN_RE.match(agent_id):
@@ -307,11 +314,14 @@ async def setup(ctx: ServiceContext) -> None:
     agent = Agent(ctx, facts, parse_labels(ctx.settings.agent.agent_labels))
     ctx.log.info("agent ready", pool=ctx.settings.agent.agent_pool, labels=agent.labels, cpus=facts.cpus,
                  memory_mb=facts.memory_mb, gpus=len(facts.gpus), workdir=str(agent.workdir))
+    # the services provision the topology (an agent may not): wait for what it uses, the bucket
+    # last (provisioning makes the buckets after every stream)
+    spec = ctx.topo.consumer_agent(agent_id)
+    await wait_for_streams(ctx.js, [spec.stream, f"KV_{ctx.topo.bucket_dataset_versions.name}"])
     # presets and dataset manifests (inputs.py)
     agent.inputs = Inputs(ctx.settings, await ctx.js.key_value(ctx.topo.bucket_dataset_versions.name))
     await agent.reconcile()
-    spec = ctx.topo.consumer_agent(agent_id)
     await ensure_consumer(ctx.js, spec)
-    durable_subscriber(ctx.broker, ctx.topo, spec, agent.handle)
+    durable_subscriber(ctx.broker, ctx.topo, spec, agent.handle, inbox_prefix=agent_inbox(agent_id))
     ctx.background(agent.heartbeat_loop(), "heartbeat")
     ctx.on_stop.append(agent.stop_all)

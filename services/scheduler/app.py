@@ -1,7 +1,8 @@
 """scheduler: the agent registry (from heartbeats), the queue and placement of pending jobs, the
 assignments to agents, lost agents and timeouts, and the job-state changes that come from agents'
-reports.  The decisions are pure (``planner``, ``placement``, ``queue``, ``reconcile``, the state
-machine); this module reads the bus, calls them and writes their outcome."""
+reports.  The decisions are pure (``planner``, ``placement``, ``queue``, ``reconcile``, ``trust``: what
+it believes from which agent, the state machine); this module reads the bus, calls them and writes
+their outcome."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from services.scheduler.planner import PassResult, PassSettings, plan_pass
 from services.scheduler.queue import QueuedJob
 from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.relay import RecordRelay
+from services.scheduler.trust import Verdict, heartbeat_refusal, judge_report, sender_refusal
 from services.scheduler.view import HOLDS_CAPACITY, SchedulerView
 from trainmaster.bus import UNDECODABLE, Poison, error_reply, responder
 from trainmaster.catalog import load_resources
@@ -323,9 +325,9 @@ class Scheduler:
                 await self.commands.cancel(before.id, before.attempt, agents_to_cancel(before), reason)
 
     # ------------------------------------------------------------------ handlers
-    async def on_work(self, body: bytes) -> None:
+    async def on_work(self, msg: Msg) -> None:
         try:
-            item = _decode_work(body)
+            item = _decode_work(msg.data)
         except UNDECODABLE as exc:
             raise Poison(str(exc)) from exc
         if item.job_id not in self.view.records:  # the watch usually brought it already
@@ -336,11 +338,15 @@ class Scheduler:
                 return
         self._wake.set()
 
-    async def on_report(self, body: bytes) -> None:
+    async def on_report(self, msg: Msg) -> None:
         try:
-            report = _decode_report(body)
+            report = _decode_report(msg.data)
         except UNDECODABLE as exc:
             raise Poison(str(exc)) from exc
+        if (why := sender_refusal(self.topo, msg.subject, report)) is not None:
+            # acknowledged, not retried: a redelivery would not make it true
+            log.warning("report refused", job_id=report.job_id, agent_id=report.agent_id, why=why)
+            return
         tag = f"a{report.attempt}.n{report.node}"
         change: AnyChange
         if report.state == "running":
@@ -361,6 +367,11 @@ class Scheduler:
                 except (JobNotFound, ValueError) as exc:
                     log.warning("report for an unknown job", error=str(exc))
                     return
+            judgement = judge_report(self.topo, msg.subject, report, before)
+            if judgement.verdict is Verdict.REFUSE:
+                log.warning("report refused", why=judgement.reason)
+                return
+            # a stale one goes on: the state machine fences attempts (and says so in its log)
             try:
                 result = await self.store.apply(report.job_id, change, known=(before, revision))
             except IllegalTransition as exc:
@@ -383,6 +394,9 @@ class Scheduler:
             hb = _decode_heartbeat(msg.data)
         except UNDECODABLE as exc:
             log.warning("bad heartbeat ignored", error=str(exc))
+            return
+        if (why := heartbeat_refusal(self.topo, msg.subject, hb)) is not None:
+            log.warning("heartbeat refused", agent_id=hb.agent_id, why=why)
             return
         news = self.view.heard(hb, time.time())
         if news is not None:

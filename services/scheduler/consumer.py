@@ -31,7 +31,8 @@ from trainmaster.topology import ConsumerSpec, Topology
 
 log = structlog.get_logger()
 _tracer = trace.get_tracer("trainmaster.scheduler")
-RawHandler = Callable[[bytes], Awaitable[None]]
+# a handler gets the message itself: the subject says who published it (the reports: trust.py)
+MessageHandler = Callable[[Msg], Awaitable[None]]
 
 
 async def fetch_batch(sub: JetStreamContext.PullSubscription, batch_size: int, durable: str) -> list[Msg]:
@@ -48,7 +49,7 @@ async def fetch_batch(sub: JetStreamContext.PullSubscription, batch_size: int, d
 
 
 class PullConsumer:
-    def __init__(self, js: JetStreamContext, topo: Topology, spec: ConsumerSpec, handle: RawHandler,
+    def __init__(self, js: JetStreamContext, topo: Topology, spec: ConsumerSpec, handle: MessageHandler,
                  batch_size: int | None = None, tracing: bool = False) -> None:
         self.js = js
         self.topo = topo
@@ -68,9 +69,9 @@ class PullConsumer:
 
     async def settle(self, msg: Msg) -> None:
         if not self.tracing:
-            await self.settler.run(msg, lambda: self.handle(msg.data))
+            await self.settler.run(msg, lambda: self.handle(msg))
             return
         parent = propagate.extract(dict(msg.headers or {}))
         with _tracer.start_as_current_span(f"{self.spec.durable} process", context=parent, kind=SpanKind.CONSUMER,
                                            attributes={"messaging.destination.name": msg.subject}):
-            await self.settler.run(msg, lambda: self.handle(msg.data))
+            await self.settler.run(msg, lambda: self.handle(msg))

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from trainmaster.auth.credentials import connect_options
 from trainmaster.bus import provision
 from trainmaster.messages import (
     AgentHeartbeat,
@@ -155,12 +156,14 @@ class Bus:
 
 
 @asynccontextmanager
-async def open_bus(nats_url: str, agent: AgentProcess, agent_id: str = AGENT_ID) -> AsyncIterator[Bus]:
-    """The scheduler's side, connected once the agent heartbeats."""
-    nc = await nats.connect(nats_url)
+async def open_bus(nats_url: str, agent: AgentProcess, agent_id: str = AGENT_ID,
+                   creds: Path | None = None) -> AsyncIterator[Bus]:
+    """The scheduler's side (with a service's ``creds`` on a secured server), connected once the
+    agent heartbeats."""
+    nc = await nats.connect(nats_url, **connect_options(creds))
     js = nc.jetstream()
     await provision(js, TOPO)  # what the services do at start; idempotent
-    broker = NatsBroker(nats_url)
+    broker = NatsBroker(nats_url, **connect_options(creds))
     await broker.connect()
     bus = Bus(nc, js, broker, agent_id)
 

@@ -22,7 +22,7 @@ from support import ServiceProcess, Services, assert_error, eventually, iris_job
 
 from services.scheduler.app import TICK_S  # the placement loop runs at least this often
 from trainmaster.bus import ERROR_HEADER
-from trainmaster.messages import Assign, Cancel, JobRequest
+from trainmaster.messages import Assign, Cancel, JobRequest, NodeReport, encode
 from trainmaster.topology import Topology
 
 pytestmark = pytest.mark.integration
@@ -219,6 +219,41 @@ async def test_bad_reports_and_heartbeats_do_not_stop_the_scheduler(
 
     assert stack["scheduler"].alive()
     job, command = await placed(agent, client, work)  # and it still places and applies reports
+    await agent.report(job["id"], command.attempt, "exited", exit_code=0)
+    await status_becomes(client, job["id"], "Succeeded")
+
+
+async def test_the_scheduler_believes_an_agent_only_about_itself(
+    client: NATS, agent: FakeAgent, work: Path, stack: dict[str, ServiceProcess]
+) -> None:
+    job, command = await placed(agent, client, work)
+    before = await status_becomes(client, job["id"], "Scheduled")
+    other = FakeAgent(client, pool=agent.pool)  # never heartbeats: nothing is placed on it
+    # a report of a node placed on another agent, and one published as another agent
+    await other.report(job["id"], command.attempt, "running")
+    forged = NodeReport(agent_id=agent.agent_id, job_id=job["id"], attempt=command.attempt, node=0, state="exited",
+                        exit_code=1, reason="forged")
+    await client.jetstream().publish(TOPO.agent_status(other.agent_id), encode(forged), stream=TOPO.stream_agent.name)
+    # a heartbeat speaking for an agent that is not its publisher
+    ghost = msgspec.structs.replace(other.heartbeat(), agent_id=f"ghost-{other.agent_id}")
+    await client.publish(TOPO.agent_heartbeat(other.agent_id), encode(ghost))
+
+    await consumed(client, TOPO.consumer_scheduler_status.stream, TOPO.consumer_scheduler_status.durable)
+    refused = await eventually(lambda: [e for e in stack["scheduler"].log_events()
+                                        if e.get("event") in ("report refused", "heartbeat refused")
+                                        and other.agent_id in e.get("why", "")], what="the refusals logged")
+    assert sorted(e["why"] for e in refused) == sorted([
+        f"node 0 of job {job['id']} attempt 1 is placed on agent {agent.agent_id}, not on {other.agent_id}",
+        f"published on {TOPO.agent_status(other.agent_id)}, but speaks for agent {agent.agent_id} "
+        f"(who publishes on {TOPO.agent_status(agent.agent_id)})",
+        f"published on {TOPO.agent_heartbeat(other.agent_id)}, but speaks for agent {ghost.agent_id} "
+        f"(who publishes on {TOPO.agent_heartbeat(ghost.agent_id)})",
+    ])
+    after = await get(client, job["id"])
+    assert (after["status"], after["history"]) == ("Scheduled", before["history"]), "a refused report writes nothing"
+    listed = await request_json(client, TOPO.agents_list, b"{}")
+    assert ghost.agent_id not in [a["agent_id"] for a in listed["agents"]]
+
     await agent.report(job["id"], command.attempt, "exited", exit_code=0)
     await status_becomes(client, job["id"], "Succeeded")
 

@@ -132,5 +132,20 @@ def test_an_agent_may_touch_only_its_own_subjects() -> None:
     assert not any("gpu-8" in s for s in allowed.publish)
     assert topo.agent_control() not in allowed.publish and not any(s.startswith(topo.agent_control("")) for s in
                                                                   allowed.publish)
-    assert allowed.subscribe == (permissions.INBOX,)
+    assert allowed.subscribe == ("_INBOX.agents.gpu-7.>",) == (f"{permissions.agent_inbox('gpu-7')}.>",)
     assert not any(s in (">", "$JS.API.>") for s in allowed.publish)
+
+
+def test_an_agent_may_use_the_jetstream_api_only_for_its_own_consumer_and_reads() -> None:
+    topo = Topology()
+    allowed = permissions.agent(topo, "gpu-7")
+    api = [s for s in allowed.publish if s.startswith("$JS.API.")]
+    assert not any("*" in s or ">" in s for s in api), api  # no wildcard over the JetStream API
+    # its consumer only with its own filter (the filter is part of the subject); never the create
+    # subjects that carry no filter, never another stream's or consumer's
+    create = "$JS.API.CONSUMER.CREATE.TM_AGENT.agent-gpu-7.tm.agent.control.gpu-7"
+    assert [s for s in api if ".CREATE." in s] == [create]
+    assert not any(verb in s for s in api for verb in (".DELETE.", ".PURGE.", ".UPDATE.", ".NAMES", ".LIST"))
+    assert not any(topo.bucket_jobs.name in s for s in allowed.publish)
+    assert "$JS.ACK.TM_AGENT.agent-gpu-7.>" in allowed.publish
+    assert not any(s.startswith("$JS.ACK.") and "gpu-7" not in s for s in allowed.publish)

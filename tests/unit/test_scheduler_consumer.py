@@ -52,15 +52,15 @@ def settle(handler, msg: FakeMsg, tracing: bool = False) -> FakeJS:
     return js
 
 
-async def ok(body: bytes) -> None:
+async def ok(msg: FakeMsg) -> None:
     return None
 
 
-async def poison(body: bytes) -> None:
+async def poison(msg: FakeMsg) -> None:
     raise Poison("not a report")
 
 
-async def broken(body: bytes) -> None:
+async def broken(msg: FakeMsg) -> None:
     raise RuntimeError("KV timed out")
 
 
@@ -94,9 +94,19 @@ def test_a_failure_on_the_last_delivery_is_dead_lettered():
 def test_with_tracing_on_the_handler_runs_in_the_messages_trace(tracing):
     seen: list[int] = []
 
-    async def handler(body: bytes) -> None:
+    async def handler(msg: FakeMsg) -> None:
         seen.append(trace.get_current_span().get_span_context().trace_id)
 
     msg = FakeMsg(headers={"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"})
     settle(handler, msg, tracing=tracing)
     assert (seen == [int(TRACE_ID, 16)]) is tracing and msg.outcome == ("ack",)
+
+
+def test_the_handler_gets_the_message_with_its_subject():
+    seen: list[tuple[str, bytes]] = []
+
+    async def handler(msg: FakeMsg) -> None:  # the subject names the publisher (services/scheduler/trust.py)
+        seen.append((msg.subject, msg.data))
+
+    settle(handler, FakeMsg())
+    assert seen == [(TOPO.agent_status("a1"), b"{}")]

@@ -1,9 +1,21 @@
 """Who may publish and subscribe to what on the bus: plain functions of the topology.
 
 Services share one account with the agents and may use everything in it (JetStream API, KV,
-every subject).  An agent may use only what its own nodes need: its own commands (its durable
-consumer), its own heartbeat and status subjects, the logs it ships, the rendezvous bucket of
-distributed launches and the dataset manifests it stages from.
+every subject).  An agent may use only what its own nodes need (found by running one under these
+rights: tests/integration/test_bus_identity.py), and nothing that reads or changes the work of
+others:
+
+- its own heartbeat and status subjects (the scheduler believes an agent only about itself:
+  services/scheduler/trust.py), the log subjects (a node's lines), its own dead letters;
+- its own durable consumer on the agent stream: created with its own filter only (the filter is
+  part of the create subject), its info, its next messages, the acks of its messages;
+- the rendezvous bucket of distributed launches (write and read entries) and the dataset
+  manifests it stages from (read);
+- replies only to its own inboxes (``agent_inbox``), so it cannot read the answers to anybody
+  else's requests.
+
+No JetStream API wildcard: no stream or consumer it does not own is created, changed, deleted,
+purged or read.  The services provision the topology; an agent only waits for it.
 """
 
 from __future__ import annotations
@@ -12,6 +24,12 @@ from trainmaster.auth.jwt import Permissions
 from trainmaster.topology import Topology
 
 INBOX = "_INBOX.>"
+AGENT_INBOXES = "_INBOX.agents"  # a nuid (22 characters) is never "agents": no service's inbox is under it
+
+
+def agent_inbox(agent_id: str) -> str:
+    """The inbox prefix of an agent's connection: the replies to its requests come under it."""
+    return f"{AGENT_INBOXES}.{agent_id}"
 
 
 def service() -> Permissions:
@@ -23,35 +41,31 @@ def cluster_admin() -> Permissions:
     return Permissions(publish=(">",), subscribe=(">",))
 
 
+def _kv_read(bucket: str) -> tuple[str, ...]:
+    """Open a bucket and get its keys.  The buckets are made without direct gets, so a get is a
+    message get on the bucket's stream (the key is in the request's body: any key of it)."""
+    return (f"$JS.API.STREAM.INFO.KV_{bucket}", f"$JS.API.STREAM.MSG.GET.KV_{bucket}")
+
+
 def agent(topo: Topology, agent_id: str) -> Permissions:
     consumer = topo.consumer_agent(agent_id)
-    stream = consumer.stream
-    durable = consumer.durable
-    rendezvous = f"KV_{topo.bucket_rendezvous.name}"
-    manifests = f"KV_{topo.bucket_dataset_versions.name}"
+    stream, durable = consumer.stream, consumer.durable
+    rendezvous = topo.bucket_rendezvous.name
     publish = (
         topo.agent_heartbeat(agent_id),
         topo.agent_status(agent_id),
         topo.logs(),
         topo.dlq(durable),
-        # its own durable consumer: made with its own filter, read, acknowledged
+        # its own durable consumer: created with its own filter only, read, acknowledged
+        f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{consumer.filter_subject}",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
         f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",
-        f"$JS.API.STREAM.INFO.{stream}",
-        # distributed launch: the nodes of an attempt publish and read each other's addresses
-        f"$KV.{topo.bucket_rendezvous.name}.>",
-        f"$JS.API.STREAM.INFO.{rendezvous}",
-        f"$JS.API.DIRECT.GET.{rendezvous}.>",
-        f"$JS.API.STREAM.MSG.GET.{rendezvous}",
-        f"$JS.API.CONSUMER.CREATE.{rendezvous}.>",
-        f"$JS.API.CONSUMER.DELETE.{rendezvous}.>",
+        # distributed launch: the nodes of an attempt write and read each other's addresses
+        f"$KV.{rendezvous}.>",
+        *_kv_read(rendezvous),
         # dataset manifests to stage from (read only)
-        f"$JS.API.STREAM.INFO.{manifests}",
-        f"$JS.API.DIRECT.GET.{manifests}.>",
-        f"$JS.API.STREAM.MSG.GET.{manifests}",
-        "$JS.API.INFO",
+        *_kv_read(topo.bucket_dataset_versions.name),
     )
-    return Permissions(publish=publish, subscribe=(INBOX,))
+    return Permissions(publish=publish, subscribe=(f"{agent_inbox(agent_id)}.>",))
