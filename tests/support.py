@@ -33,6 +33,7 @@ from nats.js.errors import NotFoundError
 
 from trainmaster.auth.credentials import connect_options
 from trainmaster.procs import child_preexec
+from trainmaster.secretbox import ensure_key_file
 from trainmaster.topology import Topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,6 +287,10 @@ def spawn(module: str, nats_url: str, data_dir: Path, *, log_dir: Path | None = 
     log_dir.mkdir(parents=True, exist_ok=True)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
     full_env.update(TM_NATS_URL=nats_url, TM_DATA_DIR=str(data_dir), TM_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    if module == "notifier":  # it does not start without the keys of the webhook secrets at rest
+        key_file = data_dir / "auth" / "secrets.key"
+        ensure_key_file(key_file)
+        full_env["TM_SECRETS_KEY_FILE"] = str(key_file)
     full_env.update(env or {})
     svc = ServiceProcess(name, module, log_dir / f"{name}.log", env=full_env)
     with svc.log_path.open("ab") as log:
