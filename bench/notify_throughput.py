@@ -47,6 +47,7 @@ from trainmaster.messages import (
 )
 from trainmaster.natsd import NatsServer
 from trainmaster.procs import child_preexec
+from trainmaster.secretbox import ensure_key_file
 from trainmaster.topology import Topology
 
 TOPO = Topology()
@@ -221,8 +222,10 @@ def main() -> None:
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.notify_throughput", "--serve-receivers",
                                        str(config)], cwd=REPO, preexec_fn=child_preexec))
         env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
+        ensure_key_file(tmp / "secrets.key")
         env.update(TM_NATS_URL=url, TM_DATA_DIR=str(tmp / "data"), TM_WEBHOOK_ALLOW_PRIVATE="true",
-                   TM_LOG_LEVEL="WARNING", TM_NOTIFY_MAX_IN_FLIGHT=str(args.max_in_flight))
+                   TM_LOG_LEVEL="WARNING", TM_NOTIFY_MAX_IN_FLIGHT=str(args.max_in_flight),
+                   TM_SECRETS_KEY_FILE=str(tmp / "secrets.key"))
         log = open(tmp / "notifier.log", "wb")
         notifier = subprocess.Popen([sys.executable, "-m", "services.notifier"], cwd=REPO, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, preexec_fn=child_preexec)

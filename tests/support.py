@@ -36,6 +36,7 @@ from trainmaster.auth.authority import Authority, write_private
 from trainmaster.auth.credentials import connect_options
 from trainmaster.auth.jwt import Permissions
 from trainmaster.procs import child_preexec
+from trainmaster.secretbox import ensure_key_file
 from trainmaster.settings import Settings
 from trainmaster.topology import Topology
 
@@ -290,6 +291,10 @@ def spawn(module: str, nats_url: str, data_dir: Path, *, log_dir: Path | None = 
     log_dir.mkdir(parents=True, exist_ok=True)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
     full_env.update(TM_NATS_URL=nats_url, TM_DATA_DIR=str(data_dir), TM_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    if module == "notifier":  # it does not start without the keys of the webhook secrets at rest
+        key_file = data_dir / "auth" / "secrets.key"
+        ensure_key_file(key_file)
+        full_env["TM_SECRETS_KEY_FILE"] = str(key_file)
     full_env.update(env or {})
     svc = ServiceProcess(name, module, log_dir / f"{name}.log", env=full_env)
     with svc.log_path.open("ab") as log:

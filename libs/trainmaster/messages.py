@@ -444,7 +444,9 @@ class DeliveriesRequest(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class TopicSubscription(Struct, frozen=True):
-    """A subscription as stored (with its signing secret) inside its topic's record."""
+    """A subscription as stored inside its topic's record, a webhook's signing secret encrypted
+    (``enc:v1:<key id>:...``, trainmaster.secretbox; a plain one, written by an older version, is
+    re-encrypted when a notifier starts)."""
 
     id: str
     protocol: Protocol

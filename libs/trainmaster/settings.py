@@ -169,6 +169,13 @@ class NotifierSettings(_Group):
     smtp_timeout_s: float = Field(20.0, gt=0, le=120, description="total time one email attempt may take")
     smtp_ca_file: Path | None = Field(None, description="CA bundle that signs the SMTP server's certificate "
                                       "(default: the system's)")
+    secrets_key_file: Path | None = Field(
+        None, description="the keys that encrypt webhook signing secrets at rest ('<key id>:<base64 key>' "
+        "lines, the first encrypts; `trainmaster secrets new-key --out FILE`); required: the notifier does not "
+        "start without it (`trainmaster up` makes <data_dir>/auth/secrets.key)")
+    secrets_key_file_allow_shared: bool = Field(
+        False, description="accept a key file that group or others may read (a mounted secret whose mode "
+        "cannot be 0600); otherwise such a file is refused")
 
     @field_validator("webhook_retry_schedule_s", mode="before")
     @classmethod
@@ -179,6 +186,11 @@ class NotifierSettings(_Group):
                 return tuple(json.loads(text))
             return tuple(float(part) for part in text.split(",") if part.strip())
         return value
+
+    @field_validator("secrets_key_file", mode="before")
+    @classmethod
+    def _no_key_file_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _notify_limits(self) -> NotifierSettings:

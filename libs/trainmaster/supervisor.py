@@ -137,8 +137,13 @@ class Stack:
         )
         if s.observability.otel_file:
             base_env["TM_OTEL_FILE"] = str(s.observability.otel_file)
+        # the keys of the webhook secrets at rest: the notifier's alone (one given in the environment wins)
+        base_env.pop("TM_SECRETS_KEY_FILE", None)
+        secrets_key = s.notifier.secrets_key_file or await asyncio.to_thread(self.auth.ensure_secrets_key)
         for name in SERVICES:
             env = dict(base_env, TM_NATS_CREDS=str(self.auth.creds_of(name)))
+            if name == "notifier":
+                env["TM_SECRETS_KEY_FILE"] = str(secrets_key)
             self.children.append(Child(name, f"services.{name}", env,
                                        self.data_dir / "logs" / f"{name.replace('_', '-')}.log"))
         for agent in self.agents:

@@ -14,6 +14,7 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from services.notifier import topics as core
 from services.notifier.guard import AddressRefused, InvalidUrl, Resolve, check_url, system_resolve
+from services.notifier.sealing import SubscriptionSecrets
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import ApiProblem
 from trainmaster import kvstore
@@ -50,12 +51,13 @@ def _decoder(type_: type, max_bytes: int) -> Callable[[bytes], Any]:
 
 class TopicsApi:
     def __init__(self, topo: Topology, settings: Settings, topics: TopicStore, records: DeliveryLog,
-                 purge: Callable[[str], Awaitable[None]], resolve: Resolve = system_resolve,
-                 clock: Callable[[], float] = time.time) -> None:
+                 secrets: SubscriptionSecrets, purge: Callable[[str], Awaitable[None]],
+                 resolve: Resolve = system_resolve, clock: Callable[[], float] = time.time) -> None:
         self.topo = topo
         self.settings = settings
         self.topics = topics
         self.records = records
+        self.secrets = secrets
         self.purge = purge  # drops the pending deliveries on a subject of TM_DELIVERIES
         self.resolve = resolve
         self.clock = clock
@@ -126,7 +128,8 @@ class TopicsApi:
             except InvalidUrl as exc:
                 raise ApiProblem("invalid_request", f"webhook URL refused: {exc}", "endpoint", "invalid_url") from None
         sub = core.subscription_of(req, endpoint, core.new_subscription_id(), self.clock())
-        await self.topics.change(req.topic, lambda t: core.add_subscription(t, sub))
+        stored = self.secrets.seal(req.topic, sub)  # the secret is kept encrypted, and shown only here
+        await self.topics.change(req.topic, lambda t: core.add_subscription(t, stored))
         return core.view(req.topic, sub, with_secret=True)
 
     async def unsubscribe(self, req: UnsubscribeRequest) -> object:

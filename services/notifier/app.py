@@ -8,6 +8,10 @@ Three parts share one process:
   is acked once every task is stored.
 - sending: ``delivery.Deliverer`` on the durable ``notifier-deliver``.
 - the topics API: ``api.TopicsApi`` on ``tm.topics.<verb>``.
+
+Webhook signing secrets are stored encrypted (``sealing``, keys from ``TM_SECRETS_KEY_FILE``, without
+which the notifier does not start); at start every secret still in plain text or under an older key
+is re-encrypted under the key file's first key.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from nats.js.errors import NotFoundError
 from services.notifier.api import TopicsApi
 from services.notifier.core import fan_out, fanout_msg_id, subscription_event, wanted
 from services.notifier.delivery import Deliverer, stop_quietly
+from services.notifier.sealing import SubscriptionSecrets
 from services.notifier.senders import EmailSender, WebhookSender
 from services.notifier.store import DeliveryLog, TopicStore
 from trainmaster.bus import MSG_ID, UNDECODABLE, Poison, durable_subscriber
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import JobCloudEvent, encode
+from trainmaster.secretbox import KeyringError
 from trainmaster.service import ServiceContext
 
 log = structlog.get_logger()
@@ -43,12 +49,18 @@ _decode_raw = msgspec.json.Decoder(_RawData).decode
 
 async def setup(ctx: ServiceContext) -> None:
     settings, topo, js = ctx.settings, ctx.topo, ctx.js
+    try:
+        secrets = SubscriptionSecrets.from_settings(settings.notifier)
+    except KeyringError as exc:
+        log.error("cannot start: the webhook signing secrets' key file is not usable", error=str(exc))
+        raise SystemExit(2) from None
     nc = ctx.broker.config.connection_state.connection
     store = await JobStore(ctx.broker, topo, source="notifier").open()
     topics = await TopicStore(js, topo).open()
+    await secrets.reseal_stored(topics)
     records = await DeliveryLog(nc, js, topo).open()
     webhooks = await WebhookSender(settings).start()
-    deliverer = Deliverer(js, topo, settings, topics, records, webhooks, EmailSender(settings))
+    deliverer = Deliverer(js, topo, settings, topics, records, webhooks, EmailSender(settings), secrets)
     await deliverer.declare()
 
     async def purge(subject: str) -> None:
@@ -57,7 +69,7 @@ async def setup(ctx: ServiceContext) -> None:
         except NotFoundError:
             pass
 
-    TopicsApi(topo, settings, topics, records, purge).register(ctx.broker)
+    TopicsApi(topo, settings, topics, records, secrets, purge).register(ctx.broker)
 
     async def on_event(msg: NatsMessage) -> None:
         try:

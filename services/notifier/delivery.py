@@ -33,12 +33,14 @@ from nats.js import JetStreamContext
 
 from services.notifier.mail import render_email
 from services.notifier.retry import AttemptResult, Decision, Verdict, decide
+from services.notifier.sealing import SubscriptionSecrets
 from services.notifier.senders import EmailSender, WebhookSender
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import disable_subscription
 from trainmaster.bus import TRANSIENT_BUS_ERRORS, UNDECODABLE, consumer_config
 from trainmaster.delivery_policy import Poison, Settler
 from trainmaster.messages import DeadLetter, DeliveryRecord, DeliveryTask, JobCloudEvent, TopicSubscription
+from trainmaster.secretbox import SecretBoxError
 from trainmaster.settings import Settings
 from trainmaster.topology import ConsumerSpec, Topology
 
@@ -52,7 +54,7 @@ DEFER_S = 1.0  # how long a task for a subscription at its in-flight limit waits
 
 class Deliverer:
     def __init__(self, js: JetStreamContext, topo: Topology, settings: Settings, topics: TopicStore,
-                 records: DeliveryLog, webhooks: WebhookSender, email: EmailSender,
+                 records: DeliveryLog, webhooks: WebhookSender, email: EmailSender, secrets: SubscriptionSecrets,
                  clock: Callable[[], float] = time.time) -> None:
         self.js = js
         self.topo = topo
@@ -64,6 +66,7 @@ class Deliverer:
         self.records = records
         self.webhooks = webhooks
         self.email = email
+        self.secrets = secrets
         self.clock = clock
         self.busy: dict[str, int] = {}
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -157,8 +160,11 @@ class Deliverer:
 
     async def _send(self, task: DeliveryTask, sub: TopicSubscription) -> AttemptResult:
         if sub.protocol == "webhook":
-            return await self.webhooks.send(sub.endpoint, sub.secret or "", task.id, bytes(task.body),
-                                            int(self.clock()))
+            try:
+                secret = self.secrets.reveal(task.topic, sub)
+            except SecretBoxError as exc:  # e.g. its key was taken out of the key file: retried, then dead
+                return AttemptResult(Verdict.RETRY, None, f"signing secret unavailable: {exc}")
+            return await self.webhooks.send(sub.endpoint, secret, task.id, bytes(task.body), int(self.clock()))
         event = _decode_event(task.body)
         message = render_email(event, notification=task.notification, topic=task.topic, delivery_id=task.id,
                                sender=self.settings.notifier.smtp_from, to=sub.endpoint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 
 import msgspec
 
@@ -18,6 +19,16 @@ from trainmaster.messages import (
     TopicRecord,
     TopicSubscription,
     TopicView,
+)
+from trainmaster.secretbox import (
+    Keyring,
+    SecretBoxError,
+    UndecryptableValue,
+    decrypt,
+    encrypt,
+    is_encrypted,
+    kid_of,
+    needs_reencrypt,
 )
 
 MAX_SUBSCRIPTIONS = 1000  # one topic record stays well under the 1 MiB message limit
@@ -64,6 +75,61 @@ def subscription_of(req: SubscribeRequest, endpoint: str, sub_id: str, now: floa
         return TopicSubscription(id=sub_id, protocol="email", endpoint=endpoint, created_at=now)
     secret = check_secret(req.secret) if req.secret is not None else generate_secret()
     return TopicSubscription(id=sub_id, protocol="webhook", endpoint=endpoint, created_at=now, secret=secret)
+
+
+def secret_aad(topic: str, sub_id: str) -> bytes:
+    """What a subscription's encrypted secret is bound to: copied into another subscription (or
+    topic) it does not decrypt."""
+    return f"tm_topics\x00{topic}\x00{sub_id}".encode()
+
+
+def plain_secret(keyring: Keyring, topic: str, sub: TopicSubscription) -> str:
+    """The ``whsec_`` secret of a webhook subscription as stored: decrypted, or as it is when it was
+    stored in plain text (before secrets were encrypted; re-encrypted at the next start)."""
+    if sub.secret is None:
+        raise UndecryptableValue(f"subscription {sub.id} has no signing secret")
+    if not is_encrypted(sub.secret):
+        return sub.secret
+    return decrypt(keyring, sub.secret, secret_aad(topic, sub.id))
+
+
+def seal_subscription(keyring: Keyring, topic: str, sub: TopicSubscription) -> TopicSubscription:
+    """``sub`` with its secret encrypted under the keyring's first key (unchanged when it is
+    already, or has no secret).  Raises SecretBoxError when its secret does not decrypt."""
+    if sub.secret is None or not needs_reencrypt(keyring, sub.secret):
+        return sub
+    plain = plain_secret(keyring, topic, sub)
+    return msgspec.structs.replace(sub, secret=encrypt(keyring, plain, secret_aad(topic, sub.id)))
+
+
+@dataclass(frozen=True)
+class Resealed:
+    """A topic record after re-encrypting its secrets: how many changed, which could not be
+    (subscription id -> why: a key the keyring lacks, a damaged value), and the keys it then uses."""
+
+    record: TopicRecord
+    changed: int
+    failures: dict[str, str]
+
+    @property
+    def kids(self) -> set[str]:
+        return {kid for s in self.record.subscriptions if s.secret and (kid := kid_of(s.secret))}
+
+
+def reseal_topic(keyring: Keyring, topic: TopicRecord) -> Resealed:
+    """Every secret of ``topic`` that is plain text or under an older key, encrypted under the
+    first key; one that does not decrypt is left as it is (and named)."""
+    subs, changed, failures = [], 0, {}
+    for sub in topic.subscriptions:
+        try:
+            sealed = seal_subscription(keyring, topic.name, sub)
+        except SecretBoxError as exc:
+            failures[sub.id] = str(exc)
+            sealed = sub
+        changed += sealed is not sub
+        subs.append(sealed)
+    record = msgspec.structs.replace(topic, subscriptions=subs) if changed else topic
+    return Resealed(record, changed, failures)
 
 
 def add_subscription(topic: TopicRecord, sub: TopicSubscription) -> TopicRecord:

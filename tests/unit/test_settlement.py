@@ -221,7 +221,7 @@ class FakeJS:
 
 def test_the_notifiers_sender_dead_letters_an_undecodable_task_by_the_policy() -> None:
     js = FakeJS()
-    deliverer = Deliverer(js, TOPO, Settings(), None, None, None, None)  # type: ignore[arg-type]
+    deliverer = Deliverer(js, TOPO, Settings(), None, None, None, None, None)  # type: ignore[arg-type]
     msg = FakeMsg()
     asyncio.run(deliverer.handle(msg))  # type: ignore[arg-type]
     [(subject, body, headers, stream)] = js.published

@@ -6,6 +6,8 @@ and agent, and the local cluster admin the CLI uses when nothing else is configu
     <data_dir>/auth/server/          nats-server's include file, operator JWT, account store
     <data_dir>/auth/creds/*.creds    one per service and agent (issued anew at each start)
     <data_dir>/auth/admin.creds      the local cluster admin
+    <data_dir>/auth/secrets.key      the notifier's keys for webhook signing secrets at rest (made on
+                                     the first start, kept after: trainmaster.secretbox)
 
 Everything is readable by its owner only; a process of another user on the host cannot use the bus.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from trainmaster.auth import permissions
 from trainmaster.auth.authority import Authority, write_private
+from trainmaster.secretbox import ensure_key_file
 from trainmaster.topology import Topology
 
 
@@ -35,6 +38,15 @@ class LocalAuth:
     @property
     def server_config_file(self) -> Path:
         return self.root / "server" / "auth.conf"
+
+    @property
+    def secrets_key_file(self) -> Path:
+        return self.root / "secrets.key"
+
+    def ensure_secrets_key(self) -> Path:
+        """The notifier's key file, made with one new key on the first start and kept after."""
+        ensure_key_file(self.secrets_key_file)
+        return self.secrets_key_file
 
     def creds_of(self, identity: str) -> Path:
         return self.root / "creds" / f"{identity}.creds"

@@ -22,6 +22,7 @@ from trainmaster.cli.registry import (
     template_app,
 )
 from trainmaster.cli.render import console, err_console, event_line, job_details, job_table, show_error, status
+from trainmaster.cli.secrets import secrets_app
 from trainmaster.cli.topics import topic_app
 from trainmaster.client import ApiError, Client
 from trainmaster.jobfile import apply_overrides, load_job_file
@@ -33,6 +34,7 @@ agent_app = typer.Typer(no_args_is_help=True, help="the executor agents the sche
 app.add_typer(job_app, name="job")
 app.add_typer(agent_app, name="agent")
 app.add_typer(topic_app, name="topic")  # notifications (cli/topics.py)
+app.add_typer(secrets_app, name="secrets")  # the key file of webhook secrets at rest (cli/secrets.py)
 # datasets, templates, accounts, preset algorithms (cli/registry.py)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(template_app, name="template")
