@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError
 
 from chaos import natsd
 from chaos.procs import Fleet, Managed
+from trainmaster.secretbox import ensure_key_file
 from trainmaster.topology import Topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +60,10 @@ class Stack:
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
+        key_file = self.root / "data" / "secrets.key"  # the notifier's key for signing secrets at rest
+        ensure_key_file(key_file)
         env.update(SUITE_ENV, TM_NATS_URL=self.url, TM_DATA_DIR=str(self.root / "data"),
-                   TM_STREAM_REPLICAS=str(self.topo.replicas))
+                   TM_STREAM_REPLICAS=str(self.topo.replicas), TM_SECRETS_KEY_FILE=str(key_file))
         return env
 
     def service(self, name: str, module: str, **extra: str) -> Managed:
