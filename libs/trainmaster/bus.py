@@ -17,7 +17,7 @@ import msgspec
 import nats
 import structlog
 from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats import JStream, NatsBroker, NatsJWT, NatsMessage, NatsSecurity, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
@@ -77,15 +77,28 @@ def make_broker(service: str, settings: Settings, tracer_provider: TracerProvide
         graceful_timeout=settings.bus.shutdown_grace_s / 2,
         drain_timeout=max(1, int(settings.bus.shutdown_grace_s / 2)),
         log_level=10,  # faststream's own per-message lines at DEBUG
-        **connect_options(settings.bus.nats_creds),
+        security=broker_security(settings),
         **inbox,
     )
 
 
+def broker_security(settings: Settings) -> NatsSecurity | None:
+    """This process's credentials and the servers' CA, the way FastStream takes them."""
+    options = connect_options(settings.bus.nats_creds, settings.bus.nats_ca_file)
+    tls = {"ssl_context": options.get("tls"), "tls_handshake_first": options.get("tls_handshake_first", False)}
+    if "user_jwt_cb" in options:
+        return NatsJWT(options["user_jwt_cb"], options["signature_cb"], **tls)
+    if "tls" in options:
+        return NatsSecurity(**tls)
+    return None
+
+
 async def connect(settings: Settings, **options: Any) -> NATS:
-    """A plain nats-py connection to the configured servers, with this process's credentials."""
+    """A plain nats-py connection to the configured servers, with this process's credentials
+    (and the servers' CA)."""
     servers = [s.strip() for s in settings.bus.nats_url.split(",") if s.strip()]
-    return await nats.connect(servers, **connect_options(settings.bus.nats_creds), **options)
+    return await nats.connect(servers, **connect_options(settings.bus.nats_creds, settings.bus.nats_ca_file),
+                              **options)
 
 
 # ------------------------------------------------------------------------- provisioning

@@ -11,6 +11,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoServersError
 from nats.js.api import DeliverPolicy
 
 from trainmaster.auth.credentials import connect_options
@@ -29,26 +30,48 @@ class ApiError(Exception):
         self.job = job
 
 
+class NotAdmitted(Exception):
+    """The servers refused this client's identity: no creds, creds another authority signed, or
+    expired ones (nats-server says only that much)."""
+
+
+def _refusal(exc: Exception | None) -> bool:
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text
+
+
 class Client:
-    def __init__(self, nats_url: str, prefix: str = "tm", timeout: float = 30.0, creds: Path | None = None) -> None:
-        """``creds``: a NATS creds file, this client's identity on the bus."""
+    def __init__(self, nats_url: str, prefix: str = "tm", timeout: float = 30.0, creds: Path | None = None,
+                 ca_file: Path | None = None) -> None:
+        """``creds``: a NATS creds file, this client's identity on the bus; ``ca_file``: the CA that
+        signs the servers' TLS certificates (unset: the system's)."""
         self.nats_url = nats_url
         self.creds = creds
+        self.ca_file = ca_file
         self.topo = Topology(prefix=prefix)
         self.timeout = timeout
         self.nc: NATS | None = None
         self.last_connection_error: Exception | None = None
+        self.refusal: Exception | None = None  # the servers' word against this client's identity
 
     async def __aenter__(self) -> Client:
-        self.nc = await nats.connect(self.nats_url, connect_timeout=3, max_reconnect_attempts=3,
-                                     allow_reconnect=True, error_cb=self._connection_error,
-                                     **connect_options(self.creds))
+        try:
+            self.nc = await nats.connect(self.nats_url, connect_timeout=3, max_reconnect_attempts=3,
+                                         allow_reconnect=True, error_cb=self._connection_error,
+                                         **connect_options(self.creds, self.ca_file))
+        except NoServersError:
+            if self.refusal is not None:
+                raise NotAdmitted(str(self.refusal)) from None
+            raise
         return self
 
     async def _connection_error(self, exc: Exception) -> None:
         """nats-py's default prints a traceback per failed try; the caller gets the final error
-        (NoServersError) raised from ``connect`` instead, and a reconnect is not worth a word."""
+        (NoServersError) raised from ``connect`` instead, and a reconnect is not worth a word.  A
+        refusal is kept apart: the tries after it fail on the socket the server closed."""
         self.last_connection_error = exc
+        if _refusal(exc):
+            self.refusal = exc
 
     async def __aexit__(self, *exc: object) -> None:
         if self.nc is not None:

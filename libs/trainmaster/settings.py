@@ -33,6 +33,9 @@ class BusSettings(_Group):
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated")
     nats_creds: Path | None = Field(None, description="this process's credentials on the bus (a NATS creds "
                                     "file); unset = connect without (a server without authentication)")
+    nats_ca_file: Path | None = Field(None, description="the CA that signs the NATS servers' TLS certificates, "
+                                      "trusted alone; connections then start with the TLS handshake (servers "
+                                      "with handshake_first, docs/security.md); unset = nats-py's default")
     subject_prefix: str = Field("tm", pattern=r"^[A-Za-z0-9_-]+$")
     publish_timeout_s: float = Field(10.0, description="JetStream publish ack wait; covers fail-over")
     stream_replicas: int = Field(1, ge=1, le=5, description="R of streams and KV buckets (3 on a cluster)")

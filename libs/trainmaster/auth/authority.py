@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from trainmaster.auth import jwt
 from trainmaster.auth.jwt import AccountSpec, Permissions
@@ -84,11 +84,20 @@ class Authority:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         operator_file = directory / "operator.jwt"
         write_private(operator_file, self.operator_jwt() + "\n")
+        return self._trust(str(operator_file), directory / "accounts")
+
+    def cluster_server_config(self, resolver_dir: PurePath) -> str:
+        """The same trust as one file that every server of a cluster can include as it is: the
+        operator JWT written inline (nats-server takes a JWT where it takes a file), and
+        ``resolver_dir`` a path on each server (where it keeps the accounts it learns)."""
+        return self._trust(self.operator_jwt(), resolver_dir)
+
+    def _trust(self, operator: str, resolver_dir: PurePath) -> str:
         preload = "\n".join(f'    {key}: "{token}"' for key, token in self.account_jwts().items())
         return (
-            f'operator: "{operator_file}"\n'
+            f'operator: "{operator}"\n'
             f"system_account: {self.system.public_key}\n"
-            f'resolver: {{ type: full, dir: "{directory / "accounts"}", allow_delete: false, interval: "2m" }}\n'
+            f'resolver: {{ type: full, dir: "{resolver_dir}", allow_delete: false, interval: "2m" }}\n'
             f"resolver_preload: {{\n{preload}\n}}\n"
         )
 

@@ -2,7 +2,7 @@
 place where the stack's errors become messages and exit codes.
 
 The command modules import this one and never each other the other way round
-(main -> registry, topics -> common, render)."""
+(main -> auth, registry, topics -> common, render)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from nats.errors import NoServersError
 
 from trainmaster.auth.local import local_admin_creds
 from trainmaster.cli.render import err_console, show_error
-from trainmaster.client import ApiError, Client
+from trainmaster.client import ApiError, Client, NotAdmitted
 from trainmaster.jobfile import JobFileError
 from trainmaster.settings import get_settings
 
@@ -29,12 +29,12 @@ def connect(nats_url: str | None) -> Client:
     configured credentials (TM_NATS_CREDS), else those of the local admin of a stack run from here."""
     s = get_settings()
     creds = s.bus.nats_creds or local_admin_creds(s.embedded.data_dir)
-    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix, creds=creds)
+    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix, creds=creds, ca_file=s.bus.nats_ca_file)
 
 
 def run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:
     """Run a command's coroutine and exit with its code: 1 for an error the stack answered, 2 for a
-    bad job file or ``--set``, 3 when the stack cannot be reached, 130 on Ctrl-C."""
+    bad job file or ``--set``, 3 when the stack cannot be reached or refuses this client, 130 on Ctrl-C."""
     try:
         code = asyncio.run(coro_fn())
     except ApiError as exc:
@@ -43,6 +43,10 @@ def run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:
     except JobFileError as exc:
         err_console.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(2) from None
+    except NotAdmitted as exc:
+        err_console.print(f"[red]error[/red]: the trainmaster stack refused this client ({exc}): set TM_NATS_CREDS to "
+                          "a creds file its authority issued (docs/security.md)")
+        raise typer.Exit(3) from None
     except (OSError, TimeoutError, NoServersError) as exc:
         err_console.print(f"[red]error[/red]: cannot reach the trainmaster stack ({type(exc).__name__}: {exc}). "
                           "Is it up (`trainmaster up`) and is TM_NATS_URL right?")

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from trainmaster.auth.local import local_admin_creds
+from trainmaster.cli.auth import auth_app
 from trainmaster.cli.common import JsonOpt, NatsOpt, connect, print_json, run, run_with_client
 from trainmaster.cli.registry import (
     account_app,
@@ -40,6 +41,7 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(template_app, name="template")
 app.add_typer(account_app, name="account")
 app.add_typer(algorithm_app, name="algorithm")
+app.add_typer(auth_app, name="auth")  # keys and creds of a secured cluster (cli/auth.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SAMPLE_JOB = REPO_ROOT / "examples" / "sklearn-iris" / "job.yaml"
