@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from trainmaster.auth.credentials import connect_options
-from trainmaster.bus import provision
+from trainmaster.bus import broker_security, provision
 from trainmaster.messages import (
     AgentHeartbeat,
     Algorithm,
@@ -37,6 +37,7 @@ from trainmaster.messages import (
     NodeReport,
     encode,
 )
+from trainmaster.settings import Settings
 from trainmaster.topology import Topology
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +164,7 @@ async def open_bus(nats_url: str, agent: AgentProcess, agent_id: str = AGENT_ID,
     nc = await nats.connect(nats_url, **connect_options(creds))
     js = nc.jetstream()
     await provision(js, TOPO)  # what the services do at start; idempotent
-    broker = NatsBroker(nats_url, **connect_options(creds))
+    broker = NatsBroker(nats_url, security=broker_security(Settings(nats_url=nats_url, nats_creds=creds)))
     await broker.connect()
     bus = Bus(nc, js, broker, agent_id)
 
