@@ -57,9 +57,8 @@ async def test_a_refusal_reaches_the_caller_and_writes_nothing(kv: KeyValue) -> 
     assert (await kvstore.read(kv, "k", decode_int)).value == 1  # type: ignore[union-attr]
 
 
-class RivalBeforeEachWrite:
-    """The bucket as ``change`` sees it, with another writer's put landing between each read and
-    the compare-and-set that follows it."""
+class CountingReads:
+    """The bucket as ``change`` sees it, counting the reads."""
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
@@ -70,8 +69,15 @@ class RivalBeforeEachWrite:
         return await self.kv.get(key)
 
     async def update(self, key: str, value: bytes, last: int | None = None) -> int:
-        await self.kv.put(key, b"1000")
         return await self.kv.update(key, value, last=last)
+
+
+class RivalBeforeEachWrite(CountingReads):
+    """... with another writer's put landing between each read and the compare-and-set after it."""
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        await self.kv.put(key, b"1000")
+        return await super().update(key, value, last=last)
 
 
 async def test_gives_up_when_the_key_keeps_changing(kv: KeyValue) -> None:
@@ -115,19 +121,6 @@ async def test_remove_checks_the_value_it_deletes(kv: KeyValue) -> None:
     await kv.put("t", msgspec.json.encode(4))
     assert await kvstore.remove(kv, "t", only_even, decode=decode_int) == 4
     assert await kvstore.remove(kv, "t", only_even, decode=decode_int) is None
-
-
-class CountingReads:
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
-        self.reads = 0
-
-    async def get(self, key: str) -> KeyValue.Entry:
-        self.reads += 1
-        return await self.kv.get(key)
-
-    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
-        return await self.kv.update(key, value, last=last)
 
 
 async def test_a_known_value_saves_the_first_read_and_a_stale_one_costs_a_retry(kv: KeyValue) -> None:
