@@ -149,3 +149,21 @@ def test_an_agent_may_use_the_jetstream_api_only_for_its_own_consumer_and_reads(
     assert not any(topo.bucket_jobs.name in s for s in allowed.publish)
     assert "$JS.ACK.TM_AGENT.agent-gpu-7.>" in allowed.publish
     assert not any(s.startswith("$JS.ACK.") and "gpu-7" not in s for s in allowed.publish)
+
+
+def test_the_embedded_stack_keeps_every_identity_private(tmp_path: Path) -> None:
+    from trainmaster.auth.local import LocalAuth, local_admin_creds
+
+    local = LocalAuth(tmp_path / "data")
+    assert local_admin_creds(local.data_dir) is None
+    authority = local.prepare(Topology(), ["job_intake", "scheduler"], ["local-1"])
+    assert local_admin_creds(local.data_dir) == local.admin_creds
+    assert f"system_account: {authority.system.public_key}" in local.server_config_file.read_text()
+    for path in [local.root, *local.root.rglob("*")]:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    agent = jwt.decode(jwt.parse_creds(local.creds_of("agent-local-1").read_text())[0])
+    assert agent["iss"] == authority.services.public_key
+    assert agent["nats"]["pub"]["allow"] == list(permissions.agent(Topology(), "local-1").publish)
+    again = local.prepare(Topology(), ["job_intake"], [])
+    assert again == authority  # the keys are kept across starts

@@ -53,6 +53,8 @@ class LocalAuth:
 
     def prepare(self, topo: Topology, services: list[str], agent_ids: list[str]) -> Authority:
         """Keys (kept), the server's config and every identity's creds (issued anew)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # its files are private anyway; a listing of it is nobody's business either
         authority = Authority.load_or_create(self.root / "keys")
         write_private(self.server_config_file, authority.server_config(self.root / "server"))
         for name in services:
