@@ -293,11 +293,10 @@ def account_quota(
 ) -> None:
     """Set an account's quota: a job that would take it over a limit waits Pending until its other
     jobs end (limits not given stay as they are)."""
-    change = AccountQuotaSet(name=name, clear=clear, cpus=_limit("--cpus", cpus, False),
-                             gpus=_limit("--gpus", gpus, True), nodes=_limit("--nodes", nodes, True),
-                             jobs=_limit("--jobs", jobs, True))
-
     async def fn(reg: RegistryClient) -> None:
+        change = AccountQuotaSet(name=name, clear=clear, cpus=_limit("--cpus", cpus, False),
+                                 gpus=_limit("--gpus", gpus, True), nodes=_limit("--nodes", nodes, True),
+                                 jobs=_limit("--jobs", jobs, True))
         a = await reg.call("accounts", "quota", msgspec.to_builtins(change))
         if as_json:
             return print_json(a)
