@@ -1,4 +1,5 @@
-"""Accounts and billing (R5, R23): pure arithmetic plus the compare-and-set writes on ``tm_accounts``.
+"""Accounts and billing (R5, R23), quotas: pure arithmetic plus the compare-and-set writes on
+``tm_accounts``.
 
 A job is charged once: the charge's ledger id is ``charge:<job id>``; applying a ledger entry whose
 id the account already holds changes nothing, so a redelivered "job ended" event never charges
@@ -8,14 +9,24 @@ twice.  Every write is a KV update at the revision read (compare-and-set), retri
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 from nats.js.kv import KeyValue
 
 from trainmaster import kvstore
 from trainmaster.catalog import ResourceCatalog
-from trainmaster.messages import Account, HistoryEntry, JobRecord, LedgerEntry, Resources, Status
+from trainmaster.messages import (
+    Account,
+    AccountQuota,
+    AccountQuotaSet,
+    AccountUse,
+    HistoryEntry,
+    JobRecord,
+    LedgerEntry,
+    Resources,
+    Status,
+)
 
 LEDGER_KEEP = 1000  # the newest entries kept on an account (ids older than that are no longer needed)
 _decode = msgspec.json.Decoder(Account).decode
@@ -65,6 +76,63 @@ def apply_entry(account: Account, entry: LedgerEntry, now: float) -> Account | N
                                    ledger=ledger)
 
 
+# ------------------------------------------------------------------------------ quotas
+QUOTA_LIMITS = ("cpus", "gpus", "nodes", "jobs")
+NO_QUOTA = AccountQuota()
+
+
+def quota_limits_given(change: AccountQuotaSet) -> dict[str, float | int | None]:
+    """The limits a quota request sets (a number) or removes (None); those it leaves out are kept."""
+    return {name: value for name in QUOTA_LIMITS if (value := getattr(change, name)) is not msgspec.UNSET}
+
+
+def quota_after(current: AccountQuota | None, change: AccountQuotaSet) -> AccountQuota | None:
+    """The quota once ``change`` is applied (None: no limit left)."""
+    base = NO_QUOTA if change.clear or current is None else current
+    quota = msgspec.structs.replace(base, **quota_limits_given(change))
+    return None if quota == NO_QUOTA else quota
+
+
+def with_quota(account: Account, change: AccountQuotaSet, now: float) -> Account | None:
+    """The account with its new quota; None when the quota stays as it is (nothing to write)."""
+    quota = quota_after(account.quota, change)
+    if quota == account.quota:
+        return None
+    return msgspec.structs.replace(account, quota=quota, updated_at=now)
+
+
+QUOTA_UNITS = {"cpus": ("CPU", "CPUs"), "gpus": ("GPU", "GPUs"), "nodes": ("node", "nodes"), "jobs": ("job", "jobs")}
+
+
+def amount(value: float, limit: str) -> str:
+    """``1 GPU``, ``2.5 CPUs``, ``3 jobs``: a quantity of one of the quota's limits."""
+    singular, plural = QUOTA_UNITS[limit]
+    return f"{value:g} {singular if value == 1 else plural}"
+
+
+def describe_quota(quota: AccountQuota | None) -> str:
+    """``at most 8 CPUs, 2 GPUs, 1 job at once`` or ``no quota``."""
+    if quota is None:
+        return "no quota"
+    parts = [amount(value, name) for name in QUOTA_LIMITS if (value := getattr(quota, name)) is not None]
+    return f"at most {', '.join(parts)} at once"
+
+
+def use_of(jobs: Iterable[Resources], catalog: ResourceCatalog) -> AccountUse:
+    """What jobs asking for ``jobs`` hold while placed: their flavors' CPUs and GPUs times their
+    node counts (a flavor the catalog no longer has counts nodes and jobs only)."""
+    cpus, gpus, nodes, count = 0.0, 0, 0, 0
+    for resources in jobs:
+        pool = catalog.pool(resources.pool)
+        flavor = pool.flavor(resources.flavor) if pool is not None else None
+        if flavor is not None:
+            cpus += flavor.cpus * resources.node_count
+            gpus += flavor.gpus * resources.node_count
+        nodes += resources.node_count
+        count += 1
+    return AccountUse(cpus=round(cpus, 6), gpus=gpus, nodes=nodes, jobs=count)
+
+
 def new_account(name: str, balance: float, currency: str, now: float) -> Account:
     return Account(name=name, balance=balance, currency=currency, created_at=now, updated_at=now)
 
@@ -80,6 +148,19 @@ async def ensure(kv: KeyValue, name: str, balance: float, currency: str, clock: 
     changed = await kvstore.change(
         kv, name, lambda found: new_account(name, balance, currency, clock()) if found is None else None,
         decode=_decode)
+    assert changed.value is not None
+    return changed.value
+
+
+async def set_quota(kv: KeyValue, change: AccountQuotaSet, clock: Callable[[], float] = time.time) -> Account:
+    """Apply a quota request to an existing account (LookupError when there is none)."""
+
+    def decide(account: Account | None) -> Account | None:
+        if account is None:
+            raise LookupError(f"no account {change.name!r}")
+        return with_quota(account, change, clock())
+
+    changed = await kvstore.change(kv, change.name, decide, decode=_decode)
     assert changed.value is not None
     return changed.value
 

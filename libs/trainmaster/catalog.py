@@ -13,6 +13,8 @@ from typing import Literal, TypeVar
 import msgspec
 import yaml
 
+from trainmaster.names import ACCOUNT_NAME_RE
+
 SHIPPED = Path(__file__).with_name("catalogs")
 C = TypeVar("C")
 
@@ -34,6 +36,11 @@ class Pool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     accelerator: Literal["cpu", "gpu"] = "cpu"
     # the most nodes one job may ever get in this pool (a dedicated pool's size); None = no limit
     max_nodes: int | None = None
+    # the projects (accounts) whose jobs may run here; None = every account
+    accounts: list[str] | None = None
+
+    def admits(self, account: str) -> bool:
+        return self.accounts is None or account in self.accounts
 
     @property
     def default_flavor(self) -> Flavor:
@@ -96,6 +103,10 @@ def parse_resources(text: str, source: str = "resources.yaml") -> ResourceCatalo
     for pool in catalog.pools:
         if not pool.flavors:
             raise CatalogError(f"{source}: pool {pool.name!r} has no flavor")
+        bad = [name for name in pool.accounts or [] if not ACCOUNT_NAME_RE.fullmatch(name)]
+        if bad:  # a typo would shut the pool to the account meant, silently
+            raise CatalogError(f"{source}: pool {pool.name!r}: {', '.join(map(repr, bad))} is no account name "
+                               "(1-64 letters, digits, '.', '_', '-')")
     return catalog
 
 

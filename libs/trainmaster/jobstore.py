@@ -2,7 +2,8 @@
 
 ``apply`` is the one write path: read at a revision, ``statemachine.transition``, update at that
 revision (compare-and-set), then publish the CloudEvent with ``Nats-Msg-Id`` = the event id, so
-a retried publish is dropped by the server.  A lost race re-reads and tries again; a change that
+a retried publish is dropped by the server (a ``Waiting`` reason adds no history entry, so it has
+no event).  A lost race re-reads and tries again; a change that
 was applied already (redelivery) re-publishes its event under the same id and writes nothing.
 
 Events stay in history order across writers: the write of a record and the publish of its event
@@ -164,7 +165,8 @@ class JobStore:
                 written = await self.kv.update(job_id, encode(updated), last=revision)
             except KeyWrongLastSequenceError:
                 continue  # somebody else wrote first: decide again on fresh state
-            await self._announce(record, updated)
+            if len(updated.history) > len(record.history):  # a change without an entry has no event
+                await self._announce(record, updated)
             return ApplyResult(updated, applied=True, revision=written)
         raise RuntimeError(f"job {job_id}: gave up after {self.max_attempts} compare-and-set conflicts")
 

@@ -166,6 +166,8 @@ class JobRecord(Struct, frozen=True):
     exit_code: int | None = None
     traceparent: str | None = None
     billing: Billing | None = None  # R23: billed duration and cost, once the job ended
+    # why a Pending job is not placed yet, as the scheduler last said (``Waiting``); None otherwise
+    pending_reason: str | None = None
 
 
 class JobSummary(Struct, frozen=True):
@@ -268,6 +270,13 @@ class TimedOut(Change, tag="timed_out"):
     limit_s: float
 
 
+class Waiting(Change, tag="waiting"):
+    """Why a Pending job is not placed yet (scheduler): sets ``pending_reason``.  Not a change of
+    state: no history entry, no event (the scheduler writes it only when the reason changes)."""
+
+    reason: str
+
+
 class Billed(Change, tag="billed"):
     """The job ended after running and its account was charged (``change_id="billed"``)."""
 
@@ -276,7 +285,7 @@ class Billed(Change, tag="billed"):
 
 AnyChange = (
     Validated | Rejected | Placed | PlacementImpossible | NodeRunning | NodeExited | StopRequested | AgentLost
-    | TimedOut | Billed
+    | TimedOut | Billed | Waiting
 )
 
 
@@ -659,6 +668,30 @@ class LedgerEntry(Struct, frozen=True):
     note: str = ""
 
 
+CpuLimit = Annotated[float, Meta(ge=0, le=1e9)]
+CountLimit = Annotated[int, Meta(ge=0, le=1_000_000_000)]
+
+
+class AccountQuota(Struct, frozen=True, omit_defaults=True):
+    """The most a project (account) may hold at once, counted over its Scheduled, Running and
+    Stopping jobs: CPUs and GPUs (a flavor's, times the node count), nodes and jobs.  An absent
+    limit is no limit.  The scheduler keeps a job Pending whose placement would go over one."""
+
+    cpus: CpuLimit | None = None
+    gpus: CountLimit | None = None
+    nodes: CountLimit | None = None
+    jobs: CountLimit | None = None
+
+
+class AccountUse(Struct, frozen=True):
+    """What an account's Scheduled, Running and Stopping jobs hold now (the quota counts these)."""
+
+    cpus: float = 0.0
+    gpus: int = 0
+    nodes: int = 0
+    jobs: int = 0
+
+
 class Account(Struct, frozen=True):
     """Value of ``tm_accounts[<name>]``.  ``ledger`` keeps the latest entries (bounded)."""
 
@@ -668,6 +701,26 @@ class Account(Struct, frozen=True):
     created_at: float
     updated_at: float
     ledger: list[LedgerEntry] = []
+    quota: AccountQuota | None = None
+
+
+class AccountDetail(Account, frozen=True):
+    """Reply of ``tm.accounts.get`` and ``tm.accounts.quota``: the account and what its jobs hold
+    now (``in_use``, as job-intake's index of the job records knows it)."""
+
+    in_use: AccountUse = AccountUse()
+
+
+class AccountQuotaSet(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.accounts.quota``: a limit given as a number sets it, given as ``null`` removes
+    it, left out keeps it; ``clear`` removes every limit first.  At least one limit or ``clear``."""
+
+    name: Annotated[str, Meta(pattern=names.ACCOUNT_NAME)]
+    cpus: CpuLimit | msgspec.UnsetType | None = msgspec.UNSET
+    gpus: CountLimit | msgspec.UnsetType | None = msgspec.UNSET
+    nodes: CountLimit | msgspec.UnsetType | None = msgspec.UNSET
+    jobs: CountLimit | msgspec.UnsetType | None = msgspec.UNSET
+    clear: bool = False
 
 
 class AccountCredit(Struct, frozen=True, forbid_unknown_fields=True):

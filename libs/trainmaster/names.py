@@ -18,5 +18,6 @@ PLAIN_KEY = r"^[A-Za-z_][A-Za-z0-9_-]*$"  # a mapping key written `.key` in a fi
 
 NAME_RE = re.compile(NAME)
 TOKEN_RE = re.compile(TOKEN)
+ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME)
 PARAMETER_NAME_RE = re.compile(PARAMETER_NAME)
 PLAIN_KEY_RE = re.compile(PLAIN_KEY)

@@ -49,6 +49,8 @@ PUBLIC_TYPES: dict[str, type] = {
     "dataset-version": m.DatasetVersion,
     "dataset-list": m.DatasetList,
     "account": m.Account,
+    "account-detail": m.AccountDetail,
+    "account-quota": m.AccountQuotaSet,
     "account-credit": m.AccountCredit,
     "account-list": m.AccountList,
 }

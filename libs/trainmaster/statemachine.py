@@ -14,6 +14,10 @@ Retries (``retrypolicy``): a node exiting with a retryable code, or the loss of 
 one of the attempt's nodes, sends the job back to Pending (a new attempt is placed later; reports
 of the old one are stale from then on) while retries are left, and to Failed otherwise.  A
 timeout (``TimedOut``) goes through Stopping like a stop request, but ends Failed.
+
+One change is no change of state: ``Waiting`` (the scheduler) sets ``pending_reason``, why a
+Pending job is not placed yet, and adds no history entry (so no event, and the time the job became
+Pending, which its reservation counts from, stays).  Any change of status clears the reason.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from trainmaster.messages import (
     StopRequested,
     TimedOut,
     Validated,
+    Waiting,
 )
 from trainmaster.retrypolicy import (
     exhausted_note,
@@ -113,6 +118,8 @@ def event_type(record: JobRecord, entry: HistoryEntry) -> str:
 
 def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
     """Apply ``change`` to ``record``.  Raises IllegalTransition or StaleChange; never mutates."""
+    if isinstance(change, Waiting):
+        return _waiting(record, change)
     status = record.status
     updates: dict = {}
     reason: str | None = None
@@ -223,6 +230,8 @@ def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
 
     if new_status != status and new_status not in ALLOWED[status]:
         raise IllegalTransition(f"{status.value} -> {new_status.value} is not allowed")
+    if new_status != status and record.pending_reason is not None:
+        updates["pending_reason"] = None  # it said why the job waited; it waits no more
     entry = HistoryEntry(
         seq=len(record.history),
         at=now,
@@ -234,6 +243,17 @@ def transition(record: JobRecord, change: AnyChange, now: float) -> JobRecord:
     return msgspec.structs.replace(
         record, status=new_status, updated_at=now, history=[*record.history, entry], **updates
     )
+
+
+def _waiting(record: JobRecord, change: Waiting) -> JobRecord:
+    """The reason a Pending job waits, set without a history entry (``updated_at``, the time of the
+    last entry, stays too).  Stale once the job left Pending, or when it says what the record does."""
+    if record.status != S.PENDING:
+        raise StaleChange(f"a reason to wait, but the job is {record.status.value}")
+    reason = clip(change.reason, MAX_REASON_CHARS)
+    if reason == record.pending_reason:
+        raise StaleChange("the job waits for that reason already")
+    return msgspec.structs.replace(record, pending_reason=reason)
 
 
 def _expect(record: JobRecord, change: AnyChange, *statuses: Status) -> None:

@@ -331,7 +331,7 @@ class Topology:
         return f"{self.prefix}.datasets.{verb}"
 
     def accounts(self, verb: str) -> str:
-        """``tm.accounts.<verb>``: list, get, credit."""
+        """``tm.accounts.<verb>``: list, get, credit, quota."""
         return f"{self.prefix}.accounts.{verb}"
 
     def algorithms(self, verb: str) -> str:
@@ -343,7 +343,7 @@ class Topology:
         return {
             "templates": ("list", "get", "update", "delete"),
             "datasets": ("create", "list", "get", "publish", "version"),
-            "accounts": ("list", "get", "credit"),
+            "accounts": ("list", "get", "credit", "quota"),
             "algorithms": ("list", "get"),
         }
 

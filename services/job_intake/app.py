@@ -45,7 +45,7 @@ async def setup(ctx: ServiceContext) -> None:
     plans = JobPlans(broker=broker, settings=s, check_subject=topo.validator_check, resources=resources,
                      accounts_kv=accounts_kv, versions=versions, index=index, store=store, intake=intake)
     jobs = JobApi(broker=broker, topo=topo, store=store, index=index, max_bytes=max_bytes)
-    accounts_api = Accounts(accounts_kv, max_bytes, s.billing.currency)
+    accounts_api = Accounts(accounts_kv, max_bytes, s.billing.currency, index, resources)
     algorithms = Algorithms(load_presets(s.catalog.catalog_dir), max_bytes)
     datasets = Datasets(await bucket(topo.bucket_datasets.name), await bucket(topo.bucket_dataset_versions.name),
                         Storage(s), max_bytes)
@@ -68,6 +68,7 @@ async def setup(ctx: ServiceContext) -> None:
         topo.accounts("list"): accounts_api.on_list,
         topo.accounts("get"): accounts_api.on_get,
         topo.accounts("credit"): accounts_api.on_credit,
+        topo.accounts("quota"): accounts_api.on_quota,
         topo.algorithms("list"): algorithms.on_list,
         topo.algorithms("get"): algorithms.on_get,
         topo.datasets("create"): datasets.on_create,

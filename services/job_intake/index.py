@@ -1,23 +1,42 @@
-"""An in-memory index of job summaries, fed by a watch on the jobs KV bucket, for ``job list``.
+"""An in-memory index of job summaries, fed by a watch on the jobs KV bucket, for ``job list``,
+and of what placed jobs ask for, by account, for the use an account's quota counts.
 
 Every job-intake replica keeps its own; the KV bucket stays the truth."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import msgspec
 from nats.js.kv import KeyValue
 
 from services.job_intake.core import select
-from trainmaster.messages import JobRecord, JobSummary, ListRequest, summary_of
+from trainmaster.messages import JobRecord, JobSummary, ListRequest, Resources, Status, summary_of
 
 # a summary's fields are a record's: decoding a record as a summary skips its spec and history
 _decode_summary = msgspec.json.Decoder(JobSummary).decode
+HOLDS_CAPACITY = frozenset({Status.SCHEDULED, Status.RUNNING, Status.STOPPING})
+
+
+class _Asks(msgspec.Struct):
+    account: str = "default"
+    resources: Resources = Resources()
+
+
+class _Placed(msgspec.Struct):
+    """What a placed job's record says it holds (the rest of the record is skipped, not built)."""
+
+    spec: _Asks
+
+
+_decode_placed = msgspec.json.Decoder(_Placed).decode
 
 
 class JobIndex:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self.jobs: dict[str, JobSummary] = {}
+        self.placed: dict[str, tuple[str, Resources]] = {}  # job id -> (account, resources), while placed
         self._watcher = None
 
     async def start(self) -> None:
@@ -37,12 +56,27 @@ class JobIndex:
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
             self.jobs.pop(entry.key, None)
+            self.placed.pop(entry.key, None)
             return
-        self.jobs[entry.key] = _decode_summary(entry.value)
+        summary = self.jobs[entry.key] = _decode_summary(entry.value)
+        if summary.status in HOLDS_CAPACITY:
+            if entry.key not in self.placed:  # a placed job's spec does not change: decoded once
+                asks = _decode_placed(entry.value).spec
+                self.placed[entry.key] = (asks.account, asks.resources)
+        else:
+            self.placed.pop(entry.key, None)
 
     def put(self, record: JobRecord) -> None:
         """Read-your-writes for this replica: index a record before its watch update arrives."""
         self.jobs[record.id] = summary_of(record)
+        if record.status in HOLDS_CAPACITY:
+            self.placed[record.id] = (record.spec.account, record.spec.resources)
+        else:
+            self.placed.pop(record.id, None)
+
+    def placed_of(self, account: str) -> Iterator[Resources]:
+        """What each placed job of ``account`` asks for."""
+        return (resources for owner, resources in self.placed.values() if owner == account)
 
     def select(self, query: ListRequest) -> tuple[list[JobSummary], int]:
         return select(self.jobs.values(), query)

@@ -1,5 +1,5 @@
-"""job-intake's registries: templates (saved job parameters, R9/R21), accounts (R5/R23)
-and the preset algorithms catalog (R12), on ``tm.templates.*``, ``tm.accounts.*``,
+"""job-intake's registries: templates (saved job parameters, R9/R21), accounts (R5/R23, and
+their quotas) and the preset algorithms catalog (R12), on ``tm.templates.*``, ``tm.accounts.*``,
 ``tm.algorithms.*``.  Every write is a KV compare-and-set (``trainmaster.kvstore``)."""
 
 from __future__ import annotations
@@ -13,19 +13,25 @@ from nats.js.errors import InvalidKeyError
 from nats.js.kv import KeyValue
 
 from services.job_intake.core import saved_template, updated_template
+from services.job_intake.index import JobIndex
 from services.job_intake.replies import Refused, not_found, refused
 from trainmaster import accounts, kvstore
 from trainmaster.algorithms import PresetCatalog
+from trainmaster.catalog import ResourceCatalog
 from trainmaster.decoding import decode_as, decode_empty
 from trainmaster.messages import (
+    Account,
     AccountCredit,
+    AccountDetail,
     AccountList,
+    AccountQuotaSet,
     JobRequest,
     LedgerEntry,
     NameRef,
     Template,
     TemplateList,
     TemplateUpdate,
+    Violation,
     encode,
 )
 
@@ -90,10 +96,23 @@ class Templates:
 
 
 class Accounts:
-    def __init__(self, kv: KeyValue, max_bytes: int, currency: str) -> None:
+    def __init__(self, kv: KeyValue, max_bytes: int, currency: str, index: JobIndex,
+                 resources: ResourceCatalog) -> None:
         self.kv = kv
         self.max_bytes = max_bytes
         self.currency = currency
+        self.index = index
+        self.resources = resources
+
+    @staticmethod
+    def missing(name: str) -> Refused:
+        return not_found("account", name, "list them with `trainmaster account list`")
+
+    def detail(self, account: Account) -> AccountDetail:
+        """The account and what its placed jobs hold now (from this replica's index: a walk over
+        the placed jobs, no read)."""
+        in_use = accounts.use_of(self.index.placed_of(account.name), self.resources)
+        return AccountDetail(**msgspec.structs.asdict(account), in_use=in_use)
 
     async def on_list(self, msg: NatsMessage) -> bytes:
         decode_empty(msg.body, self.max_bytes)
@@ -108,8 +127,21 @@ class Accounts:
         except InvalidKeyError:
             found = None
         if found is None:
-            raise not_found("account", ref.name, "list them with `trainmaster account list`")
-        return encode(found[0])
+            raise self.missing(ref.name)
+        return encode(self.detail(found[0]))
+
+    async def on_quota(self, msg: NatsMessage) -> bytes:
+        change = decode_as(msg.body, AccountQuotaSet, self.max_bytes)
+        if not change.clear and not accounts.quota_limits_given(change):
+            raise refused("invalid_request", "the quota request changes nothing", [Violation(
+                "$", "nothing_to_change", "give at least one limit (cpus, gpus, nodes, jobs: a number to set it, "
+                "null to remove it) or clear: true")])
+        try:
+            account = await accounts.set_quota(self.kv, change)
+        except LookupError:
+            raise self.missing(change.name) from None
+        log.info("account quota set", account=change.name, quota=accounts.describe_quota(account.quota))
+        return encode(self.detail(account))
 
     async def on_credit(self, msg: NatsMessage) -> bytes:
         credit = decode_as(msg.body, AccountCredit, self.max_bytes)

@@ -12,12 +12,13 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import structlog
 from faststream.nats import NatsMessage
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 from opentelemetry import propagate, trace
 
 from services.scheduler.commands import AgentCommands
@@ -35,6 +36,7 @@ from trainmaster.catalog import load_resources
 from trainmaster.decoding import RequestError, decode_empty
 from trainmaster.jobstore import ApplyResult, JobNotFound, JobStore
 from trainmaster.messages import (
+    AccountQuota,
     AgentHeartbeat,
     AgentList,
     AgentLost,
@@ -48,6 +50,7 @@ from trainmaster.messages import (
     PlacementImpossible,
     Status,
     TimedOut,
+    Waiting,
     WorkItem,
     encode,
 )
@@ -60,6 +63,16 @@ _decode_heartbeat = msgspec.json.Decoder(AgentHeartbeat).decode
 _decode_report = msgspec.json.Decoder(NodeReport).decode
 _decode_work = msgspec.json.Decoder(WorkItem).decode
 
+
+class _QuotaOf(msgspec.Struct):
+    """The part of an account record the scheduler reads: its ledger (up to 1,000 entries) is
+    skipped by the decoder, not built."""
+
+    quota: AccountQuota | None = None
+
+
+_decode_quota = msgspec.json.Decoder(_QuotaOf).decode
+
 TICK_S = 2.0  # the loop runs at least this often (lost agents, timeouts, queued jobs)
 # pause between passes, so that wake-ups pile up into one pass: short after a pass that placed
 # something (more may have come), longer after one that placed nothing from a queue that is not
@@ -69,6 +82,10 @@ BUSY_GAP_S = 0.02
 IDLE_GAP_S = 0.25
 CATCH_UP_S = 5.0  # how long a new leader waits for its view to reach the bucket's last write
 FETCH_BATCH = 256  # reports / work items fetched, and handled concurrently, at a time (max ack pending 1000)
+# reasons to wait (``Waiting``) written at most this many at a time, at most once this often: a
+# reason is worth a write, not a share of a busy scheduler's writes (most waits end in a second)
+EXPLAIN_BATCH = 64
+EXPLAIN_EVERY_S = 1.0
 _tracer = trace.get_tracer("trainmaster.scheduler")
 
 
@@ -103,6 +120,7 @@ class Scheduler:
         self.leading = False
         self.tracing = self.settings.observability.otel_exporter != "none"
         self._reconciled_at = time.time()
+        self._explained_at = 0.0
         self._wake = asyncio.Event()
 
     def wake(self, *_: object) -> None:
@@ -132,10 +150,36 @@ class Scheduler:
         else:  # deleted or purged
             self.view.forget(entry.key)
 
-    async def _follow(self, watcher) -> None:
+    async def _follow(self, watcher, take: Callable[..., None] | None = None) -> None:
+        take = take or self._take
         async for entry in watcher:
             if entry is not None:
-                self._take(entry)
+                take(entry)
+
+    # ------------------------------------------------------------------ the accounts' quotas
+    async def load_quotas(self, accounts: KeyValue) -> None:
+        """Every account's quota, then keep following changes.  Watched, not read each pass: a
+        pass is pure and runs up to fifty times a second, and an account changes rarely (a
+        credit, a quota, the charge of an ended job), so the watch costs one small decode per
+        change where reading each pass would cost a read of every account, ledger and all."""
+        watcher = await accounts.watchall(include_history=False)
+        async for entry in watcher:
+            if entry is None:
+                break
+            self._take_account(entry)
+        self.ctx.background(self._follow(watcher, self._take_account), "accounts-watch")
+
+    def _take_account(self, entry) -> None:
+        quota = None
+        if entry.value:
+            try:
+                quota = _decode_quota(entry.value).quota
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # job-intake's record, not this service's to refuse: its quota counts as absent
+                log.warning("account record not understood; no quota applied", account=entry.key, error=str(exc))
+        if self.view.set_quota(entry.key, quota):
+            log.info("account quota", account=entry.key, quota=msgspec.to_builtins(quota) if quota else None)
+            self._wake.set()  # a quota raised (or removed) may let jobs go
 
     # ------------------------------------------------------------------ the loop (leader only)
     async def run(self) -> None:
@@ -220,10 +264,13 @@ class Scheduler:
             reserve_after_s=self.settings.scheduler.scheduler_reserve_after_s,
             max_placements=self.settings.scheduler.scheduler_batch,
             judge_impossible=now - self.view.started_at >= self.settings.scheduler.agent_timeout_s,
+            max_reasons=EXPLAIN_BATCH if now - self._explained_at >= EXPLAIN_EVERY_S else 0,
         )
         result = plan_pass(list(self.view.queued.values()), cluster, self.view.usage_shares(cluster.totals), now,
-                           settings, self.reservations)
+                           settings, self.reservations, quotas=self.view.quotas, held=self.view.account_use)
         self._note_reservations(result)
+        if result.waiting:
+            self._explained_at = now
         if not self._may_commit():
             return 0, False
         await self.commit(result)
@@ -246,8 +293,13 @@ class Scheduler:
             async with gate:
                 await self.change(job.job_id, PlacementImpossible(change_id="placement-impossible", reason=why))
 
+        async def explain(job: QueuedJob, why: str) -> None:
+            async with gate:
+                await self.change(job.job_id, Waiting(change_id="waiting", reason=why))
+
         await asyncio.gather(*(place(job, agents) for job, agents in result.placed),
-                             *(refuse(job, why) for job, why in result.impossible))
+                             *(refuse(job, why) for job, why in result.impossible),
+                             *(explain(job, why) for job, why in result.waiting))
         self.unsent |= await self.commands.settle()
 
     async def place(self, job: QueuedJob, agents: list[str]) -> None:
@@ -427,6 +479,7 @@ async def setup(ctx: ServiceContext) -> None:
     await ctx.broker.connection.subscribe(topo.agent_heartbeat("*"), cb=scheduler.on_heartbeat)
 
     responder(ctx.broker, topo.agents_list, "scheduler", scheduler.on_agents_list)
+    await scheduler.load_quotas(await ctx.broker.key_value(topo.bucket_accounts.name, declare=False))
     await scheduler.load()
     # plain pull loops (consumer.py): reports and work items come with every job
     for spec, handle in ((topo.consumer_scheduler_queue, scheduler.on_work),

@@ -7,7 +7,8 @@
 - **Ranking**: ``binpack`` (default) takes the fitting agent with the least free (GPUs, then CPUs):
   busy agents fill up and whole agents stay free for big jobs; ``spread`` takes the most free.
 - **Gang**: every node of a job is placed in one go, or none is (``place_gang``).
-- **Never fits**: ``never_fits`` says why a job can never run on the agents of its pool.
+- **Never fits**: ``never_fits`` says why a job can never run on the agents of its pool;
+  ``NodeShape.refusal`` why its account may not use the pool (a dedicated pool's ``accounts``).
 
 ``PoolIndex`` keeps a pool's live agents sorted by free (GPUs, CPUs), so the best fit is a
 bisection and a short scan, not a pass over every agent.  No I/O and no clock here.
@@ -64,9 +65,17 @@ class NodeShape:
     flavor: str
     demand: Demand
     gpu_type: str | None = None
+    accounts: frozenset[str] | None = None  # who may use the pool (a dedicated pool); None: everyone
 
     def describe(self) -> str:
         return f"flavor {self.flavor} ({self.demand.describe(self.gpu_type)})"
+
+    def refusal(self, account: str) -> str | None:
+        """Why ``account`` may not use the pool (the catalog's ``accounts``), or None."""
+        if self.accounts is None or account in self.accounts:
+            return None
+        allowed = ", ".join(sorted(self.accounts)) or "no account"
+        return f"pool {self.pool!r} is dedicated to {allowed}; account {account} may not use it"
 
 
 class ShapeCatalog:
@@ -93,7 +102,8 @@ class ShapeCatalog:
             known = ", ".join(f.name for f in pool.flavors)
             return f"pool {pool_name!r} has no flavor {flavor_name!r} (flavors: {known})"
         return NodeShape(pool_name, flavor.name, Demand(flavor.cpus, flavor.memory_mb, flavor.gpus),
-                         flavor.gpu_type if flavor.gpus else None)
+                         flavor.gpu_type if flavor.gpus else None,
+                         frozenset(pool.accounts) if pool.accounts is not None else None)
 
 
 # ------------------------------------------------------------------------------ GPUs

@@ -8,6 +8,16 @@ agents that could hold it once idle and are expected to drain soonest (``placeme
 no other job of the pass, so they drain as their jobs end, and the gang fits.  At most one
 reservation per pool at a time.  Two gangs never deadlock half-placed: a placement is one state
 change that holds every node.
+
+Projects (accounts): a job whose account may not use its pool (a dedicated pool's ``accounts``) is
+refused like one that never fits.  A job whose placement would take its account over its quota
+(``quotas.py``) is passed over like one that does not fit, but it is no sign of the pool's
+capacity: its twins of other accounts are still tried, and it gets no reservation (agents held back
+for it would idle while its account's own jobs hold the quota).
+
+Reasons: a job passed over gets the reason (``PassResult.waiting``, written to its record as
+``pending_reason``) once it has waited ``explain_after_s`` and only when the reason changed, at
+most ``max_reasons`` a pass, so that a burst of short waits writes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from services.scheduler.placement import (
     reserve,
 )
 from services.scheduler.queue import FairQueue, QueuedJob, dominant_share
+from services.scheduler.quotas import QuotaBook, Use
+from trainmaster.messages import AccountQuota
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,9 @@ class PassSettings:
     max_placements: int = 1024
     # False right after a start: agents not yet heard from could still make a job fit
     judge_impossible: bool = True
+    # a job passed over gets its reason once it waited this long; at most max_reasons a pass
+    explain_after_s: float = 2.0
+    max_reasons: int = 64
 
 
 @dataclass
@@ -42,6 +57,7 @@ class PassResult:
     placed: list[tuple[QueuedJob, list[str]]] = field(default_factory=list)  # agent of node 0, 1, ...
     impossible: list[tuple[QueuedJob, str]] = field(default_factory=list)
     reservations: dict[str, list[str]] = field(default_factory=dict)  # job id -> agents held back
+    waiting: list[tuple[QueuedJob, str]] = field(default_factory=list)  # a reason to wait that changed
     considered: int = 0
     more: bool = False  # stopped at max_placements: jobs may be left that fit now
 
@@ -73,13 +89,33 @@ class Cluster:
 
 def plan_pass(queue: Iterable[QueuedJob], cluster: Cluster, usage: Mapping[str, float], now: float,
               settings: PassSettings = PassSettings(),
-              previous_reservations: Mapping[str, list[str]] | None = None) -> PassResult:
-    """Decide this pass.  Mutates ``cluster``'s free capacity (build a fresh one per pass)."""
+              previous_reservations: Mapping[str, list[str]] | None = None,
+              quotas: Mapping[str, AccountQuota] | None = None,
+              held: Mapping[str, Use] | None = None) -> PassResult:
+    """Decide this pass.  Mutates ``cluster``'s free capacity (build a fresh one per pass).
+    ``quotas``: the accounts' quotas; ``held``: what each account's placed jobs hold now."""
     previous = previous_reservations or {}
     result = PassResult()
     fair = FairQueue(queue, usage)
+    book = QuotaBook(quotas or {}, held or {})
     failed: set[tuple[NodeShape, int]] = set()  # shapes that did not fit: neither will their twins
     reserved_pools: set[str] = set()
+    capacity_reasons: dict[tuple[NodeShape, int], str] = {}
+
+    # a reason is made only for a job that may get one (most passes over a blocked queue give none)
+    def explaining(job: QueuedJob) -> bool:
+        return len(result.waiting) < settings.max_reasons and now - job.pending_since >= settings.explain_after_s
+
+    def explain(job: QueuedJob, reason: str) -> None:
+        if reason != job.reason:
+            result.waiting.append((job, reason))
+
+    def short_of_capacity(shape: NodeShape, count: int) -> str:
+        key = (shape, count)  # the same for every twin: made once a pass
+        if key not in capacity_reasons:
+            capacity_reasons[key] = f"waiting for capacity in pool {shape.pool}: {count} node(s) of {shape.describe()}"
+        return capacity_reasons[key]
+
     for job in fair:
         if len(result.placed) >= settings.max_placements:
             result.more = True
@@ -89,23 +125,44 @@ def plan_pass(queue: Iterable[QueuedJob], cluster: Cluster, usage: Mapping[str, 
         if shape is None:
             result.impossible.append((job, job.impossible or "no such resources"))
             continue
+        # the catalog's verdict, as for an unknown pool: the catalog may have changed since validation
+        if (why := shape.refusal(job.account)) is not None:
+            result.impossible.append((job, why))
+            continue
         if settings.judge_impossible and (why := cluster.never_fits(shape, job.node_count)):
             result.impossible.append((job, why))
             continue
+        wanted = Use.of(shape.demand, job.node_count) if job.account in book.quotas else None
+        if wanted is not None and (limit := book.block(job.account, wanted)) is not None:
+            if explaining(job):
+                explain(job, book.reason(job.account, limit, wanted))
+            continue
         pool = cluster.pools.get(shape.pool)
-        if pool is None or (shape, job.node_count) in failed:
+        if pool is None:
+            if explaining(job):
+                explain(job, f"waiting for an agent of pool {shape.pool}: none is up")
+            continue
+        if (shape, job.node_count) in failed:
+            if explaining(job):
+                explain(job, short_of_capacity(shape, job.node_count))
             continue
         agents = place_gang(pool, shape, job.node_count, settings.strategy)
         if agents is not None:
             result.placed.append((job, agents))
             fair.charge(job.account, dominant_share(job.demand, cluster.totals))
+            if wanted is not None:
+                book.charge(job.account, wanted)
             continue
         failed.add((shape, job.node_count))
+        held_back = ""
         if shape.pool not in reserved_pools and now - job.pending_since >= settings.reserve_after_s:
-            held = reserve(pool, shape, job.node_count, previous.get(job.job_id, ()), cluster.drain_at, now,
-                           settings.reserve_after_s or 30.0)
-            if held:
-                pool.withheld.update(held)
+            agents_held = reserve(pool, shape, job.node_count, previous.get(job.job_id, ()), cluster.drain_at, now,
+                                  settings.reserve_after_s or 30.0)
+            if agents_held:
+                pool.withheld.update(agents_held)
                 reserved_pools.add(shape.pool)
-                result.reservations[job.job_id] = held
+                result.reservations[job.job_id] = agents_held
+                held_back = "; agents are held back for it"
+        if explaining(job):
+            explain(job, short_of_capacity(shape, job.node_count) + held_back)
     return result

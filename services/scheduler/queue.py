@@ -31,6 +31,7 @@ class QueuedJob:
     node_count: int
     shape: NodeShape | None  # None: ``impossible`` says why the catalog has no such node
     impossible: str | None = None
+    reason: str | None = None  # why it waits, as its record says now (``pending_reason``)
 
     @property
     def demand(self) -> Demand:

@@ -1,6 +1,7 @@
 """The scheduler's memory, kept without I/O: the active job records (from the KV watch), the
-agents (from heartbeats), and the capacity that placed jobs hold, updated incrementally as records
-change, so that a pass never re-adds 20,000 records to know what is free."""
+agents (from heartbeats), the capacity that placed jobs hold (per agent, and per account for fair
+share and quotas), updated incrementally as records change, so that a pass never re-adds 20,000
+records to know what is free; and the accounts' quotas (from a watch on ``tm_accounts``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from services.scheduler.placement import ZERO, AgentView, Demand, NodeShape, ShapeCatalog
 from services.scheduler.planner import Cluster
 from services.scheduler.queue import QueuedJob, dominant_share
+from services.scheduler.quotas import NOTHING, Use
 from services.scheduler.reconcile import live_nodes_on, silent_agents, timed_out
-from trainmaster.messages import AgentHeartbeat, JobRecord, Status
+from trainmaster.messages import AccountQuota, AgentHeartbeat, JobRecord, Status
 
 S = Status
 HOLDS_CAPACITY = frozenset({S.SCHEDULED, S.RUNNING, S.STOPPING})
@@ -26,6 +28,10 @@ class Holding:
     demand: Demand
     account: str
 
+    @property
+    def use(self) -> Use:
+        return Use.of(self.demand, len(self.agents))
+
 
 class SchedulerView:
     def __init__(self, shapes: ShapeCatalog, agent_timeout_s: float, started_at: float) -> None:
@@ -38,6 +44,8 @@ class SchedulerView:
         self.holdings: dict[str, Holding] = {}
         self.used: dict[str, Demand] = {}  # agent id -> held
         self.account_used: dict[str, Demand] = {}
+        self.account_use: dict[str, Use] = {}  # what the quotas count (CPUs, GPUs, nodes, jobs)
+        self.quotas: dict[str, AccountQuota] = {}
         self.with_deadline: set[str] = set()  # holding jobs that have a max_run_time_s
         # agent -> {job id: (placed at, deadline or None)}: how soon each agent may drain
         self.agent_jobs: dict[str, dict[str, tuple[float, float | None]]] = {}
@@ -84,7 +92,7 @@ class SchedulerView:
             job_id=record.id, account=spec.account, priority=spec.priority, submitted_at=record.created_at,
             pending_since=record.history[-1].at, node_count=spec.resources.node_count,
             shape=shape if isinstance(shape, NodeShape) else None,
-            impossible=shape if isinstance(shape, str) else None,
+            impossible=shape if isinstance(shape, str) else None, reason=record.pending_reason,
         )
 
     def _hold(self, record: JobRecord) -> None:
@@ -98,6 +106,7 @@ class SchedulerView:
             self.used[agent_id] = self.used.get(agent_id, ZERO) + demand
         account = holding.account
         self.account_used[account] = self.account_used.get(account, ZERO) + demand.times(len(agents))
+        self.account_use[account] = self.account_use.get(account, NOTHING) + holding.use
         placed_at = next((e.at for e in reversed(record.history) if e.change == "placed"), record.updated_at)
         limit = record.spec.max_run_time_s
         for agent_id in set(agents):
@@ -118,6 +127,23 @@ class SchedulerView:
             if not jobs:
                 self.agent_jobs.pop(agent_id, None)
         _subtract(self.account_used, holding.account, holding.demand.times(len(holding.agents)))
+        left = self.account_use[holding.account] - holding.use
+        if left.empty():
+            del self.account_use[holding.account]
+        else:
+            self.account_use[holding.account] = left
+
+    # ------------------------------------------------------------------ quotas
+    def set_quota(self, account: str, quota: AccountQuota | None) -> bool:
+        """Take an account's quota in (None: it has none, or the account is gone).  True when it
+        changed."""
+        if self.quotas.get(account) == quota:
+            return False
+        if quota is None:
+            del self.quotas[account]
+        else:
+            self.quotas[account] = quota
+        return True
 
     # ------------------------------------------------------------------ agents
     def heard(self, hb: AgentHeartbeat, now: float) -> str | None:

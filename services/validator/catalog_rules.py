@@ -1,9 +1,9 @@
 """The validator's rules that read catalogs and registries (pure, like ``rules.py``).
 
 Engines (R13, R19), preset algorithms and their hyperparameters (R12, R15), custom images (R14),
-pools, flavors and node counts (R18, R19), the account's balance (R5), datasets and versions
-(R10), the region of object storage (R6), file names longer than 255 characters (R7), and the
-code scan's warnings: CUDA on a CPU flavor (R18), imports of another engine (R13).
+pools, flavors and node counts (R18, R19), who may use a dedicated pool, the account's balance
+(R5), datasets and versions (R10), the region of object storage (R6), file names longer than 255
+characters (R7), and the code scan's warnings: CUDA on a CPU flavor (R18), imports of another engine (R13).
 """
 
 from __future__ import annotations
@@ -142,6 +142,13 @@ def _resources(spec: JobRequest, facts: Facts, out: list[Violation]) -> None:
         out.append(Violation("resources.pool", "unknown_pool",
                              f"there is no resource pool {res.pool!r}: use one of {names}"))
         return
+    if not pool.admits(spec.account):
+        allowed = ", ".join(pool.accounts or []) or "no account"
+        others = ", ".join(p.name for p in facts.resources.pools if p.admits(spec.account))
+        fix = f"use a pool open to it ({others})" if others else "no pool is open to it"
+        out.append(Violation("resources.pool", "pool_not_allowed",
+                             f"pool {pool.name} is dedicated to {allowed}, and account {spec.account} is not one of "
+                             f"them: {fix}, or run the job for one of those accounts (account)"))
     if pool.flavor(res.flavor) is None:
         names = ", ".join(f.name for f in pool.flavors)
         out.append(Violation("resources.flavor", "unknown_flavor",

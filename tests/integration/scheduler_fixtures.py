@@ -47,6 +47,8 @@ _decode_command = msgspec.json.Decoder(AgentCommand).decode
 
 # pools of the test catalog: one per test, so tests sharing one scheduler never use each other's agents
 TEST_POOLS = [f"t{i:02d}" for i in range(40)]
+# a dedicated pool of the test catalog: only account team-q may use it
+DEDICATED_POOL, DEDICATED_TO = "tdedicated", "team-q"
 SMALL = {"name": "small", "cpus": 1, "memory_mb": 512, "price_per_hour": 0.01}
 TEST_FLAVORS = [
     SMALL,
@@ -57,13 +59,16 @@ TEST_FLAVORS = [
 
 def write_test_catalog(folder: Path) -> Path:
     """The shipped catalogs, plus pools ``t00``..``t39`` (flavors small: 1 CPU, 512 MiB; large: 4 CPUs,
-    2 GiB; h100: 2 CPUs, 1 GiB, 1 x H100).  Point ``TM_CATALOG_DIR`` at the folder returned."""
+    2 GiB; h100: 2 CPUs, 1 GiB, 1 x H100) and ``tdedicated`` (the same flavors, for account team-q
+    only).  Point ``TM_CATALOG_DIR`` at the folder returned."""
     folder.mkdir(parents=True, exist_ok=True)
     for shipped in SHIPPED.iterdir():
         if shipped.is_file():
             shutil.copy(shipped, folder / shipped.name)
     resources = yaml.safe_load((folder / "resources.yaml").read_text())
     resources["pools"] += [{"name": pool, "description": "test pool", "flavors": TEST_FLAVORS} for pool in TEST_POOLS]
+    resources["pools"].append({"name": DEDICATED_POOL, "description": "dedicated test pool", "kind": "dedicated",
+                               "accounts": [DEDICATED_TO], "flavors": TEST_FLAVORS})
     (folder / "resources.yaml").write_text(yaml.safe_dump(resources))
     return folder
 

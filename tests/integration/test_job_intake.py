@@ -1,5 +1,6 @@
 """job-intake (with the validator) as real processes: create, versions, idempotent submit, get,
-list and stop, over the public request/reply subjects with plain nats-py."""
+list and stop, a Pending job's reason to wait, a dedicated pool's refusal, over the public
+request/reply subjects with plain nats-py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from support import Services, assert_error, iris_job, read_stream, request_json, subject_count
 
+from trainmaster.bus import make_broker
+from trainmaster.jobstore import JobStore
+from trainmaster.messages import Waiting
+from trainmaster.settings import Settings
 from trainmaster.topology import Topology
 
 pytestmark = pytest.mark.integration
@@ -204,3 +209,35 @@ async def test_stop_of_a_failed_job_is_a_conflict(client: NATS, work: Path) -> N
 
 async def test_stop_of_an_unknown_id_is_not_found(client: NATS) -> None:
     assert_error(await stop(client, "job-nope"), "not_found", field="id")
+
+
+# ------------------------------------------------------------------------------ why a job waits, who may use a pool
+async def test_a_pending_jobs_reason_to_wait_is_in_its_record_without_an_event(
+    intake: str, client: NATS, work: Path
+) -> None:
+    created = await create(client, iris_job(work, unique("wait")))
+    assert created["status"] == "Pending"
+    broker = make_broker("test-waiting", Settings(nats_url=intake))
+    await broker.connect()
+    try:  # play the scheduler: the one write path (JobStore.apply, the state machine)
+        store = await JobStore(broker, TOPO, source="test").open()
+        written = await store.apply(created["id"], Waiting("waiting", reason="waiting for capacity in pool cpu"))
+        assert written.applied
+        again = await store.apply(created["id"], Waiting("waiting", reason="waiting for capacity in pool cpu"))
+        assert not again.applied, "the same reason again writes nothing"
+    finally:
+        await broker.stop()
+    record = await get(client, created["id"])
+    assert (record["status"], record["pending_reason"]) == ("Pending", "waiting for capacity in pool cpu")
+    assert [h["status"] for h in record["history"]] == ["Initializing", "Pending"]
+    assert await subject_count(client, TOPO.stream_events.name, TOPO.job_events(created["id"])) == 2, "no event"
+    stopped = await stop(client, created["id"])
+    assert stopped["status"] == "Stopped"
+    assert (await get(client, created["id"]))["pending_reason"] is None, "a job that left Pending waits no more"
+
+
+async def test_a_job_for_a_pool_dedicated_to_other_accounts_is_refused(client: NATS, work: Path) -> None:
+    # the shipped catalog's pool team-a admits account team-a only
+    reply = await create(client, iris_job(work, unique("outsider"), resources={"pool": "team-a", "node_count": 1}))
+    error = assert_error(reply, "validation_failed", field="resources.pool", detail_code="pool_not_allowed")
+    assert "dedicated to team-a" in error["message"]

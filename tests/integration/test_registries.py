@@ -331,6 +331,90 @@ async def test_an_ended_job_is_charged_exactly_once(nc, tmp_path, stack):
     assert [e["id"] for e in after["ledger"] if e["kind"] == "charge"] == [f"charge:{job['id']}"]
 
 
+async def test_an_accounts_quota_is_set_shown_and_removed(nc, tmp_path, stack):
+    name = unique("quota")
+    assert_error(await call(nc, TOPO.accounts("quota"), {"name": name, "jobs": 1}), "not_found", "name")
+    await call(nc, TOPO.accounts("credit"), {"name": name, "amount": 100})
+    limited = await call(nc, TOPO.accounts("quota"), {"name": name, "cpus": 200, "gpus": 2})
+    assert limited["quota"] == {"cpus": 200.0, "gpus": 2}
+    assert limited["in_use"] == {"cpus": 0.0, "gpus": 0, "nodes": 0, "jobs": 0} and limited["balance"] == 100
+    # a number sets a limit, null removes it, a limit left out stays
+    changed = await call(nc, TOPO.accounts("quota"), {"name": name, "jobs": 1, "gpus": None})
+    assert changed["quota"] == {"cpus": 200.0, "jobs": 1}
+    assert (await call(nc, TOPO.accounts("get"), {"name": name}))["quota"] == {"cpus": 200.0, "jobs": 1}
+    listed = {a["name"]: a for a in (await call(nc, TOPO.accounts("list"), {}))["accounts"]}
+    assert listed[name]["quota"] == {"cpus": 200.0, "jobs": 1}
+
+    # what its placed jobs hold, as the quota counts it (play the scheduler: placed on an agent)
+    spec = iris_job(tmp_path, unique("held"), account=name,
+                    resources={"pool": "gpu", "flavor": "gpu.h100x8", "node_count": 2})
+    job = await call(nc, TOPO.jobs("create"), spec)
+    assert job["status"] == "Pending", job
+    broker = make_broker("test-quota", Settings(nats_url=stack))
+    await broker.connect()
+    try:
+        store = await JobStore(broker, TOPO, source="test").open()
+        await store.apply(job["id"], Placed(change_id="placed.1", attempt=1,
+                                            placements=[Placement(0, "agent-x", "host-x"),
+                                                        Placement(1, "agent-y", "host-y")]))
+    finally:
+        await broker.stop()
+
+    async def held():
+        account = await call(nc, TOPO.accounts("get"), {"name": name})
+        return account if account["in_use"]["jobs"] else None
+
+    account = await eventually(held, 10, what="the account's use")
+    assert account["in_use"] == {"cpus": 192.0, "gpus": 16, "nodes": 2, "jobs": 1}
+    cleared = await call(nc, TOPO.accounts("quota"), {"name": name, "clear": True})
+    assert cleared["quota"] is None and cleared["in_use"]["jobs"] == 1
+
+    for body, field, code in [
+        ({"name": name}, "$", "nothing_to_change"),
+        ({"name": name, "cpus": -1}, "cpus", None),
+        ({"name": name, "gpus": 1.5}, "gpus", None),
+        ({"name": name, "jobs": "one"}, "jobs", None),
+        ({"name": name, "memory": 4}, "memory", None),
+        ({"name": "not an account!", "jobs": 1}, "name", None),
+    ]:
+        assert_error(await call(nc, TOPO.accounts("quota"), body), "invalid_request", field, code)
+
+
+async def test_cli_account_quota(nc, tmp_path, stack):
+    name = unique("cliquota")
+    await call(nc, TOPO.accounts("credit"), {"name": name, "amount": 5})
+    limited = await asyncio.to_thread(cli, ["account", "quota", name, "--gpus", "4", "--jobs", "2"])
+    assert limited.exit_code == 0, limited.output
+    assert f"{name}: quota at most 4 GPUs, 2 jobs at once" in limited.output
+    assert "in use now: 0 CPUs, 0 GPUs of 4, 0 nodes, 0 jobs of 2" in limited.output
+    shown = await asyncio.to_thread(cli, ["account", "show", name])
+    assert "quota: at most 4 GPUs, 2 jobs at once" in shown.output and "in use now" in shown.output
+    removed = await asyncio.to_thread(cli, ["account", "quota", name, "--jobs", "none"])
+    assert "quota at most 4 GPUs at once" in removed.output, removed.output
+    cleared = await asyncio.to_thread(cli, ["account", "quota", name, "--clear"])
+    assert "quota no quota" in cleared.output, cleared.output
+    bad = await asyncio.to_thread(cli, ["account", "quota", name, "--gpus", "lots"])
+    assert bad.exit_code == 2 and "--gpus 'lots'" in bad.output
+    nothing = await asyncio.to_thread(cli, ["account", "quota", name])
+    assert nothing.exit_code == 1 and "nothing_to_change" in nothing.output
+
+
+def test_job_show_prints_why_a_pending_job_waits():
+    from trainmaster.cli.render import console, job_details
+
+    job = {"id": "job-1", "name": "n", "version": "V001", "status": "Pending", "created_at": 1, "updated_at": 2,
+           "attempt": 0, "spec": {"algorithm": {"source": "preset", "preset": "torch-mlp"}, "data": [],
+                                  "parameters": {}, "resources": {"pool": "gpu", "node_count": 1}, "account": "a"},
+           "pending_reason": "held by the quota of account a: at most 1 job at once",
+           "history": [{"seq": 0, "at": 1, "change": "submitted", "status": "Initializing"}]}
+    with console.capture() as captured:
+        job_details(job)
+    assert "waiting: held by the quota of account a: at most 1 job at once" in captured.get()
+    with console.capture() as captured:
+        job_details({**job, "status": "Stopped"})
+    assert "waiting:" not in captured.get(), "only a Pending job waits"
+
+
 def test_job_show_prints_the_cost(tmp_path):
     """`job show` renders billing, placements, warnings (R24) from a record as the API returns it."""
     from trainmaster.cli.render import console, job_details

@@ -17,7 +17,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from scheduler_fixtures import TEST_POOLS, FakeAgent, pending_job, write_test_catalog
+from scheduler_fixtures import DEDICATED_POOL, DEDICATED_TO, TEST_POOLS, FakeAgent, pending_job, write_test_catalog
 from support import ServiceProcess, Services, assert_error, eventually, iris_job, read_stream, request_json
 
 from services.scheduler.app import TICK_S  # the placement loop runs at least this often
@@ -276,6 +276,59 @@ async def test_a_job_that_can_never_fit_fails_with_the_reason(client: NATS, agen
     fits = await create(client, work, agent.pool, flavor="large")
     command = await agent.command()
     assert isinstance(command, Assign) and command.job_id == fits["id"]
+
+
+async def test_a_job_for_a_pool_dedicated_to_other_accounts_fails_with_the_reason(client: NATS, work: Path) -> None:
+    """The validator refuses such a job; one that reached the queue all the same (the catalog
+    changed after its validation) is never placed there."""
+    outsider = FakeAgent(client, DEDICATED_POOL)
+    try:
+        await outsider.start_heartbeats()
+        job = await create(client, work, DEDICATED_POOL)  # account default
+        record = await status_becomes(client, job["id"], "Failed")
+        assert record["failure_reason"] == (
+            f"pool '{DEDICATED_POOL}' is dedicated to {DEDICATED_TO}; account default may not use it")
+        member = await create(client, work, DEDICATED_POOL, account=DEDICATED_TO)
+        command = await outsider.command()
+        assert isinstance(command, Assign) and command.job_id == member["id"]
+    finally:
+        await outsider.stop()
+
+
+async def test_a_job_over_its_accounts_quota_waits_with_the_reason_until_the_first_ends(
+    client: NATS, agent: FakeAgent, work: Path
+) -> None:
+    account = f"quota-{next(_names)}-{agent.agent_id}"
+    await request_json(client, TOPO.accounts("credit"), {"name": account, "amount": 10})
+    quota = await request_json(client, TOPO.accounts("quota"), {"name": account, "jobs": 1})
+    assert quota["quota"] == {"jobs": 1}, quota
+    # the agent has room for four jobs; the account's first runs long enough to see the second wait
+    await agent.serve(run_s=lambda cmd: 8.0 if cmd.name.startswith("first-") else 0.5)
+    first = await create(client, work, agent.pool, f"first-{next(_names)}", account=account)
+    await status_becomes(client, first["id"], "Running")
+    second = await create(client, work, agent.pool, account=account)
+    other = await create(client, work, agent.pool)  # account default: not held behind the quota
+    await status_becomes(client, other["id"], "Succeeded")
+
+    async def told() -> dict | None:
+        record = await get(client, second["id"])
+        assert record["status"] == "Pending", "over the quota: it waits, it does not fail"
+        return record if record.get("pending_reason") else None
+
+    waiting = await eventually(told, 6, what="the second job's reason to wait")
+    assert waiting["pending_reason"] == f"held by the quota of account {account}: at most 1 job at once"
+    assert [h["status"] for h in waiting["history"]] == ["Initializing", "Pending"], "a reason is no state change"
+    assert (await get(client, first["id"]))["status"] == "Running"
+
+    ran = await status_becomes(client, second["id"], "Succeeded", timeout_s=20)
+    assert ran["pending_reason"] is None, "placed: it waits no more"
+    first_ended = next(h["at"] for h in (await get(client, first["id"]))["history"] if h["status"] == "Succeeded")
+    placed_at = next(h["at"] for h in ran["history"] if h["status"] == "Scheduled")
+    assert placed_at >= first_ended, "the second started only once the first had ended"
+    events = await read_stream(client, TOPO.job_events(second["id"]),
+                               until=lambda e: e["data"]["status"] == "Succeeded")
+    assert [e["type"] for _, e in events] == [
+        "tm.job.submitted", "tm.job.pending", "tm.job.scheduled", "tm.job.running", "tm.job.succeeded"]
 
 
 async def test_a_gpu_flavor_goes_to_an_agent_with_that_gpu_model(client: NATS, pool: str, work: Path) -> None:

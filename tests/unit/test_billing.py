@@ -1,4 +1,6 @@
-"""Billing arithmetic (trainmaster/accounts.py): price per hour, billed time, idempotent ledger."""
+"""Billing arithmetic (trainmaster/accounts.py): price per hour, billed time, idempotent ledger; and
+the quota an account (project) keeps: setting, removing and clearing limits, describing them, and
+what placed jobs hold."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import pytest
 
 from trainmaster import accounts
 from trainmaster.catalog import load_resources
-from trainmaster.messages import HistoryEntry, LedgerEntry, Resources, Status
+from trainmaster.messages import AccountQuota, AccountQuotaSet, AccountUse, HistoryEntry, LedgerEntry, Resources, Status
 
 S = Status
 
@@ -59,3 +61,39 @@ def test_the_ledger_is_bounded():
     for i in range(accounts.LEDGER_KEEP + 10):
         account = accounts.apply_entry(account, LedgerEntry(f"credit:{i}", "credit", 1, i), i)
     assert len(account.ledger) == accounts.LEDGER_KEEP and account.balance == accounts.LEDGER_KEEP + 10
+
+
+# ------------------------------------------------------------------------------ quotas
+def test_a_quota_request_sets_removes_or_keeps_each_limit():
+    current = AccountQuota(cpus=8, gpus=2)
+    assert accounts.quota_after(current, AccountQuotaSet(name="a", jobs=3)) == AccountQuota(cpus=8, gpus=2, jobs=3)
+    assert accounts.quota_after(current, AccountQuotaSet(name="a", gpus=None)) == AccountQuota(cpus=8)
+    assert accounts.quota_after(current, AccountQuotaSet(name="a", clear=True, nodes=4)) == AccountQuota(nodes=4)
+    assert accounts.quota_after(current, AccountQuotaSet(name="a", clear=True)) is None, "no limit left: no quota"
+    assert accounts.quota_after(None, AccountQuotaSet(name="a", cpus=None)) is None
+    assert accounts.quota_after(None, AccountQuotaSet(name="a", gpus=0)) == AccountQuota(gpus=0), "0: none at all"
+    assert accounts.quota_limits_given(AccountQuotaSet(name="a")) == {}
+    assert accounts.quota_limits_given(AccountQuotaSet(name="a", cpus=2.5, jobs=None)) == {"cpus": 2.5, "jobs": None}
+
+
+def test_an_account_is_rewritten_only_when_its_quota_changes():
+    account = accounts.new_account("a", 1.0, "USD", now=1.0)
+    limited = accounts.with_quota(account, AccountQuotaSet(name="a", jobs=1), now=2.0)
+    assert limited is not None and limited.quota == AccountQuota(jobs=1) and limited.updated_at == 2.0
+    assert limited.balance == 1.0 and limited.ledger == []
+    assert accounts.with_quota(limited, AccountQuotaSet(name="a", jobs=1), now=3.0) is None
+    assert accounts.with_quota(account, AccountQuotaSet(name="a", clear=True), now=3.0) is None
+
+
+def test_a_quota_described():
+    assert accounts.describe_quota(None) == "no quota"
+    assert accounts.describe_quota(AccountQuota(cpus=8, gpus=1, jobs=2)) == "at most 8 CPUs, 1 GPU, 2 jobs at once"
+    assert accounts.describe_quota(AccountQuota(cpus=0.5, nodes=1)) == "at most 0.5 CPUs, 1 node at once"
+
+
+def test_what_placed_jobs_hold_comes_from_their_flavors():
+    catalog = load_resources()
+    held = [Resources(pool="gpu", flavor="gpu.h100x8", node_count=2), Resources(pool="cpu"),
+            Resources(pool="gone", node_count=3)]
+    assert accounts.use_of(held, catalog) == AccountUse(cpus=2 * 96 + 1, gpus=16, nodes=6, jobs=3)
+    assert accounts.use_of([], catalog) == AccountUse()

@@ -14,6 +14,7 @@ import pytest
 from services.validator import codescan
 from services.validator.model import AccountFact, CodeFinding, CodeScan, DatasetFact, Facts, PathFact, VersionFact
 from services.validator.rules import check, warnings
+from trainmaster.catalog import CatalogError, parse_resources
 from trainmaster.messages import Algorithm, DataSource, JobRequest, Resources, Subscription
 
 CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -118,6 +119,8 @@ CASES: list[Case] = [
      "resources.flavor", "unknown_flavor"),
     ("never-fits-dedicated-pool", lambda: (base(resources=Resources(pool="team-a", node_count=5)), facts()),
      "resources.node_count", "pool_too_small"),
+    ("dedicated-pool-of-another-account", lambda: (base(resources=Resources(pool="team-a")), facts()),
+     "resources.pool", "pool_not_allowed"),
     # accounts (R5)
     ("account-in-arrears", lambda: (base(), facts(account=AccountFact("default", True, -0.01, "USD"))),
      "account", "account_in_arrears"),
@@ -246,3 +249,27 @@ def test_every_code_is_documented_in_the_readme():
     readme = (Path(__file__).parents[2] / "services" / "validator" / "README.md").read_text()
     for *_, code in CASES + WARNINGS:
         assert f"`{code}`" in readme, code
+
+
+def test_a_dedicated_pool_admits_its_accounts_only():
+    outsider = check(base(resources=Resources(pool="team-a")), facts())
+    [refusal] = [v for v in outsider if v.code == "pool_not_allowed"]
+    assert refusal.message == ("pool team-a is dedicated to team-a, and account default is not one of them: use a pool "
+                               "open to it (cpu, gpu), or run the job for one of those accounts (account)")
+    member = base(resources=Resources(pool="team-a"), account="team-a")
+    assert not [v for v in check(member, facts(account=AccountFact("team-a", True, 1.0, "USD")))
+                if v.code == "pool_not_allowed"]
+    assert not [v for v in check(base(), facts()) if v.code == "pool_not_allowed"], "a pool without accounts is open"
+
+
+def test_a_catalog_naming_no_account_is_refused():
+    text = """
+pools:
+  - name: team
+    accounts: [team-a, "not an account!"]
+    flavors: [{name: s, cpus: 1, memory_mb: 512, price_per_hour: 0}]
+"""
+    with pytest.raises(CatalogError, match="'not an account!' is no account name"):
+        parse_resources(text)
+    closed = parse_resources(text.replace(', "not an account!"', ""))
+    assert closed.pools[0].admits("team-a") and not closed.pools[0].admits("team-b")

@@ -13,10 +13,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from services.scheduler.lease import LeaderLease
 from services.scheduler.placement import Demand, ShapeCatalog
+from services.scheduler.quotas import Use
 from services.scheduler.reconcile import agents_to_cancel, run_deadline, running_since, silent_agents, timed_out
 from services.scheduler.view import SchedulerView
 from trainmaster.catalog import parse_resources
 from trainmaster.messages import (
+    AccountQuota,
     AgentHeartbeat,
     AgentLost,
     JobRecord,
@@ -28,6 +30,7 @@ from trainmaster.messages import (
     Resources,
     RetryPolicy,
     Validated,
+    Waiting,
 )
 from trainmaster.statemachine import new_record, transition
 
@@ -120,6 +123,27 @@ def test_the_incremental_ledger_always_equals_a_recount(steps):
                 expected[p.agent_id] = expected.get(p.agent_id, Demand()) + Demand(1, 1024)
     assert view.used == expected
     assert set(view.queued) == {j for j, r in current.items() if r.status.value == "Pending"}
+    # what each account holds, as its quota counts it: CPUs, GPUs, nodes and jobs
+    by_account: dict[str, Use] = {}
+    for record in current.values():
+        if record.status.value in ("Scheduled", "Running", "Stopping"):
+            held = Use.of(Demand(1, 1024), len(record.placements))
+            by_account[record.spec.account] = by_account.get(record.spec.account, Use()) + held
+    assert view.account_use == by_account
+
+
+def test_the_view_keeps_each_jobs_reason_to_wait_and_the_accounts_quotas():
+    view = SchedulerView(ShapeCatalog(CATALOG), agent_timeout_s=15, started_at=T0)
+    record = pending("j1")
+    view.remember(record, 1)
+    assert view.queued["j1"].reason is None
+    waiting = transition(record, Waiting("waiting", reason="held by the quota of account a"), T0 + 5)
+    assert not view.remember(waiting, 2), "a reason is no change of state: no new pass for it"
+    assert view.queued["j1"].reason == "held by the quota of account a"
+    assert view.queued["j1"].pending_since == T0, "its wait counts from when it became Pending"
+    assert view.set_quota("a", AccountQuota(jobs=1)) and not view.set_quota("a", AccountQuota(jobs=1))
+    assert view.set_quota("a", AccountQuota(jobs=2)) and view.quotas == {"a": AccountQuota(jobs=2)}
+    assert view.set_quota("a", None) and view.quotas == {} and not view.set_quota("b", None)
 
 
 def test_agents_are_registered_lost_and_returned():

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trainmaster.limits import MAX_REASON_CHARS
 from trainmaster.messages import (
     AgentLost,
     HistoryEntry,
@@ -27,6 +28,7 @@ from trainmaster.messages import (
     TimedOut,
     Validated,
     Violation,
+    Waiting,
 )
 from trainmaster.statemachine import (
     ALLOWED,
@@ -678,3 +680,83 @@ def test_a_timeout_of_another_attempt_is_stale():
     record = record_in(S.RUNNING)
     with pytest.raises(StaleChange):
         transition(record, TimedOut("t", attempt=0, limit_s=5), T0 + 100)
+
+
+# ------------------------------------------------------------------------- why a Pending job waits
+def test_a_reason_to_wait_is_set_without_a_history_entry():
+    record = record_in(S.PENDING)
+    waiting = transition(record, Waiting("waiting", reason="waiting for capacity in pool gpu"), T0 + 100)
+    assert waiting.pending_reason == "waiting for capacity in pool gpu"
+    # no change of state: the status, the history (so no event) and the time of the last change stay
+    assert (waiting.status, waiting.history, waiting.updated_at) == (record.status, record.history, record.updated_at)
+    assert msgspec.structs.replace(waiting, pending_reason=None) == record
+    other = transition(waiting, Waiting("waiting", reason="held by the quota of account a"), T0 + 200)
+    assert other.pending_reason == "held by the quota of account a" and other.history == record.history
+
+
+def test_the_same_reason_again_is_stale_so_nothing_is_written():
+    waiting = transition(record_in(S.PENDING), Waiting("waiting", reason="r"), T0 + 100)
+    with pytest.raises(StaleChange):
+        transition(waiting, Waiting("waiting", reason="r"), T0 + 200)
+
+
+@pytest.mark.parametrize("status", [s for s in Status if s != S.PENDING])
+def test_a_reason_to_wait_for_a_job_that_does_not_wait_is_stale(status):
+    with pytest.raises(StaleChange):
+        transition(record_in(status), Waiting("waiting", reason="r"), T0 + 100)
+
+
+def test_a_long_reason_is_clipped():
+    waiting = transition(record_in(S.PENDING), Waiting("waiting", reason="x" * 10_000), T0 + 100)
+    assert waiting.pending_reason is not None and len(waiting.pending_reason) <= MAX_REASON_CHARS
+
+
+@pytest.mark.parametrize(("change", "status"), [
+    (lambda r: Placed("p", attempt=1, placements=placements(1)), S.SCHEDULED),
+    (lambda r: PlacementImpossible("x", reason="no such pool"), S.FAILED),
+    (lambda r: StopRequested("stop", reason="user"), S.STOPPED),
+])
+def test_leaving_pending_clears_the_reason(change, status):
+    waiting = transition(record_in(S.PENDING), Waiting("waiting", reason="r"), T0 + 100)
+    after = transition(waiting, change(waiting), T0 + 200)
+    assert after.status == status and after.pending_reason is None
+
+
+def test_a_retried_job_waits_again_without_its_old_reason():
+    d = Driver(record_in(S.PENDING, retry=RETRY_1))
+    d(Waiting("waiting", reason="waiting for capacity in pool cpu"))
+    d(Placed("p1", attempt=1, placements=placements(1)))
+    d(NodeExited("e", attempt=1, node=0, exit_code=137))
+    assert d.record.status == S.PENDING and d.record.pending_reason is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(node_count=st.integers(min_value=1, max_value=2), data=st.data())
+def test_reasons_never_change_the_state_and_belong_to_pending_jobs(node_count, data):
+    """Reasons sprinkled into random change sequences: a reason adds no history entry and moves
+    nothing else, and only a Pending job ever has one."""
+    record = fresh(node_count, RetryPolicy(max_retries=2))
+    now = T0
+    for _ in range(data.draw(st.integers(min_value=1, max_value=40), label="steps")):
+        now += 1.0
+        if data.draw(st.booleans(), label="reason?"):
+            change = Waiting("waiting", reason=data.draw(reasons, label="reason"))
+            try:
+                updated = transition(record, change, now)
+            except StaleChange:
+                assert record.status != S.PENDING or record.pending_reason == change.reason
+                continue
+            assert record.status == S.PENDING and updated.pending_reason == change.reason
+            assert msgspec.structs.replace(updated, pending_reason=record.pending_reason) == record
+        else:
+            try:
+                updated = transition(record, data.draw(change_for(record, plausible=True), label="change"), now)
+            except (IllegalTransition, StaleChange):
+                continue
+            assert len(updated.history) == len(record.history) + 1
+            if updated.status != record.status:
+                assert updated.pending_reason is None
+            else:
+                assert updated.pending_reason == record.pending_reason
+        assert updated.pending_reason is None or updated.status == S.PENDING
+        record = updated

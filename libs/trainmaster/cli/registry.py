@@ -8,17 +8,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 import typer
 import yaml
 
+from trainmaster.accounts import QUOTA_LIMITS, amount, describe_quota
 from trainmaster.cli.common import JsonOpt, NatsOpt, print_json, run_with_client
 from trainmaster.cli.render import console, err_console, print_table, ts
 from trainmaster.client import RegistryClient
 from trainmaster.jobfile import JobFileError
+from trainmaster.messages import AccountQuota, AccountQuotaSet
 
 dataset_app = typer.Typer(no_args_is_help=True, help="datasets: a storage location with immutable, published versions")
 template_app = typer.Typer(no_args_is_help=True, help="saved job parameters (templates; save_as in a job creates one)")
-account_app = typer.Typer(no_args_is_help=True, help="accounts: balances, charges of ended jobs, credits")
+account_app = typer.Typer(no_args_is_help=True,
+                          help="accounts (projects): balances, charges of ended jobs, credits, quotas")
 algorithm_app = typer.Typer(no_args_is_help=True, help="the preset algorithms and their hyperparameters")
 
 
@@ -192,7 +196,44 @@ def template_delete(name: str, nats_url: NatsOpt = None) -> None:
 # ----------------------------------------------------------------------------------- accounts
 def _account_line(a: dict[str, Any]) -> str:
     state = " [red](in arrears: jobs cannot start)[/red]" if a["balance"] < 0 else ""
-    return f"{a['name']}: {a['balance']:.2f} {a['currency']}{state}"
+    quota = f"; quota: {_quota_text(a['quota'])}" if a.get("quota") else ""
+    return f"{a['name']}: {a['balance']:.2f} {a['currency']}{state}{quota}"
+
+
+def _quota_text(quota: dict[str, Any] | None) -> str:
+    return describe_quota(msgspec.convert(quota, AccountQuota) if quota else None)
+
+
+def _use_line(a: dict[str, Any]) -> str | None:
+    """What the account's placed jobs hold, against the quota's limits."""
+    use, quota = a.get("in_use"), a.get("quota") or {}
+    if use is None:
+        return None
+    parts = []
+    for limit in QUOTA_LIMITS:
+        most = quota.get(limit)
+        parts.append(amount(use[limit], limit) + (f" of {most:g}" if most is not None else ""))
+    return "  in use now: " + ", ".join(parts)
+
+
+def _show_account(a: dict[str, Any]) -> None:
+    console.print(_account_line(a))
+    if (line := _use_line(a)) is not None:
+        console.print(line)
+
+
+def _limit(option: str, raw: str | None, integer: bool) -> float | int | msgspec.UnsetType | None:
+    """A quota option: a number sets the limit, ``none`` removes it, absent keeps it."""
+    if raw is None:
+        return msgspec.UNSET
+    if raw.strip().lower() in ("none", "unlimited", "-"):
+        return None
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise JobFileError(f"{option} {raw!r}: give {kind} (at least 0), or none to remove the limit") from None
+    return value
 
 
 @account_app.command("list")
@@ -211,12 +252,13 @@ def account_list(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
 @account_app.command("show")
 def account_show(name: Annotated[str, typer.Argument(help="the account")] = "default", as_json: JsonOpt = False,
                  nats_url: NatsOpt = None) -> None:
-    """Balance and the latest charges (one per ended job) and credits."""
+    """Balance, quota and what the account's jobs hold now, the latest charges (one per ended job)
+    and credits."""
     async def fn(reg: RegistryClient) -> None:
         a = await reg.call("accounts", "get", {"name": name})
         if as_json:
             return print_json(a)
-        console.print(_account_line(a))
+        _show_account(a)
         for e in a["ledger"][-20:]:
             console.print(f"  {ts(e['at'])}  {e['kind']:<6} {e['amount']:>12.4f}  {e.get('job_id') or ''} {e['note']}")
         return None
@@ -234,6 +276,34 @@ def account_credit(name: str, amount: float, note: str = "",
         if credit_id:
             body["credit_id"] = credit_id
         console.print(_account_line(await reg.call("accounts", "credit", body)))
+
+    _with_registry(nats_url, fn)
+
+
+@account_app.command("quota")
+def account_quota(
+    name: Annotated[str, typer.Argument(help="the account (project)")],
+    cpus: Annotated[str | None, typer.Option(help="most CPUs its jobs hold at once (none: no limit)")] = None,
+    gpus: Annotated[str | None, typer.Option(help="most GPUs at once (none: no limit)")] = None,
+    nodes: Annotated[str | None, typer.Option(help="most nodes at once (none: no limit)")] = None,
+    jobs: Annotated[str | None, typer.Option(help="most placed or running jobs at once (none: no limit)")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove every limit (then set those given)")] = False,
+    as_json: JsonOpt = False,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Set an account's quota: a job that would take it over a limit waits Pending until its other
+    jobs end (limits not given stay as they are)."""
+    async def fn(reg: RegistryClient) -> None:
+        change = AccountQuotaSet(name=name, clear=clear, cpus=_limit("--cpus", cpus, False),
+                                 gpus=_limit("--gpus", gpus, True), nodes=_limit("--nodes", nodes, True),
+                                 jobs=_limit("--jobs", jobs, True))
+        a = await reg.call("accounts", "quota", msgspec.to_builtins(change))
+        if as_json:
+            return print_json(a)
+        console.print(f"{a['name']}: quota {_quota_text(a.get('quota'))}")
+        if (line := _use_line(a)) is not None:
+            console.print(line)
+        return None
 
     _with_registry(nats_url, fn)
 

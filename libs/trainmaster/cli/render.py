@@ -71,6 +71,8 @@ def job_details(job: dict[str, Any]) -> None:
                   f"{res['node_count']} node(s); account {spec.get('account', 'default')}")
     console.print(f"  output: {spec.get('output_path')}")
     console.print(f"  logs:   {spec.get('log_path')}")
+    if job.get("pending_reason") and job["status"] == "Pending":  # what the scheduler said it waits for
+        console.print(f"  [yellow]waiting:[/yellow] {job['pending_reason']}")
     for p in job.get("placements", []):
         console.print(f"  node {p['node']} on agent {p['agent_id']} ({p['host']})")
     if job.get("failure_reason"):
