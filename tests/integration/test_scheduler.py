@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from scheduler_fixtures import DEDICATED_POOL, DEDICATED_TO, TEST_POOLS, FakeAgent, pending_job, write_test_catalog
 from support import ServiceProcess, Services, assert_error, eventually, iris_job, read_stream, request_json
 
-from services.scheduler.app import TICK_S  # the placement loop runs at least this often
+from services.scheduler.loop import TICK_S  # the placement loop runs at least this often
 from trainmaster.bus import ERROR_HEADER
 from trainmaster.messages import Assign, Cancel, JobRequest, NodeReport, encode
 from trainmaster.topology import Topology
