@@ -115,6 +115,8 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         storage=spec.storage,
         num_replicas=replicas,
         allow_direct=spec.allow_direct,
+        deny_delete=spec.deny_delete,
+        deny_purge=spec.deny_purge,
     )
 
 

@@ -111,6 +111,16 @@ class Client:
     async def stop(self, job_id: str, reason: str = "stopped by user") -> dict[str, Any]:
         return await self._request(self.topo.jobs("stop"), json.dumps({"id": job_id, "reason": reason}).encode())
 
+    async def audit(self, project: str | None = None, since: float | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit entries (of ``project``, since ``since``), oldest first."""
+        query: dict[str, Any] = {"limit": limit}
+        if project:
+            query["project"] = project
+        if since is not None:
+            query["since"] = since
+        return (await self._request(self.topo.audit_list, json.dumps(query).encode()))["entries"]
+
     async def agents(self) -> list[dict[str, Any]]:
         return (await self._request(self.topo.agents_list, b"{}"))["agents"]
 

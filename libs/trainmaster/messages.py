@@ -802,3 +802,35 @@ class DatasetVersion(Struct, frozen=True):
 
 class DatasetList(Struct, frozen=True):
     datasets: list[Dataset]
+
+
+# ---------------------------------------------------------------- the audit trail (public)
+class AuditEntry(Struct, frozen=True, omit_defaults=True):
+    """One entry of the append-only audit stream, on ``tm.audit.<project>.<action>``.
+
+    ``actor``: who asked, as the bus knows it: ``cluster-admin`` for a request from inside the
+    services' account, else ``<account>/<user>`` from the server's ``Nats-Request-Info`` header.
+    ``project``: the account the action concerns (``@cluster`` for cluster-wide things: templates,
+    datasets, topics, agents).  ``outcome``: ``done`` or ``refused`` (``reason`` then says why)."""
+
+    at: float
+    actor: str
+    action: str
+    project: str
+    target: str
+    outcome: Literal["done", "refused"] = "done"
+    reason: str | None = None
+    detail: dict[str, Any] = {}
+
+
+class AuditListRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.audit.list``: the newest ``limit`` entries (of ``project``, at or after
+    ``since``, a Unix time), oldest first."""
+
+    project: Annotated[str, Meta(pattern=names.AUDIT_PROJECT)] | None = None
+    since: Annotated[float, Meta(ge=0)] | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class AuditList(Struct, frozen=True):
+    entries: list[AuditEntry]

@@ -53,6 +53,10 @@ PUBLIC_TYPES: dict[str, type] = {
     "account-quota": m.AccountQuotaSet,
     "account-credit": m.AccountCredit,
     "account-list": m.AccountList,
+    # the audit trail: stream TM_AUDIT, read with tm.audit.list
+    "audit-entry": m.AuditEntry,
+    "audit-list-request": m.AuditListRequest,
+    "audit-list": m.AuditList,
 }
 
 

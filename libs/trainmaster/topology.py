@@ -24,6 +24,9 @@ class StreamSpec:
     discard: DiscardPolicy = DiscardPolicy.OLD
     storage: StorageType = StorageType.FILE
     allow_direct: bool = False  # direct gets (any replica answers; batched last-message reads)
+    # the server refuses to delete a message of the stream, or to purge it (append-only)
+    deny_delete: bool = False
+    deny_purge: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class Topology:
             self.stream_logs,
             self.stream_dlq,
             self.stream_deliveries,
+            self.stream_audit,
         )
 
     # ---- consumers -----------------------------------------------------------------------
@@ -386,6 +390,31 @@ class Topology:
     def bucket_scheduler(self) -> BucketSpec:
         # key "leader": {"holder", "term"}, renewed by compare-and-set; see services/scheduler/lease.py
         return BucketSpec(f"{self.prefix}_scheduler", description="scheduler replicas: the leader lease")
+
+
+    # ---- the audit trail: who did what (job-intake answers the list verb) ----------------
+    def audit(self, project: str = "*", action: str = "*") -> str:
+        """``tm.audit.<project>.<action>``: one entry per audited action.  A project is one
+        subject token (its dots written ``~``: account ``team.ml`` is ``team~ml``), and so is an
+        action (``job_create``), so ``tm.audit.<project>.*`` is exactly one project's entries."""
+        token = project if project == "*" else project.replace(".", "~")
+        return f"{self.prefix}.audit.{token}.{action}"
+
+    @property
+    def audit_list(self) -> str:
+        """Request/reply, answered by job-intake (queue ``job-intake``): the newest entries.  One
+        token after ``audit``, so the stream (two tokens) never stores a request."""
+        return f"{self.prefix}.audit.list"
+
+    @cached_property
+    def stream_audit(self) -> StreamSpec:
+        # append-only: the server refuses deletes and purges; only age removes an entry (a little
+        # over a year, enough for a yearly review).  The dedupe window covers a handler
+        # redelivered after its ack wait: an entry's message id is derived from what it records.
+        return StreamSpec(
+            self._name("AUDIT"), (self.audit("*", "*"),), max_age_s=400 * 86400,
+            duplicate_window_s=600.0, deny_delete=True, deny_purge=True,
+        )
 
 
 def topology_from_settings() -> Topology:

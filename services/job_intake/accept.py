@@ -27,7 +27,7 @@ from services.job_intake.registry import Templates
 from services.job_intake.replies import request_id_of
 from services.job_intake.verdict import await_verdict, verdict_reply
 from services.job_intake.versions import VersionCounter
-from trainmaster import kvstore
+from trainmaster import audit, kvstore
 from trainmaster.bus import MSG_ID, publish_js
 from trainmaster.decoding import RequestError
 from trainmaster.jobstore import JobStore
@@ -110,13 +110,20 @@ class Intake:
         # without a client request id, the stream sequence still makes redeliveries idempotent
         sequence = msg.raw_message.metadata.sequence.stream
         request_id = (msg.headers or {}).get(MSG_ID) or f"{self.topo.stream_requests.name}-{sequence}"
+        actor = audit.actor_of(msg.headers)
         try:
             spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
         except RequestError as err:
             log.info("submission rejected", request_id=request_id, error=err.body.message)
+            await audit.record(self.broker, self.topo, audit.entry(
+                actor, "job_submit", audit.CLUSTER, request_id, reason=err.body.message), request_id)
             await self._request_event(request_id, "tm.request.rejected", RequestEventData(request_id, error=err.body))
             return
         record = await self.accept(spec, request_id)
+        # keyed by the request id: a redelivered submission is one entry
+        await audit.record(self.broker, self.topo, audit.entry(
+            actor, "job_submit", record.spec.account, record.id, at=record.created_at,
+            detail={"name": record.name, "version": record.version, "request_id": request_id}), request_id)
         await self._request_event(request_id, "tm.request.accepted",
                                   RequestEventData(request_id, job=summary_of(record)))
 

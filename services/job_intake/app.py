@@ -6,6 +6,7 @@ from __future__ import annotations
 from nats.js.kv import KeyValue
 
 from services.job_intake.accept import Intake
+from services.job_intake.audit_trail import AuditTrail
 from services.job_intake.billing import Biller
 from services.job_intake.datasets import Datasets
 from services.job_intake.index import JobIndex
@@ -42,6 +43,8 @@ async def setup(ctx: ServiceContext) -> None:
     templates = Templates(await bucket(topo.bucket_templates.name), max_bytes)
     intake = Intake(broker=broker, topo=topo, settings=s, store=store, versions=versions, index=index,
                     templates=templates, requests=await bucket(topo.bucket_requests.name))
+    trail = AuditTrail(broker=broker, js=ctx.js, topo=topo, store=store, max_bytes=max_bytes)
+    audited = trail.audited
     plans = JobPlans(broker=broker, settings=s, check_subject=topo.validator_check, resources=resources,
                      accounts_kv=accounts_kv, versions=versions, index=index, store=store, intake=intake)
     jobs = JobApi(broker=broker, topo=topo, store=store, index=index, max_bytes=max_bytes)
@@ -55,25 +58,28 @@ async def setup(ctx: ServiceContext) -> None:
     durable_subscriber(broker, topo, topo.consumer_intake_submit, intake.on_submit)
     durable_subscriber(broker, topo, topo.consumer_billing, biller.on_event)
     answer(broker, {
-        topo.jobs("create"): intake.on_create,
+        topo.jobs("create"): audited("job_create", intake.on_create, trail.describe_create),
         topo.jobs("get"): jobs.on_get,
         topo.jobs("list"): jobs.on_list,
-        topo.jobs("stop"): jobs.on_stop,
+        topo.jobs("stop"): audited("job_stop", jobs.on_stop, trail.describe_stop),
         topo.jobs("plan"): plans.on_plan,
         topo.jobs("new_version"): plans.on_new_version,
         topo.templates("list"): templates.on_list,
         topo.templates("get"): templates.on_get,
         topo.templates("update"): templates.on_update,
-        topo.templates("delete"): templates.on_delete,
+        topo.templates("delete"): audited("template_delete", templates.on_delete, trail.describe_named),
         topo.accounts("list"): accounts_api.on_list,
         topo.accounts("get"): accounts_api.on_get,
-        topo.accounts("credit"): accounts_api.on_credit,
-        topo.accounts("quota"): accounts_api.on_quota,
+        topo.accounts("credit"): audited("account_credit", accounts_api.on_credit,
+                                         trail.describe_account("amount", "credit_id", "note")),
+        topo.accounts("quota"): audited("account_quota", accounts_api.on_quota,
+                                        trail.describe_account("cpus", "gpus", "nodes", "jobs", "clear")),
         topo.algorithms("list"): algorithms.on_list,
         topo.algorithms("get"): algorithms.on_get,
-        topo.datasets("create"): datasets.on_create,
+        topo.datasets("create"): audited("dataset_create", datasets.on_create, trail.describe_named),
         topo.datasets("list"): datasets.on_list,
         topo.datasets("get"): datasets.on_get,
-        topo.datasets("publish"): datasets.on_publish,
+        topo.datasets("publish"): audited("dataset_publish", datasets.on_publish, trail.describe_named),
         topo.datasets("version"): datasets.on_version,
+        topo.audit_list: trail.on_list,
     })

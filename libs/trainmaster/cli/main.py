@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from trainmaster.auth.local import local_admin_creds
+from trainmaster.cli.audit import audit_cmd
 from trainmaster.cli.auth import auth_app
 from trainmaster.cli.common import JsonOpt, NatsOpt, connect, print_json, run, run_with_client
 from trainmaster.cli.registry import (
@@ -41,6 +42,7 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(template_app, name="template")
 app.add_typer(account_app, name="account")
 app.add_typer(algorithm_app, name="algorithm")
+app.command("audit")(audit_cmd)  # who did what (cli/audit.py)
 app.add_typer(auth_app, name="auth")  # keys and creds of a secured cluster (cli/auth.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

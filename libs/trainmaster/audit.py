@@ -1,0 +1,79 @@
+"""The audit trail: who did what, one entry per audited action on the append-only stream
+``TM_AUDIT`` (``tm.audit.<project>.<action>``).
+
+``actor_of`` and ``entry_id`` are pure; ``record`` publishes.  A failed publish is logged and does
+not fail the action: the action has already happened (a job stored, an account credited), so
+failing its reply would only make the caller retry something done, and an audit outage must not
+stop the cluster.  The log line keeps the entry, so an operator can still see it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from faststream.nats import NatsBroker
+
+from trainmaster import names
+from trainmaster.bus import publish_js
+from trainmaster.messages import AuditEntry, encode
+from trainmaster.topology import Topology
+
+log = structlog.get_logger()
+
+ADMIN = "cluster-admin"  # a request from inside the services' account (no Nats-Request-Info)
+CLUSTER = "@cluster"  # the project of what belongs to no account (templates, datasets, topics, agents)
+REQUEST_INFO = "Nats-Request-Info"  # set by nats-server on a request crossing from another account
+
+
+def actor_of(headers: Mapping[str, str] | None) -> str:
+    """Who sent a request, as the bus knows it.  Without ``Nats-Request-Info`` the request came
+    from inside the services' account: the cluster admin.  With it, ``<account>/<user>`` (the
+    user's name tag where it has one, else its user name or key)."""
+    raw = (headers or {}).get(REQUEST_INFO)
+    if raw is None:
+        return ADMIN
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return "unknown"
+    if not isinstance(info, dict):
+        return "unknown"
+    account = info.get("acc") or "?"
+    user = info.get("name_tag") or info.get("user") or "?"
+    return f"{account}/{user}"
+
+
+def project_of(value: Any) -> str:
+    """``value`` as an entry's project when it is an account name, else ``@cluster``."""
+    if isinstance(value, str) and names.ACCOUNT_NAME_RE.match(value):
+        return value
+    return CLUSTER
+
+
+def entry_id(entry: AuditEntry, key: str) -> str:
+    """The entry's ``Nats-Msg-Id``: the same action on the same thing with the same ``key`` (a
+    request id, a job id) is one entry, however often its handler runs."""
+    return f"audit:{entry.project}:{entry.action}:{entry.target}:{entry.outcome}:{key}"
+
+
+def entry(actor: str, action: str, project: str, target: str, *, reason: str | None = None,
+          detail: dict[str, Any] | None = None, at: float | None = None) -> AuditEntry:
+    return AuditEntry(at=time.time() if at is None else at, actor=actor, action=action, project=project,
+                      target=target, outcome="done" if reason is None else "refused", reason=reason,
+                      detail=detail or {})
+
+
+async def record(broker: NatsBroker, topo: Topology, item: AuditEntry, key: str) -> None:
+    """Append ``item`` to the audit stream (see the module's note on failures)."""
+    try:
+        await publish_js(broker, topo.audit(item.project, item.action), encode(item),
+                         stream=topo.stream_audit.name, msg_id=entry_id(item, key))
+    except Exception as exc:  # any failure: the action stands, the entry is logged
+        log.error("audit entry not recorded", entry=msgspec_dict(item), error=f"{type(exc).__name__}: {exc}")
+
+
+def msgspec_dict(item: AuditEntry) -> dict[str, Any]:
+    return json.loads(encode(item))
