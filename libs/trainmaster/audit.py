@@ -46,6 +46,23 @@ def actor_of(headers: Mapping[str, str] | None) -> str:
     return f"{account}/{user}"
 
 
+def loose_body(body: bytes) -> dict[str, Any]:
+    """A request or reply body read only to name what it was about (its handler decodes it for real)."""
+    try:
+        value = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def refusal_of(reply: bytes) -> str | None:
+    """The message of an error reply; None for any other reply."""
+    error = loose_body(reply).get("error")
+    if not isinstance(error, dict):
+        return None
+    return str(error.get("message", "refused"))
+
+
 def project_of(value: Any) -> str:
     """``value`` as an entry's project when it is an account name, else ``@cluster``."""
     if isinstance(value, str) and names.ACCOUNT_NAME_RE.match(value):

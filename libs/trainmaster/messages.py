@@ -805,7 +805,7 @@ class DatasetList(Struct, frozen=True):
 
 
 # ---------------------------------------------------------------- the audit trail (public)
-class AuditEntry(Struct, frozen=True, omit_defaults=True):
+class AuditEntry(Struct, frozen=True):
     """One entry of the append-only audit stream, on ``tm.audit.<project>.<action>``.
 
     ``actor``: who asked, as the bus knows it: ``cluster-admin`` for a request from inside the

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +29,8 @@ _decode_entry = msgspec.json.Decoder(AuditEntry).decode
 FETCH_BATCH = 256
 
 
-def _loose(body: bytes) -> dict[str, Any]:
-    """A body read only to name what a request was about (the handler decodes it for real)."""
-    try:
-        value = json.loads(body) if body.strip() else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _refusal_reason(reply: bytes) -> str:
-    error = _loose(reply).get("error")
-    return str(error.get("message", "refused")) if isinstance(error, dict) else "refused"
+    return audit.refusal_of(reply) or "refused"
 
 
 def _text(value: Any) -> str:
@@ -61,7 +50,7 @@ class AuditTrail:
         request's ``Nats-Msg-Id``, so a retried request is one entry."""
 
         async def audited_handle(msg: NatsMessage) -> bytes:
-            body, actor = _loose(msg.body), audit.actor_of(msg.headers)
+            body, actor = audit.loose_body(msg.body), audit.actor_of(msg.headers)
             key = (msg.headers or {}).get(MSG_ID) or msg.correlation_id
             try:
                 reply = await handle(msg)
@@ -71,7 +60,7 @@ class AuditTrail:
                 await audit.record(self.broker, self.topo, audit.entry(
                     actor, action, project, target, reason=reason, detail=detail), key)
                 raise
-            answer = _loose(reply)
+            answer = audit.loose_body(reply)
             project, target, detail = await describe(body, answer)
             await audit.record(self.broker, self.topo, audit.entry(actor, action, project, target, detail=detail),
                                key if action != "job_create" or not target else target)

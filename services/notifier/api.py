@@ -17,8 +17,8 @@ from services.notifier.guard import AddressRefused, InvalidUrl, Resolve, check_u
 from services.notifier.sealing import SubscriptionSecrets
 from services.notifier.store import DeliveryLog, TopicStore
 from services.notifier.topics import ApiProblem
-from trainmaster import kvstore
-from trainmaster.bus import error_reply, responder
+from trainmaster import audit, kvstore
+from trainmaster.bus import MSG_ID, error_reply, responder
 from trainmaster.decoding import EmptyRequest, RequestError, decode_as
 from trainmaster.messages import (
     DeliveriesRequest,
@@ -36,6 +36,8 @@ from trainmaster.messages import (
 from trainmaster.settings import Settings
 from trainmaster.topology import Topology
 
+AUDITED = {"create": "topic_create", "delete": "topic_delete", "subscribe": "subscribe",
+           "unsubscribe": "unsubscribe"}
 QUEUE = "notifier"
 
 
@@ -76,7 +78,28 @@ class TopicsApi:
         for verb in self.topo.topic_verbs:
             type_, fn = handlers[verb]
             parse = _decoder(type_, self.settings.api.max_request_bytes)
-            responder(broker, self.topo.topics(verb), QUEUE, self._answer(parse, fn))
+            handle = self._answer(parse, fn)
+            if verb in AUDITED:
+                handle = self._audited(broker, AUDITED[verb], handle)
+            responder(broker, self.topo.topics(verb), QUEUE, handle)
+
+    def _audited(self, broker: NatsBroker, action: str, handle: Callable[[NatsMessage], Awaitable[bytes]]
+                 ) -> Callable[[NatsMessage], Awaitable[bytes]]:
+        """``handle``, its outcome recorded on the audit trail.  Topics belong to no account (project
+        ``@cluster``); the entry names the topic and the subscription, never the signing secret."""
+
+        async def audited(msg: NatsMessage) -> bytes:
+            reply = await handle(msg)
+            body, answer = audit.loose_body(msg.body), audit.loose_body(reply)
+            topic = body.get("topic") or body.get("name")
+            subscription = body.get("subscription_id") or (answer.get("id") if "error" not in answer else None)
+            detail = {"subscription": subscription} if isinstance(subscription, str) else {}
+            entry = audit.entry(audit.actor_of(msg.headers), action, audit.CLUSTER,
+                                topic if isinstance(topic, str) else "", reason=audit.refusal_of(reply), detail=detail)
+            await audit.record(broker, self.topo, entry, (msg.headers or {}).get(MSG_ID) or msg.correlation_id)
+            return reply
+
+        return audited
 
     @staticmethod
     def _answer(parse: Callable[[bytes], Any], fn: Callable[[Any], Awaitable[object]]) -> Callable[

@@ -11,11 +11,13 @@ import msgspec
 import structlog
 from faststream.nats import NatsMessage
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 
 from services.scheduler.commands import AgentCommands
 from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.trust import Verdict, heartbeat_refusal, judge_report, sender_refusal
 from services.scheduler.view import HOLDS_CAPACITY, SchedulerView
+from trainmaster import audit
 from trainmaster.bus import UNDECODABLE, Poison, error_reply
 from trainmaster.decoding import RequestError, decode_empty
 from trainmaster.jobstore import JobNotFound, JobStore
@@ -48,6 +50,7 @@ class Handlers:
                  remember: Callable[[JobRecord, int], None], wake: Callable[[], None]) -> None:
         self.settings = ctx.settings
         self.topo = ctx.topo
+        self.broker = ctx.broker
         self.store = store
         self.view = view
         self.commands = commands
@@ -75,6 +78,7 @@ class Handlers:
         if (why := sender_refusal(self.topo, msg.subject, report)) is not None:
             # acknowledged, not retried: a redelivery would not make it true
             log.warning("report refused", job_id=report.job_id, agent_id=report.agent_id, why=why)
+            await self._audit_refusal(msg, "agent_report", report.job_id, why, _stream_seq(msg))
             return
         tag = f"a{report.attempt}.n{report.node}"
         change: AnyChange
@@ -99,6 +103,8 @@ class Handlers:
             judgement = judge_report(self.topo, msg.subject, report, before)
             if judgement.verdict is Verdict.REFUSE:
                 log.warning("report refused", why=judgement.reason)
+                await self._audit_refusal(msg, "agent_report", report.job_id, judgement.reason or "refused",
+                                          _stream_seq(msg))
                 return
             # a stale one goes on: the state machine fences attempts (and says so in its log)
             try:
@@ -126,12 +132,22 @@ class Handlers:
             return
         if (why := heartbeat_refusal(self.topo, msg.subject, hb)) is not None:
             log.warning("heartbeat refused", agent_id=hb.agent_id, why=why)
+            # heartbeats repeat every few seconds: one entry a minute per impostor and claim
+            minute = int(time.time() // 60)
+            await self._audit_refusal(msg, "agent_heartbeat", hb.agent_id, why, f"{hb.agent_id}:{minute}")
             return
         news = self.view.heard(hb, time.time())
         if news is not None:
             log.info(f"agent {news}", agent_id=hb.agent_id, pool=hb.pool, cpus=hb.cpus, memory_mb=hb.memory_mb,
                      gpus=len(hb.gpus))
             self.wake()
+
+    async def _audit_refusal(self, msg: Msg, action: str, target: str, why: str, key: str) -> None:
+        """A refused attempt on the audit trail: the sender is the agent its subject names (only
+        that agent may publish there)."""
+        sender = msg.subject.rsplit(".", 1)[-1]
+        entry = audit.entry(f"agent/{sender}", action, audit.CLUSTER, target, reason=why)
+        await audit.record(self.broker, self.topo, entry, f"{msg.subject}:{key}")
 
     async def on_agents_list(self, msg: NatsMessage) -> bytes:
         try:
@@ -141,3 +157,11 @@ class Handlers:
         agents = sorted(self.view.heartbeats.values(), key=lambda hb: hb.agent_id)
         return encode(AgentList(agents=agents, lost=sorted(self.view.lost)))
 
+
+
+def _stream_seq(msg: Msg) -> str:
+    """A report's place in its stream: a redelivered report is one audit entry."""
+    try:
+        return str(msg.metadata.sequence.stream)
+    except NotJSMessageError:  # a plain publish (tests)
+        return f"{time.time():.3f}"

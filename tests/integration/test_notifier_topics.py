@@ -5,11 +5,13 @@ time (IP literals only: no traffic, no resolution); and the validator's subscrip
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 from notify_fixtures import TOPO, api, start_notifier
 from support import iris_job
@@ -91,6 +93,23 @@ async def test_topics_and_subscriptions(nats_server: str, services) -> None:
         with pytest.raises(ApiError) as exc:
             await client.topics.get("ml-team")
         assert exc.value.code == "not_found"
+
+        # who did what, on the audit trail: done and refused, never a signing secret
+        trail = await client.nc.jetstream().subscribe(TOPO.audit("*", "*"), ordered_consumer=True)
+        raw = []
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            while True:
+                raw.append((await trail.next_msg(timeout=2)).data)
+        await trail.unsubscribe()
+        entries = [json.loads(data) for data in raw]
+        seen = [(e["action"], e["target"], e["outcome"]) for e in entries if e["target"] == "ml-team"]
+        assert seen[:2] == [("topic_create", "ml-team", "done"), ("topic_create", "ml-team", "refused")]
+        assert ("subscribe", "ml-team", "done") in seen and ("unsubscribe", "ml-team", "refused") in seen
+        assert seen[-1] == ("topic_delete", "ml-team", "done")
+        assert {e["actor"] for e in entries} == {"cluster-admin"}
+        assert hook2["id"] in {e["detail"].get("subscription") for e in entries}
+        secrets = (hook["secret"], mine, "whsec_short")
+        assert not [data for data in raw if any(secret.encode() in data for secret in secrets)]
     finally:
         await client.__aexit__()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -253,6 +254,15 @@ async def test_the_scheduler_believes_an_agent_only_about_itself(
     assert (after["status"], after["history"]) == ("Scheduled", before["history"]), "a refused report writes nothing"
     listed = await request_json(client, TOPO.agents_list, b"{}")
     assert ghost.agent_id not in [a["agent_id"] for a in listed["agents"]]
+    # the refused attempts are on the audit trail, as the agent that made them
+    trail = await client.jetstream().subscribe(TOPO.audit("*", "*"), ordered_consumer=True)
+    entries = [json.loads((await trail.next_msg(timeout=5)).data) for _ in range(3)]
+    await trail.unsubscribe()
+    assert sorted((e["actor"], e["action"], e["outcome"]) for e in entries) == [
+        (f"agent/{other.agent_id}", "agent_heartbeat", "refused"),
+        (f"agent/{other.agent_id}", "agent_report", "refused"),
+        (f"agent/{other.agent_id}", "agent_report", "refused"),
+    ]
 
     await agent.report(job["id"], command.attempt, "exited", exit_code=0)
     await status_becomes(client, job["id"], "Succeeded")
