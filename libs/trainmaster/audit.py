@@ -50,7 +50,7 @@ def loose_body(body: bytes) -> dict[str, Any]:
     """A request or reply body read only to name what it was about (its handler decodes it for real)."""
     try:
         value = json.loads(body) if body.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: nothing to name
         return {}
     return value if isinstance(value, dict) else {}
 

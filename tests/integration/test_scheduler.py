@@ -9,6 +9,7 @@ agents, so the tests share one stack and never place on each other's agents.  Th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -255,9 +256,17 @@ async def test_the_scheduler_believes_an_agent_only_about_itself(
     listed = await request_json(client, TOPO.agents_list, b"{}")
     assert ghost.agent_id not in [a["agent_id"] for a in listed["agents"]]
     # the refused attempts are on the audit trail, as the agent that made them
-    trail = await client.jetstream().subscribe(TOPO.audit("*", "*"), ordered_consumer=True)
-    entries = [json.loads((await trail.next_msg(timeout=5)).data) for _ in range(3)]
-    await trail.unsubscribe()
+    async def refused_of_other() -> list[dict]:
+        trail = await client.jetstream().subscribe(TOPO.audit("*", "*"), ordered_consumer=True)
+        entries = []
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            while True:
+                entries.append(json.loads((await trail.next_msg(timeout=1)).data))
+        await trail.unsubscribe()
+        mine = [e for e in entries if e["actor"] == f"agent/{other.agent_id}"]
+        return mine if len(mine) >= 3 else []
+
+    entries = await eventually(refused_of_other, what="the refusals on the audit trail")
     assert sorted((e["actor"], e["action"], e["outcome"]) for e in entries) == [
         (f"agent/{other.agent_id}", "agent_heartbeat", "refused"),
         (f"agent/{other.agent_id}", "agent_report", "refused"),

@@ -63,3 +63,13 @@ def test_the_list_request_bounds():
     for bad in (b'{"limit": 1001}', b'{"limit": 0}', b'{"project": "a b"}', b'{"since": -1}'):
         with pytest.raises(msgspec.ValidationError):
             decode(bad)
+
+
+def test_a_body_is_read_loosely_and_never_raises() -> None:
+    from trainmaster.audit import loose_body, refusal_of
+
+    assert loose_body(b'{"name": "x"}') == {"name": "x"}
+    for body in (b"", b"not json", b"[1, 2]", b"\xff\xfe", b"[" * 100_000, b'{"a":' * 50_000):
+        assert loose_body(body) == {}
+    assert refusal_of(b'{"error": {"code": "conflict", "message": "no"}}') == "no"
+    assert refusal_of(b'{"id": "job-1"}') is None
