@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,16 @@ async def eventually(check: Callable[[], Awaitable[T | None] | T | None], timeou
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last value: {last!r}")
         await asyncio.sleep(interval_s)
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses (tests share module-scoped stacks)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def call(nc: NATS, subject: str, body: dict, headers: dict | None = None) -> dict:
+    """A request to a service that may be busy (a slow CI machine): answered within 20 s."""
+    return await request_json(nc, subject, body, headers=headers, timeout_s=20)
 
 
 async def request_json(nc: NATS, subject: str, body: bytes | dict | list | str, *,

@@ -5,14 +5,13 @@ retried request is one entry, and the stream refuses deletes and purges."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
-from support import Services, assert_error, eventually, iris_job, request_json
+from support import Services, assert_error, call, eventually, iris_job, unique
 from typer.testing import CliRunner
 
 from trainmaster.topology import Topology
@@ -37,12 +36,6 @@ async def nc(stack: str) -> AsyncIterator[NATS]:
         await client.close()
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def call(nc: NATS, subject: str, body: dict, headers: dict | None = None) -> dict:
-    return await request_json(nc, subject, body, headers=headers, timeout_s=20)
 
 
 async def trail(nc: NATS, **query) -> list[dict]:

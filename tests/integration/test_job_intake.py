@@ -12,7 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from support import Services, assert_error, iris_job, read_stream, request_json, subject_count
+from support import Services, assert_error, iris_job, read_stream, request_json, subject_count, unique
 
 from trainmaster.bus import make_broker
 from trainmaster.jobstore import JobStore
@@ -46,9 +46,6 @@ async def client(intake: str) -> AsyncIterator[NATS]:
     finally:
         await nc.close()
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def create(nc: NATS, spec: dict, request_id: str | None = None) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from support import IRIS, Services, eventually, request_json
+from support import IRIS, Services, call, eventually
 
 from trainmaster.topology import Topology
 
@@ -37,9 +37,6 @@ async def nc(stack: str) -> AsyncIterator[NATS]:
     finally:
         await client.close()
 
-
-async def call(nc: NATS, subject: str, body: dict) -> dict:
-    return await request_json(nc, subject, body, timeout_s=20)
 
 
 def preset_job(tmp_path: Path, preset: str, data: list[dict] | None = None, **parameters: object) -> dict:

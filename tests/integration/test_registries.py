@@ -17,7 +17,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from support import Services, assert_error, eventually, iris_job, request_json, settled
+from support import Services, assert_error, call, eventually, iris_job, settled, unique
 from typer.testing import CliRunner
 
 from trainmaster.bus import make_broker
@@ -53,12 +53,6 @@ async def nc(stack: str) -> AsyncIterator[NATS]:
         await client.close()
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def call(nc: NATS, subject: str, body: dict, headers: dict | None = None) -> dict:
-    return await request_json(nc, subject, body, headers=headers, timeout_s=20)
 
 
 def put_file(path: Path, text: str = "x") -> None:
