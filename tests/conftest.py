@@ -86,7 +86,7 @@ def secured_nats(tmp_path: Path) -> Iterator[SecuredNats]:
     home = tmp_path / "nats-secured"
     config = home / "server.conf"
     home.mkdir(parents=True, exist_ok=True)
-    config.write_text(authority.server_config(home / "trust"))
+    config.write_text(authority.server_config(home / "trust", TOPO))
     log_file = home / "nats-server.log"
     server = NatsServer(store_dir=home / "store", port=-1, config_file=config, log_file=log_file)
     server.start()

@@ -33,9 +33,10 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from trainmaster.auth import permissions
-from trainmaster.auth.authority import Authority, write_private
+from trainmaster.auth.authority import Authority, sign_person, write_private
 from trainmaster.auth.credentials import connect_options
-from trainmaster.auth.jwt import Permissions
+from trainmaster.auth.jwt import Permissions, creds_text
+from trainmaster.auth.nkeys import KeyKind, KeyPair
 from trainmaster.procs import child_preexec
 from trainmaster.secretbox import ensure_key_file
 from trainmaster.settings import Settings
@@ -378,6 +379,15 @@ class SecuredNats:
 
     def agent_creds(self, agent_id: str, topo: Topology | None = None) -> Path:
         return self.creds(f"agent-{agent_id}", permissions.agent(topo or Topology(), agent_id))
+
+    def person_creds(self, name: str) -> tuple[Path, str]:
+        """(creds file, user key) of a person ``name`` in the people's account, signed with its
+        scoped key the way job-intake signs them (the person's key made here, as the CLI does)."""
+        person = KeyPair.generate(KeyKind.USER)
+        token = sign_person(self.authority.users_signing, self.authority.users.public_key, person.public_key, name)
+        path = self.creds_dir / f"{name}.creds"
+        write_private(path, creds_text(token, person))
+        return path, person.public_key
 
     def settings(self, creds: Path) -> Settings:
         return Settings(nats_url=self.url, nats_creds=creds)

@@ -247,7 +247,7 @@ class Topology:
     @property
     def buckets(self) -> tuple[BucketSpec, ...]:
         return (self.bucket_jobs, self.bucket_job_names, self.bucket_requests, *self.notify_buckets,
-                self.bucket_rendezvous, *self.registry_buckets, self.bucket_scheduler)
+                self.bucket_rendezvous, *self.registry_buckets, self.bucket_scheduler, self.bucket_users)
 
 
     # ---- notifications: topics API, deliveries (the notifier owns all of these) ------------
@@ -415,6 +415,37 @@ class Topology:
             self._name("AUDIT"), (self.audit("*", "*"),), max_age_s=400 * 86400,
             duplicate_window_s=600.0, deny_delete=True, deny_purge=True,
         )
+
+
+    # ---- people: users, their roles and credentials (job-intake answers) -------------------
+    def users(self, verb: str) -> str:
+        """``tm.users.<verb>``: create, list, get, grant, issue, revoke, whoami; ``authenticate``
+        (an API token -> its user) is for the services only."""
+        return f"{self.prefix}.users.{verb}"
+
+    @property
+    def user_verbs(self) -> tuple[str, ...]:
+        return ("create", "list", "get", "grant", "issue", "revoke", "whoami")
+
+    @cached_property
+    def bucket_users(self) -> BucketSpec:
+        # key <user name>: its roles by project and its credentials (public keys, token hashes)
+        return BucketSpec(f"{self.prefix}_users", history=5, description="users, roles and credentials")
+
+    # ---- what the people's account may ask (exported by the services' account) -----------
+    @property
+    def streamed_job_verbs(self) -> tuple[str, ...]:
+        """Verbs answered with several messages, the last one empty (a job's events, its logs)."""
+        return ("events", "logs")
+
+    def user_exports(self) -> tuple[tuple[str, bool], ...]:
+        """(subject, streamed replies) of every verb a user may send: the services answer each after
+        checking the caller's role.  ``tm.jobs.submit`` is not among them (a stored message loses who
+        sent it), nor anything internal: agents' subjects, JetStream, KV."""
+        one = [self.jobs(v) for v in (*self.job_verbs, "plan", "new_version")]
+        one += [f"{self.prefix}.{group}.*" for group in ("templates", "datasets", "accounts", "algorithms", "topics")]
+        one += [self.agents_list, self.audit_list, *(self.users(v) for v in self.user_verbs)]
+        return (*((s, False) for s in one), *((self.jobs(v), True) for v in self.streamed_job_verbs))
 
 
 def topology_from_settings() -> Topology:

@@ -116,7 +116,7 @@ def test_the_authority_keeps_its_keys_private_and_stable(tmp_path: Path) -> None
     for path in (tmp_path / "auth").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE((tmp_path / "auth").stat().st_mode) == 0o700
-    accounts = {jwt.decode(t)["name"]: jwt.decode(t) for t in first.account_jwts(now=5).values()}
+    accounts = {jwt.decode(t)["name"]: jwt.decode(t) for t in first.account_jwts(Topology(), now=5).values()}
     assert set(accounts) == {"SYS", "TM", "USERS"}
     assert all(a["iss"] == first.operator.public_key for a in accounts.values())
     assert "disk_storage" in accounts["TM"]["nats"]["limits"]  # JetStream for the services' account only

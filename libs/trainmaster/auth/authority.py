@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from trainmaster.auth import jwt
-from trainmaster.auth.jwt import AccountSpec, Permissions
+from trainmaster.auth import jwt, permissions
+from trainmaster.auth.jwt import AccountSpec, Export, Import, Permissions, ScopedKey
 from trainmaster.auth.nkeys import KeyKind, KeyPair
+from trainmaster.topology import Topology
 
 SEED_FILES = {"operator": KeyKind.OPERATOR, "system": KeyKind.ACCOUNT, "services": KeyKind.ACCOUNT,
-              "users": KeyKind.ACCOUNT}
+              "users": KeyKind.ACCOUNT, "users-signing": KeyKind.ACCOUNT}
+USERS_ROLE = "user"
 
 
 def write_private(path: Path, text: str) -> None:
@@ -44,6 +46,7 @@ class Authority:
     system: KeyPair
     services: KeyPair
     users: KeyPair
+    users_signing: KeyPair  # a scoped key of USERS: it mints people, with a person's rights only
 
     @classmethod
     def load_or_create(cls, directory: Path) -> Authority:
@@ -57,43 +60,48 @@ class Authority:
             else:
                 keys[name] = KeyPair.generate(kind)
                 write_private(path, keys[name].seed + "\n")
-        return cls(**keys)
+        return cls(**{name.replace("-", "_"): key for name, key in keys.items()})
 
     # ------------------------------------------------------------------ what the server trusts
-    def account_specs(self) -> dict[str, tuple[KeyPair, AccountSpec]]:
+    def account_specs(self, topo: Topology) -> dict[str, tuple[KeyPair, AccountSpec]]:
+        """The services' account exports the verbs people may send (the exporter learns who asks:
+        ``share``); the people's account imports them, and mints users only with its scoped key."""
+        exports = tuple(Export(subject, streamed_replies=streamed) for subject, streamed in topo.user_exports())
+        imports = tuple(Import(e.subject, self.services.public_key) for e in exports)
+        scoped = ScopedKey(self.users_signing.public_key, USERS_ROLE, permissions.user(topo))
         return {
             "SYS": (self.system, AccountSpec("SYS")),
-            "TM": (self.services, AccountSpec("TM", jetstream=True)),
-            "USERS": (self.users, AccountSpec("USERS")),
+            "TM": (self.services, AccountSpec("TM", jetstream=True, exports=exports)),
+            "USERS": (self.users, AccountSpec("USERS", imports=imports, signing_keys=(scoped,))),
         }
 
-    def account_jwts(self, now: int | None = None) -> dict[str, str]:
+    def account_jwts(self, topo: Topology, now: int | None = None) -> dict[str, str]:
         """Public key -> signed account JWT, for every account."""
         at = int(time.time()) if now is None else now
         return {key.public_key: jwt.encode(jwt.account_claims(key, spec, at), self.operator)
-                for key, spec in self.account_specs().values()}
+                for key, spec in self.account_specs(topo).values()}
 
     def operator_jwt(self, now: int | None = None) -> str:
         at = int(time.time()) if now is None else now
         return jwt.encode(jwt.operator_claims(self.operator, "trainmaster", self.system.public_key, at),
                           self.operator)
 
-    def server_config(self, directory: Path) -> str:
+    def server_config(self, directory: Path, topo: Topology) -> str:
         """The nats-server config lines that make it trust this authority (and nothing else):
         written into ``directory`` (the operator JWT and the resolver's store)."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         operator_file = directory / "operator.jwt"
         write_private(operator_file, self.operator_jwt() + "\n")
-        return self._trust(str(operator_file), directory / "accounts")
+        return self._trust(str(operator_file), directory / "accounts", topo)
 
-    def cluster_server_config(self, resolver_dir: PurePath) -> str:
+    def cluster_server_config(self, resolver_dir: PurePath, topo: Topology) -> str:
         """The same trust as one file that every server of a cluster can include as it is: the
         operator JWT written inline (nats-server takes a JWT where it takes a file), and
         ``resolver_dir`` a path on each server (where it keeps the accounts it learns)."""
-        return self._trust(self.operator_jwt(), resolver_dir)
+        return self._trust(self.operator_jwt(), resolver_dir, topo)
 
-    def _trust(self, operator: str, resolver_dir: PurePath) -> str:
-        preload = "\n".join(f'    {key}: "{token}"' for key, token in self.account_jwts().items())
+    def _trust(self, operator: str, resolver_dir: PurePath, topo: Topology) -> str:
+        preload = "\n".join(f'    {key}: "{token}"' for key, token in self.account_jwts(topo).items())
         return (
             f'operator: "{operator}"\n'
             f"system_account: {self.system.public_key}\n"
@@ -110,3 +118,12 @@ class Authority:
         at = int(time.time()) if now is None else now
         token = jwt.encode(jwt.user_claims(user.public_key, name, permissions, at, expires), signer)
         return jwt.creds_text(token, user)
+
+
+def sign_person(signing_key: KeyPair, users_account: str, public_key: str, name: str,
+                now: int | None = None) -> str:
+    """The JWT of a person whose user key is ``public_key`` (made and kept by that person: only
+    the public half comes here), signed with the people's scoped key: nats-server gives it a
+    person's rights (``permissions.user``), whatever the JWT would say."""
+    at = int(time.time()) if now is None else now
+    return jwt.encode(jwt.user_claims(public_key, name, None, at, issuer_account=users_account), signing_key)

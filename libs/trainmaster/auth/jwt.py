@@ -122,12 +122,29 @@ def operator_claims(operator: KeyPair, name: str, system_account: str, now: int)
 
 
 @dataclass(frozen=True)
+class ScopedKey:
+    """An account signing key whose users get ``template``'s permissions, set by nats-server, not
+    by the JWT: whoever holds the key can mint users of this account with these rights and no
+    others.  The template may name the user (``{{name()}}``)."""
+
+    key: str  # the signing key's public key (an account key)
+    role: str
+    template: Permissions
+
+    def claims(self) -> dict[str, Any]:
+        return {"kind": "user_scope", "key": self.key, "role": self.role,
+                "template": {**self.template.claims(), "subs": UNLIMITED, "data": UNLIMITED,
+                             "payload": UNLIMITED}}
+
+
+@dataclass(frozen=True)
 class AccountSpec:
     name: str
     jetstream: bool = False
     exports: tuple[Export, ...] = ()
     imports: tuple[Import, ...] = ()
     revocations: dict[str, int] = field(default_factory=dict)  # user key -> revoked for JWTs issued before
+    signing_keys: tuple[ScopedKey, ...] = ()
 
 
 def account_claims(account: KeyPair, spec: AccountSpec, now: int) -> dict[str, Any]:
@@ -143,15 +160,22 @@ def account_claims(account: KeyPair, spec: AccountSpec, now: int) -> dict[str, A
         nats["imports"] = [i.claims() for i in spec.imports]
     if spec.revocations:
         nats["revocations"] = dict(spec.revocations)
+    if spec.signing_keys:
+        nats["signing_keys"] = [k.claims() for k in spec.signing_keys]
     return {"iat": now, "name": spec.name, "sub": account.public_key, "nats": nats}
 
 
-def user_claims(user_key: str, name: str, permissions: Permissions, now: int,
-                expires: int | None = None) -> dict[str, Any]:
+def user_claims(user_key: str, name: str, permissions: Permissions | None, now: int,
+                expires: int | None = None, issuer_account: str | None = None) -> dict[str, Any]:
+    """A user's claims.  ``permissions`` None with ``issuer_account``: a user signed by a scoped
+    signing key of that account (the key's template gives its rights; the JWT must carry none)."""
     if kind_of(user_key) != KeyKind.USER:
         raise ValueError(f"{user_key[:8]}...: not a user key")
-    nats: dict[str, Any] = {"type": "user", "version": 2, "subs": UNLIMITED, "data": UNLIMITED,
-                            "payload": UNLIMITED, **permissions.claims()}
+    nats: dict[str, Any] = {"type": "user", "version": 2}
+    if permissions is not None:
+        nats.update({"subs": UNLIMITED, "data": UNLIMITED, "payload": UNLIMITED, **permissions.claims()})
+    if issuer_account is not None:
+        nats["issuer_account"] = issuer_account
     claims: dict[str, Any] = {"iat": now, "name": name, "sub": user_key, "nats": nats}
     if expires is not None:
         claims["exp"] = expires

@@ -56,7 +56,7 @@ class LocalAuth:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # its files are private anyway; a listing of it is nobody's business either
         authority = Authority.load_or_create(self.root / "keys")
-        write_private(self.server_config_file, authority.server_config(self.root / "server"))
+        write_private(self.server_config_file, authority.server_config(self.root / "server", topo))
         for name in services:
             write_private(self.creds_of(name), authority.issue(name, "TM", permissions.service()))
         for agent_id in agent_ids:

@@ -69,3 +69,21 @@ def agent(topo: Topology, agent_id: str) -> Permissions:
         *_kv_read(topo.bucket_dataset_versions.name),
     )
     return Permissions(publish=publish, subscribe=(f"{agent_inbox(agent_id)}.>",))
+
+
+USER_INBOXES = "_INBOX.users"
+
+
+def user_inbox(name: str) -> str:
+    """The inbox prefix a user connects with (``nats.connect(..., inbox_prefix=...)``): the replies
+    to its requests come under it, and it may subscribe to nothing else."""
+    return f"{USER_INBOXES}.{name}"
+
+
+def user(topo: Topology, name: str = "{{name()}}") -> Permissions:
+    """A person, in the people's account: send the verbs the services' account exports (each
+    answered after a check of the caller's role), receive replies in its own inboxes only, so it
+    cannot read the answers meant for another user.  With the default ``name`` this is the
+    template of the users' scoped signing key: nats-server puts each user's name in."""
+    return Permissions(publish=tuple(subject for subject, _ in topo.user_exports()),
+                       subscribe=(f"{user_inbox(name)}.>",))

@@ -136,7 +136,7 @@ def server_config(
     """Write the file every nats-server of the cluster includes to trust this authority (and no
     one else): the operator, the system account, the accounts.  The same file for every server."""
     authority = _existing_authority(directory)
-    _write(out, authority.cluster_server_config(PurePosixPath(resolver_dir)))
+    _write(out, authority.cluster_server_config(PurePosixPath(resolver_dir), topology_from_settings()))
     console.print(f"wrote {escape(str(out))}: copy it beside every server's nats.conf (deploy/nats/*.conf "
                   "include it)", highlight=False)
 
