@@ -19,6 +19,7 @@ from trainmaster import accounts
 from trainmaster.algorithms import load_presets
 from trainmaster.bus import durable_subscriber
 from trainmaster.catalog import load_resources
+from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.service import ServiceContext
 from trainmaster.storage import Storage
@@ -31,6 +32,8 @@ async def setup(ctx: ServiceContext) -> None:
     async def bucket(name: str) -> KeyValue:  # provisioning made every bucket
         return await broker.key_value(name, declare=False)
 
+    directory = await Directory(await bucket(topo.bucket_users.name)).start()  # who asks, and their roles
+    ctx.background(directory.follow(), "users")
     store = await JobStore(broker, topo, source="job-intake").open()
     index = JobIndex(store.kv)  # type: ignore[arg-type]
     await index.start()

@@ -1,7 +1,8 @@
 """How job-intake answers its request/reply verbs.  A handler decodes its body with
 ``trainmaster.decoding`` and raises to turn a request down (a body that does not decode, a record
-that is not there, a conflict); ``answer`` registers it so that each refusal becomes its error
-reply, wherever it was raised (a compare-and-set ``decide`` too)."""
+that is not there, a conflict, a caller without the role: ``access.Denied``); ``answer`` registers
+it so that each refusal becomes its error reply, wherever it was raised (a compare-and-set
+``decide`` too)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 
 from faststream.nats import NatsBroker, NatsMessage
 
+from trainmaster.access import Denied
 from trainmaster.bus import MSG_ID, Responder, error_reply, responder
 from trainmaster.decoding import RequestError
 from trainmaster.messages import Violation
@@ -33,6 +35,11 @@ def not_found(kind: str, name: str, hint: str) -> Refused:
     return refused("not_found", f"no {kind} named {name!r}", [Violation("name", "not_found", hint)])
 
 
+def denied(refusal: Denied) -> bytes:
+    """The error reply to a caller without the identity or the role a request takes."""
+    return error_reply(refusal.code, refusal.message, [Violation(refusal.field, refusal.code, refusal.message)])
+
+
 def rejected(err: RequestError) -> bytes:
     """The error reply to a body that did not decode (or a spec that is not one)."""
     return error_reply(err.body.code, err.body.message, err.body.details)
@@ -46,6 +53,8 @@ def answering(handle: Responder) -> Responder:
             return rejected(err)
         except Refused as refusal:
             return refusal.reply
+        except Denied as refusal:
+            return denied(refusal)
 
     return answer_one
 
