@@ -29,6 +29,25 @@ class _Group(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TM_", extra="ignore")
 
 
+def secret_from_file(value: SecretStr | None, path: Path | None, name: str) -> SecretStr | None:
+    """A credential given as ``TM_<NAME>`` or read from ``TM_<NAME>_FILE`` (a file only its owner may
+    read, e.g. a systemd credential: ``LoadCredentialEncrypted=`` keeps it encrypted at rest and
+    hands the service a private plain copy).  Both set is a mistake, said so."""
+    if path is None:
+        return value
+    env = f"TM_{name.upper()}"
+    if value is not None:
+        raise ValueError(f"{name}: set {env} or {env}_FILE, not both")
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ValueError(f"{name}_file: {path} may be read by others than its owner: chmod 600 {path}")
+    return SecretStr(text.rstrip("\r\n"))
+
+
 class BusSettings(_Group):
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated")
     nats_creds: Path | None = Field(None, description="this process's credentials on the bus (a NATS creds "
@@ -67,7 +86,16 @@ class StorageSettings(_Group):
     region: str = Field("us-east-1", description="the service's region: buckets elsewhere are refused (R6)")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint; unset = AWS")
     s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_secret_access_key_file: Path | None = Field(
+        None, description="read the S3 secret access key from this file (0600) instead of the variable")
+
+    @model_validator(mode="after")
+    def _secret_file(self) -> StorageSettings:
+        self.s3_secret_access_key = secret_from_file(self.s3_secret_access_key, self.s3_secret_access_key_file,
+                                                     "s3_secret_access_key")
+        self.s3_secret_access_key_file = None  # read: the settings are validated again when grouped
+        return self
 
 
 class CatalogSettings(_Group):
@@ -168,6 +196,8 @@ class NotifierSettings(_Group):
     smtp_starttls: bool = Field(False, description="upgrade the SMTP connection with STARTTLS (required then)")
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
+    smtp_password_file: Path | None = Field(
+        None, description="read the SMTP password from this file (0600) instead of the variable")
     smtp_from: str = "trainmaster@localhost"
     smtp_timeout_s: float = Field(20.0, gt=0, le=120, description="total time one email attempt may take")
     smtp_ca_file: Path | None = Field(None, description="CA bundle that signs the SMTP server's certificate "
@@ -197,6 +227,8 @@ class NotifierSettings(_Group):
 
     @model_validator(mode="after")
     def _notify_limits(self) -> NotifierSettings:
+        self.smtp_password = secret_from_file(self.smtp_password, self.smtp_password_file, "smtp_password")
+        self.smtp_password_file = None  # read: the settings are validated again when grouped
         schedule = self.webhook_retry_schedule_s
         if not 1 <= len(schedule) <= 50 or any(d < 0 for d in schedule):
             raise ValueError("webhook_retry_schedule_s: give 1 to 50 delays, each >= 0")

@@ -73,7 +73,8 @@ class Storage:
             endpoint_url=s.storage.s3_endpoint_url,
             region_name=s.storage.region,
             aws_access_key_id=s.storage.s3_access_key_id,
-            aws_secret_access_key=s.storage.s3_secret_access_key,
+            aws_secret_access_key=(s.storage.s3_secret_access_key.get_secret_value()
+                                   if s.storage.s3_secret_access_key else None),
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
         )
 

@@ -51,10 +51,11 @@ def test_init_makes_the_keys_once_and_loads_them_after(tmp_path: Path) -> None:
     folder = tmp_path / "authority"
     code, out, _ = cli("init", "--dir", folder, "--json")
     first = json.loads(out)
-    assert code == 0 and first["created"] == ["operator", "SYS", "TM", "USERS"]
+    assert code == 0 and first["created"] == ["operator", "SYS", "TM", "USERS", "USERS-scoped"]
     authority = Authority.load_or_create(folder)
     assert first["public_keys"] == {"operator": authority.operator.public_key, "SYS": authority.system.public_key,
-                                    "TM": authority.services.public_key, "USERS": authority.users.public_key}
+                                    "TM": authority.services.public_key, "USERS": authority.users.public_key,
+                                    "USERS-scoped": authority.users_signing.public_key}
     code, out, _ = cli("init", "--dir", folder, "--json")
     assert code == 0 and json.loads(out) == {**first, "created": []}
     code, out, _ = cli("init", "--dir", folder)
@@ -91,7 +92,7 @@ def test_the_include_file_trusts_the_authority_and_is_the_same_for_every_server(
         assert f"    {key.public_key}: " in text
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert not (tmp_path / "srv").exists() and sorted(p.name for p in authority_dir.iterdir()) == [
-        "operator.nk", "services.nk", "system.nk", "users.nk"]
+        "operator.nk", "services.nk", "system.nk", "users-signing.nk", "users.nk"]
 
 
 def test_no_authority_no_config_and_none_is_made(tmp_path: Path) -> None:

@@ -85,3 +85,29 @@ def test_an_empty_creds_variable_means_none(monkeypatch: pytest.MonkeyPatch) -> 
     assert Settings().bus.nats_creds is None
     monkeypatch.setenv("TM_NATS_CREDS", "/etc/tm/x.creds")
     assert Settings().bus.nats_creds == Path("/etc/tm/x.creds")
+
+
+def test_credentials_may_come_from_private_files(tmp_path: Path) -> None:
+    password = tmp_path / "smtp-password"
+    password.write_text("s3cr3t\n")
+    password.chmod(0o600)
+    key = tmp_path / "s3-key"
+    key.write_text("AKIA-secret")
+    key.chmod(0o400)
+    s = Settings(smtp_password_file=password, s3_secret_access_key_file=key)
+    assert s.notifier.smtp_password.get_secret_value() == "s3cr3t"
+    assert s.storage.s3_secret_access_key.get_secret_value() == "AKIA-secret"
+    assert "s3cr3t" not in repr(s) and "AKIA-secret" not in repr(s)
+
+
+def test_a_credential_file_others_may_read_or_a_credential_given_twice_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "smtp-password"
+    shared.write_text("s3cr3t")
+    shared.chmod(0o644)
+    with pytest.raises(ValueError, match=f"may be read by others than its owner: chmod 600 {shared}"):
+        Settings(smtp_password_file=shared)
+    shared.chmod(0o600)
+    with pytest.raises(ValueError, match="set TM_SMTP_PASSWORD or TM_SMTP_PASSWORD_FILE, not both"):
+        Settings(smtp_password_file=shared, smtp_password="other")
+    with pytest.raises(ValueError, match="cannot read"):
+        Settings(s3_secret_access_key_file=tmp_path / "missing")

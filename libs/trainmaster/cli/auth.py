@@ -27,7 +27,8 @@ from trainmaster.cli.render import console, err_console
 from trainmaster.names import NAME_RE, TOKEN_RE
 from trainmaster.topology import Topology, topology_from_settings
 
-ROLES = {"operator": "operator", "system": "SYS", "services": "TM", "users": "USERS"}  # seed file -> what it signs
+# seed file -> what it signs ("USERS-scoped": people, with a person's rights only)
+ROLES = {"operator": "operator", "system": "SYS", "services": "TM", "users": "USERS", "users-signing": "USERS-scoped"}
 # where each server keeps the accounts its resolver learns (deploy/nats/*.conf)
 RESOLVER_DIR = PurePosixPath("/var/lib/trainmaster/nats-accounts")
 
@@ -111,7 +112,7 @@ def init(directory: DirOpt, as_json: JsonOpt = False) -> None:
     except (OSError, InvalidKey) as exc:
         _fail(f"cannot make or read the authority in {directory}: {exc}", 1)
     pairs = {"operator": authority.operator, "system": authority.system, "services": authority.services,
-             "users": authority.users}
+             "users": authority.users, "users-signing": authority.users_signing}
     keys = {ROLES[name]: pair.public_key for name, pair in pairs.items()}
     if as_json:
         print_json({"dir": str(directory), "created": [ROLES[n] for n in SEED_FILES if n not in existed],
