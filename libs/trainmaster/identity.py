@@ -7,6 +7,7 @@ decides what that caller may do)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping
 
@@ -33,6 +34,7 @@ class Directory:
         self._by_key: dict[str, tuple[UserRecord, Credential]] = {}
         self._by_token: dict[str, tuple[UserRecord, Credential]] = {}
         self._watcher = None
+        self.changed = asyncio.Event()  # set at each change seen; whoever waits on it clears it
 
     async def start(self) -> Directory:
         """Load every user (the watch ends its initial values with ``None``)."""
@@ -50,6 +52,7 @@ class Directory:
             if entry is not None:
                 self._apply(entry)
                 self._reindex()
+                self.changed.set()
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         if entry.value is None or entry.operation in ("DEL", "PURGE"):

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import nats
 
+from trainmaster.auth.authority import Authority
 from trainmaster.auth.credentials import connect_options
 from trainmaster.auth.local import LocalAuth
+from trainmaster.auth.revocations import RevocationPusher
 from trainmaster.bus import provision
+from trainmaster.identity import Directory
 from trainmaster.nats_health import needs_restart
 from trainmaster.natsd import NatsServer
 from trainmaster.procs import child_preexec
@@ -110,11 +113,12 @@ class Stack:
         self.children: list[Child] = []
         self.url = ""
         self.failure: str | None = None  # why the stack stopped by itself (nats-server kept crashing)
+        self.authority: Authority | None = None  # the local authority's keys, once prepared
 
     async def start(self) -> str:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.auth.prepare, self.topo, ["supervisor", *SERVICES],
-                                [agent.agent_id for agent in self.agents])
+        self.authority = await asyncio.to_thread(self.auth.prepare, self.topo, ["supervisor", *SERVICES],
+                                                 [agent.agent_id for agent in self.agents])
         try:
             self.nats.launch()  # in this (long-lived) thread: see NatsServer.launch
             self.url = await asyncio.to_thread(self.nats.wait_ready, NATS_READY_S)
@@ -201,6 +205,25 @@ class Stack:
         self.echo("nats-server is back; the services reconnect to it")
         return True
 
+    async def keep_revocations(self) -> None:
+        """Push the people's revoked credentials to nats-server as they change (auth/revocations.py),
+        until cancelled.  The connections reconnect by themselves across a restarted nats-server."""
+        assert self.authority is not None, "start() first"
+        options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+        users = await nats.connect(self.url, **options, **connect_options(self.auth.creds_of("supervisor")))
+        system = await nats.connect(self.url, **options, **connect_options(self.auth.revocations_creds))
+        try:
+            kv = await users.jetstream().key_value(self.topo.bucket_users.name)
+            directory = await Directory(kv).start()
+            follow = asyncio.ensure_future(directory.follow())
+            try:
+                await RevocationPusher(self.authority, self.topo, directory, system).run()
+            finally:
+                follow.cancel()
+        finally:
+            await users.close()
+            await system.close()
+
     def heal_children(self) -> None:
         for child in self.children:
             if child.proc is None or child.proc.poll() is None:
@@ -235,9 +258,14 @@ async def run_until_signalled(stack: Stack, after_start=None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     watcher: asyncio.Future | None = None
+    revocations: asyncio.Future | None = None
     try:
         url = await stack.start()
         watcher = asyncio.ensure_future(stack.watch(stop))
+        revocations = asyncio.ensure_future(stack.keep_revocations())
+        revocations.add_done_callback(
+            lambda done: done.cancelled() or done.exception() is None
+            or stack.echo(f"revocations are not pushed to nats-server: {done.exception()}"))
         if after_start is not None:
             task = asyncio.ensure_future(after_start(url))
             await asyncio.wait([task, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -247,6 +275,10 @@ async def run_until_signalled(stack: Stack, after_start=None) -> None:
                 stack.echo(f"error: {task.exception()}")
         await stop.wait()
     finally:
+        if revocations is not None:
+            revocations.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await revocations
         if watcher is not None:
             # not awaited to its end: it may be waiting for a restarted nats-server to be ready,
             # which stack.stop ends at once (it stops that server too)

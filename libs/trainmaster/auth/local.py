@@ -19,6 +19,7 @@ from pathlib import Path
 
 from trainmaster.auth import permissions
 from trainmaster.auth.authority import Authority, write_private
+from trainmaster.auth.revocations import pusher_permissions
 from trainmaster.secretbox import ensure_key_file
 from trainmaster.topology import Topology
 
@@ -48,6 +49,11 @@ class LocalAuth:
         ensure_key_file(self.secrets_key_file)
         return self.secrets_key_file
 
+    @property
+    def revocations_creds(self) -> Path:
+        """The system account's identity that pushes revocations to nats-server (the supervisor's)."""
+        return self.root / "creds" / "revocations.creds"
+
     def creds_of(self, identity: str) -> Path:
         return self.root / "creds" / f"{identity}.creds"
 
@@ -63,6 +69,7 @@ class LocalAuth:
             write_private(self.creds_of(f"agent-{agent_id}"),
                           authority.issue(f"agent-{agent_id}", "TM", permissions.agent(topo, agent_id)))
         write_private(self.admin_creds, authority.issue("admin", "TM", permissions.cluster_admin()))
+        write_private(self.revocations_creds, authority.issue("revocations", "SYS", pusher_permissions()))
         return authority
 
 

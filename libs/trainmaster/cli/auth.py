@@ -9,22 +9,30 @@ a creds file that exists), 1 for a file that cannot be read or written.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, NoReturn
 
+import nats
 import typer
 from rich.markup import escape
 
 from trainmaster.auth import permissions
 from trainmaster.auth.authority import SEED_FILES, Authority, write_private
+from trainmaster.auth.credentials import connect_options
 from trainmaster.auth.jwt import Permissions, parse_creds
+from trainmaster.auth.local import local_admin_creds
 from trainmaster.auth.nkeys import InvalidKey
-from trainmaster.cli.common import JsonOpt, print_json
+from trainmaster.auth.revocations import RevocationPusher, pusher_permissions
+from trainmaster.cli.common import JsonOpt, print_json, run
 from trainmaster.cli.render import console, err_console
+from trainmaster.identity import Directory
 from trainmaster.names import NAME_RE, TOKEN_RE
+from trainmaster.settings import get_settings
 from trainmaster.topology import Topology, topology_from_settings
 
 # seed file -> what it signs ("USERS-scoped": people, with a person's rights only)
@@ -181,3 +189,43 @@ def issue_admin(name: Annotated[str, typer.Argument(help="who holds it, e.g. ops
                 out: OutOpt, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
     """Creds of a cluster admin (`trainmaster provision`, the CLI): every subject of the TM account."""
     _issue(IdentityKind.ADMIN, name, directory, out, force, as_json)
+
+
+@auth_app.command("push-revocations")
+def push_revocations(
+    directory: DirOpt,
+    watch: Annotated[bool, typer.Option("--watch", help="keep pushing as users are revoked (run it as a "
+                                        "service on the authority's host)")] = False,
+) -> None:
+    """Tell the NATS servers which people's credentials are revoked (from tm_users), so that they
+    close those connections and refuse them.  Runs where the authority's keys are: it signs the
+    people's account anew.  Reads the users with TM_NATS_CREDS (a cluster admin's)."""
+    authority = _existing_authority(directory)
+    run(lambda: _push_revocations(authority, watch))
+
+
+async def _push_revocations(authority: Authority, watch: bool) -> int:
+    s = get_settings()
+    topo = topology_from_settings()
+    creds = s.bus.nats_creds or local_admin_creds(s.embedded.data_dir)
+    with tempfile.TemporaryDirectory(prefix="tm-revocations-") as private:  # 0700: the system identity's seed
+        system_creds = Path(private) / "revocations.creds"
+        write_private(system_creds, authority.issue("revocations", "SYS", pusher_permissions()))
+        users = await nats.connect(s.bus.nats_url, **connect_options(creds, s.bus.nats_ca_file))
+        system = await nats.connect(s.bus.nats_url, **connect_options(system_creds, s.bus.nats_ca_file))
+        try:
+            directory = await Directory(await users.jetstream().key_value(topo.bucket_users.name)).start()
+            pusher = RevocationPusher(authority, topo, directory, system)
+            if not watch:
+                await pusher.push_if_changed()
+                console.print(f"pushed: {len(pusher.pushed or {})} revoked credential(s)", highlight=False)
+                return 0
+            follow = asyncio.ensure_future(directory.follow())
+            try:
+                await pusher.run()
+            finally:
+                follow.cancel()
+        finally:
+            await users.close()
+            await system.close()
+    return 0
