@@ -33,6 +33,7 @@ from nats.js.errors import (
 )
 from opentelemetry.sdk.trace import TracerProvider
 
+from trainmaster.access import Denied
 from trainmaster.auth.credentials import connect_options
 from trainmaster.delivery_policy import DLQ_PUBLISH_TIMEOUT_S, MSG_ID, Publish, Settler
 from trainmaster.delivery_policy import ERROR_HEADER as ERROR_HEADER
@@ -258,6 +259,12 @@ def error_reply(code: str, message: str, details: list[Violation] | None = None,
     """The one error shape; message and details bounded so that the reply fits the payload limit."""
     return encode(ErrorReply(error=bounded_error(ErrorBody(code=code, message=message, details=details or [])),
                              job=job))
+
+
+def denied_reply(refusal: Denied) -> bytes:
+    """The error reply to a caller without the identity (``unauthorized``) or the role
+    (``forbidden``) a request takes."""
+    return error_reply(refusal.code, refusal.message, [Violation(refusal.field, refusal.code, refusal.message)])
 
 
 Responder = Callable[[NatsMessage], Awaitable[bytes]]

@@ -193,8 +193,9 @@ class TopicsClient:
     async def _call(self, verb: str, body: dict[str, Any]) -> Any:
         return await self.c._request(self.c.topo.topics(verb), json.dumps(body).encode())
 
-    async def create(self, name: str, description: str = "") -> dict[str, Any]:
-        return await self._call("create", {"name": name, "description": description})
+    async def create(self, name: str, description: str = "", project: str = "default") -> dict[str, Any]:
+        """A topic of ``project`` (its members manage it; only its jobs may name it)."""
+        return await self._call("create", {"name": name, "description": description, "project": project})
 
     async def list(self) -> list[dict[str, Any]]:
         return (await self._call("list", {}))["topics"]

@@ -415,10 +415,12 @@ DeliveryState = Literal["retrying", "delivered", "dead", "disabled", "skipped"]
 
 
 class TopicCreate(Struct, frozen=True, forbid_unknown_fields=True):
-    """Body of ``tm.topics.create``."""
+    """Body of ``tm.topics.create``; ``project``: the project (a job's ``account``) the topic
+    belongs to: its members manage it, its viewers read it, only its jobs may name it."""
 
     name: TopicName
     description: Annotated[str, Meta(max_length=1024)] = ""
+    project: Annotated[str, Meta(pattern=names.ACCOUNT_NAME)] = "default"
 
 
 class TopicRef(Struct, frozen=True, forbid_unknown_fields=True):
@@ -468,12 +470,14 @@ class TopicSubscription(Struct, frozen=True):
 
 
 class TopicRecord(Struct, frozen=True):
-    """Value of ``tm_topics[<name>]``."""
+    """Value of ``tm_topics[<name>]``.  ``project``: the project it belongs to (a record written
+    before topics had one reads as ``default``)."""
 
     name: str
     created_at: float
     description: str = ""
     subscriptions: list[TopicSubscription] = []
+    project: str = "default"
 
 
 class SubscriptionView(Struct, frozen=True, omit_defaults=True):
@@ -496,6 +500,7 @@ class TopicView(Struct, frozen=True):
     created_at: float
     subscriptions: int
     active_subscriptions: int
+    project: str = "default"
 
 
 class TopicList(Struct, frozen=True):

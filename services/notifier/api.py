@@ -1,6 +1,8 @@
 """The topics API: request/reply on ``tm.topics.<verb>``, answered in queue group ``notifier``.
 
-Every reply is the result or an error ``{"error": {"code", "message", "details"}}``.  Writes are
+Every request is asked as the caller its headers name (``trainmaster.identity``); ``policy``
+decides what it may do with the topic.  Every reply is the result or an error
+``{"error": {"code", "message", "details"}}``.  Writes are
 compare-and-set on the topic's one KV key, so any number of notifier replicas may answer.
 """
 
@@ -12,14 +14,17 @@ from typing import Any
 
 from faststream.nats import NatsBroker, NatsMessage
 
+from services.notifier import policy
 from services.notifier import topics as core
 from services.notifier.guard import AddressRefused, InvalidUrl, Resolve, check_url, system_resolve
 from services.notifier.sealing import SubscriptionSecrets
-from services.notifier.store import DeliveryLog, TopicStore
+from services.notifier.store import DeliveryLog, TopicStore, topic_missing
 from services.notifier.topics import ApiProblem
 from trainmaster import audit, kvstore
-from trainmaster.bus import MSG_ID, error_reply, responder
+from trainmaster.access import Caller, Denied
+from trainmaster.bus import MSG_ID, denied_reply, error_reply, responder
 from trainmaster.decoding import EmptyRequest, RequestError, decode_as
+from trainmaster.identity import Directory
 from trainmaster.messages import (
     DeliveriesRequest,
     DeliveryList,
@@ -40,6 +45,8 @@ AUDITED = {"create": "topic_create", "delete": "topic_delete", "subscribe": "sub
            "unsubscribe": "unsubscribe"}
 QUEUE = "notifier"
 
+Verb = Callable[[Any, Caller], Awaitable[object]]
+
 
 def _decoder(type_: type, max_bytes: int) -> Callable[[bytes], Any]:
     """The body as ``type_`` (an empty body is ``{}``), or RequestError naming the field and the fix
@@ -53,7 +60,7 @@ def _decoder(type_: type, max_bytes: int) -> Callable[[bytes], Any]:
 
 class TopicsApi:
     def __init__(self, topo: Topology, settings: Settings, topics: TopicStore, records: DeliveryLog,
-                 secrets: SubscriptionSecrets, purge: Callable[[str], Awaitable[None]],
+                 secrets: SubscriptionSecrets, purge: Callable[[str], Awaitable[None]], directory: Directory,
                  resolve: Resolve = system_resolve, clock: Callable[[], float] = time.time) -> None:
         self.topo = topo
         self.settings = settings
@@ -61,11 +68,12 @@ class TopicsApi:
         self.records = records
         self.secrets = secrets
         self.purge = purge  # drops the pending deliveries on a subject of TM_DELIVERIES
+        self.directory = directory  # who asks (the users of tm_users, followed)
         self.resolve = resolve
         self.clock = clock
 
     def register(self, broker: NatsBroker) -> None:
-        handlers: dict[str, tuple[type, Callable[[Any], Awaitable[object]]]] = {
+        handlers: dict[str, tuple[type, Verb]] = {
             "create": (TopicCreate, self.create),
             "list": (EmptyRequest, self.list),
             "get": (TopicRef, self.get),
@@ -78,67 +86,105 @@ class TopicsApi:
         for verb in self.topo.topic_verbs:
             type_, fn = handlers[verb]
             parse = _decoder(type_, self.settings.api.max_request_bytes)
-            handle = self._answer(parse, fn)
-            if verb in AUDITED:
-                handle = self._audited(broker, AUDITED[verb], handle)
-            responder(broker, self.topo.topics(verb), QUEUE, handle)
+            responder(broker, self.topo.topics(verb), QUEUE,
+                      self._serve(broker, parse, fn, AUDITED.get(verb)))
 
-    def _audited(self, broker: NatsBroker, action: str, handle: Callable[[NatsMessage], Awaitable[bytes]]
-                 ) -> Callable[[NatsMessage], Awaitable[bytes]]:
-        """``handle``, its outcome recorded on the audit trail.  Topics belong to no account (project
-        ``@cluster``); the entry names the topic and the subscription, never the signing secret."""
+    def _serve(self, broker: NatsBroker, parse: Callable[[bytes], Any], fn: Verb,
+               action: str | None) -> Callable[[NatsMessage], Awaitable[bytes]]:
+        """The verb's answer to ``msg``, asked as the caller its headers name (unknown or revoked
+        credentials: ``unauthorized``); an audited verb's outcome recorded on the audit trail."""
 
-        async def audited(msg: NatsMessage) -> bytes:
-            reply = await handle(msg)
-            body, answer = audit.loose_body(msg.body), audit.loose_body(reply)
-            topic = body.get("topic") or body.get("name")
-            subscription = body.get("subscription_id") or (answer.get("id") if "error" not in answer else None)
-            detail = {"subscription": subscription} if isinstance(subscription, str) else {}
-            entry = audit.entry(audit.actor_of(msg.headers), action, audit.CLUSTER,
-                                topic if isinstance(topic, str) else "", reason=audit.refusal_of(reply), detail=detail)
-            await audit.record(broker, self.topo, entry, (msg.headers or {}).get(MSG_ID) or msg.correlation_id)
+        async def serve(msg: NatsMessage) -> bytes:
+            caller: Caller | None = None
+            project = await self._project_of(action, msg.body) if action else audit.CLUSTER
+            try:
+                caller = self.directory.caller(msg.headers)
+            except Denied as refusal:
+                reply = denied_reply(refusal)
+            else:
+                reply = await self._answer(parse, fn, msg.body, caller)
+            if action:
+                actor = caller.actor if caller is not None else audit.actor_of(msg.headers)
+                await self._audit(broker, msg, reply, action, actor, project)
             return reply
 
-        return audited
+        return serve
+
+    async def _project_of(self, action: str, body: bytes) -> str:
+        """The project an audited request is about: the new topic's, or the named topic's as it
+        is before the request changes it (``@cluster`` for a topic that does not exist)."""
+        loose = audit.loose_body(body)
+        if action == "topic_create":
+            return audit.project_of(loose.get("project", "default"))
+        topic = loose.get("topic") or loose.get("name")
+        if not isinstance(topic, str):
+            return audit.CLUSTER
+        found = await self.topics.get(topic)
+        if found is not None:
+            return audit.project_of(found[0].project)
+        return audit.CLUSTER
+
+    async def _audit(self, broker: NatsBroker, msg: NatsMessage, reply: bytes, action: str, actor: str,
+                     project: str) -> None:
+        """One entry: the topic and the subscription, never the signing secret."""
+        body, answer = audit.loose_body(msg.body), audit.loose_body(reply)
+        topic = body.get("topic") or body.get("name")
+        subscription = body.get("subscription_id") or (answer.get("id") if "error" not in answer else None)
+        detail = {"subscription": subscription} if isinstance(subscription, str) else {}
+        entry = audit.entry(actor, action, project, topic if isinstance(topic, str) else "",
+                            reason=audit.refusal_of(reply), detail=detail)
+        await audit.record(broker, self.topo, entry, (msg.headers or {}).get(MSG_ID) or msg.correlation_id)
 
     @staticmethod
-    def _answer(parse: Callable[[bytes], Any], fn: Callable[[Any], Awaitable[object]]) -> Callable[
-            [NatsMessage], Awaitable[bytes]]:
-        async def handle(msg: NatsMessage) -> bytes:
-            try:
-                return encode(await fn(parse(msg.body)))
-            except RequestError as err:
-                return error_reply(err.body.code, err.body.message, err.body.details)
-            except ApiProblem as p:
-                details = [Violation(p.field, p.detail_code, str(p))] if p.field else []
-                return error_reply(p.code, str(p), details)
-            except kvstore.ChangeConflict as exc:
-                return error_reply("conflict", f"{exc}; try again")
-
-        return handle
+    async def _answer(parse: Callable[[bytes], Any], fn: Verb, body: bytes, caller: Caller) -> bytes:
+        try:
+            return encode(await fn(parse(body), caller))
+        except RequestError as err:
+            return error_reply(err.body.code, err.body.message, err.body.details)
+        except ApiProblem as p:
+            details = [Violation(p.field, p.detail_code, str(p))] if p.field else []
+            return error_reply(p.code, str(p), details)
+        except Denied as refusal:
+            return denied_reply(refusal)
+        except kvstore.ChangeConflict as exc:
+            return error_reply("conflict", f"{exc}; try again")
 
     # ------------------------------------------------------------------ verbs
-    async def create(self, req: TopicCreate) -> object:
-        record = TopicRecord(name=req.name, description=req.description, created_at=self.clock())
+    async def create(self, req: TopicCreate, caller: Caller) -> object:
+        policy.check_create(caller, req.project)
+        record = TopicRecord(name=req.name, description=req.description, created_at=self.clock(), project=req.project)
         if not await self.topics.create(record):
             raise ApiProblem("conflict", f"topic {req.name!r} exists already", "name", "exists")
         return core.topic_view(record)
 
-    async def list(self, _req: EmptyRequest) -> object:
-        return TopicList([core.topic_view(t) for t in await self.topics.all()])
+    async def list(self, _req: EmptyRequest, caller: Caller) -> object:
+        return TopicList([core.topic_view(t) for t in policy.visible_topics(caller, await self.topics.all())])
 
-    async def get(self, req: TopicRef) -> object:
-        record, _ = await self.topics.require(req.name)
-        return core.topic_view(record)
+    async def _readable(self, name: str, caller: Caller, what: str) -> TopicRecord:
+        record, _ = await self.topics.require(name)
+        policy.check_topic(caller, record, policy.READ, what, hidden=lambda: topic_missing(name))
+        return record
 
-    async def delete(self, req: TopicRef) -> object:
-        record = await self.topics.remove(req.name, lambda current: core.check_delete(current, req.force))
+    async def get(self, req: TopicRef, caller: Caller) -> object:
+        return core.topic_view(await self._readable(req.name, caller, "reading a topic"))
+
+    async def delete(self, req: TopicRef, caller: Caller) -> object:
+        def check(current: TopicRecord) -> None:
+            policy.check_topic(caller, current, policy.MANAGE, "deleting a topic",
+                               hidden=lambda: topic_missing(req.name))
+            core.check_delete(current, req.force)
+
+        record = await self.topics.remove(req.name, check)
         for sub in record.subscriptions:
             await self.purge(self.topo.notify_deliver(req.name, sub.id))
         return {"deleted": req.name, "subscriptions_removed": len(record.subscriptions)}
 
-    async def subscribe(self, req: SubscribeRequest) -> object:
-        await self.topics.require(req.topic)
+    async def subscribe(self, req: SubscribeRequest, caller: Caller) -> object:
+        def allowed(topic: TopicRecord) -> None:
+            policy.check_topic(caller, topic, policy.MANAGE, "subscribing to a topic", field_name="topic",
+                               hidden=lambda: topic_missing(req.topic))
+
+        allowed((await self.topics.require(req.topic))[0])
         if req.protocol == "email":
             endpoint = core.check_email(req.endpoint)
         else:
@@ -152,20 +198,39 @@ class TopicsApi:
                 raise ApiProblem("invalid_request", f"webhook URL refused: {exc}", "endpoint", "invalid_url") from None
         sub = core.subscription_of(req, endpoint, core.new_subscription_id(), self.clock())
         stored = self.secrets.seal(req.topic, sub)  # the secret is kept encrypted, and shown only here
-        await self.topics.change(req.topic, lambda t: core.add_subscription(t, stored))
+
+        def add(topic: TopicRecord) -> TopicRecord:
+            allowed(topic)  # the topic as it is now (deleted and made again in another project meanwhile)
+            return core.add_subscription(topic, stored)
+
+        await self.topics.change(req.topic, add)
         return core.view(req.topic, sub, with_secret=True)
 
-    async def unsubscribe(self, req: UnsubscribeRequest) -> object:
-        await self.topics.change(req.topic, lambda t: core.remove_subscription(t, req.subscription_id))
+    async def unsubscribe(self, req: UnsubscribeRequest, caller: Caller) -> object:
+        def remove(topic: TopicRecord) -> TopicRecord:
+            policy.check_topic(caller, topic, policy.MANAGE, "unsubscribing from a topic", field_name="topic",
+                               hidden=lambda: topic_missing(req.topic))
+            return core.remove_subscription(topic, req.subscription_id)
+
+        await self.topics.change(req.topic, remove)
         await self.purge(self.topo.notify_deliver(req.topic, req.subscription_id))
         return {"removed": req.subscription_id, "topic": req.topic}
 
-    async def subscriptions(self, req: TopicRef) -> object:
-        record, _ = await self.topics.require(req.name)
+    async def subscriptions(self, req: TopicRef, caller: Caller) -> object:
+        record = await self._readable(req.name, caller, "reading a topic's subscriptions")
         return SubscriptionList(record.name, [core.view(record.name, s) for s in record.subscriptions])
 
-    async def deliveries(self, req: DeliveriesRequest) -> object:
+    async def deliveries(self, req: DeliveriesRequest, caller: Caller) -> object:
+        def missing() -> ApiProblem:
+            return ApiProblem("not_found", f"no topic {req.topic!r} and no deliveries recorded for it", "topic")
+
+        found = await self.topics.get(req.topic)
+        if found is not None:
+            policy.check_topic(caller, found[0], policy.READ, "reading a topic's deliveries", hidden=missing,
+                               field_name="topic")
+        elif not caller.cluster_admin:
+            raise missing()  # the deliveries of a deleted topic: its project is not known any more
         items, total = await self.records.list(req.topic, req.dead, req.limit)
-        if not items and await self.topics.get(req.topic) is None:
-            raise ApiProblem("not_found", f"no topic {req.topic!r} and no deliveries recorded for it", "topic")
+        if not items and found is None:
+            raise missing()
         return DeliveryList(topic=req.topic, dead=req.dead, deliveries=items, total=total)

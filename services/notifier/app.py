@@ -7,7 +7,8 @@ Three parts share one process:
   (``Nats-Msg-Id`` = ``<event id>:<subscription id>``: a redelivered event adds nothing); the event
   is acked once every task is stored.
 - sending: ``delivery.Deliverer`` on the durable ``notifier-deliver``.
-- the topics API: ``api.TopicsApi`` on ``tm.topics.<verb>``.
+- the topics API: ``api.TopicsApi`` on ``tm.topics.<verb>``, each request asked as the caller the
+  users directory (``tm_users``, followed) names.
 
 Webhook signing secrets are stored encrypted (``sealing``, keys from ``TM_SECRETS_KEY_FILE``, without
 which the notifier does not start); at start every secret still in plain text or under an older key
@@ -31,6 +32,7 @@ from services.notifier.sealing import SubscriptionSecrets
 from services.notifier.senders import EmailSender, WebhookSender
 from services.notifier.store import DeliveryLog, TopicStore
 from trainmaster.bus import MSG_ID, UNDECODABLE, Poison, durable_subscriber
+from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import JobCloudEvent, encode
 from trainmaster.secretbox import KeyringError
@@ -69,7 +71,9 @@ async def setup(ctx: ServiceContext) -> None:
         except NotFoundError:
             pass
 
-    TopicsApi(topo, settings, topics, records, secrets, purge).register(ctx.broker)
+    directory = await Directory(await js.key_value(topo.bucket_users.name)).start()  # who asks, and their roles
+    ctx.background(directory.follow(), "users")
+    TopicsApi(topo, settings, topics, records, secrets, purge, directory).register(ctx.broker)
 
     async def on_event(msg: NatsMessage) -> None:
         try:

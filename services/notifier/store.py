@@ -25,8 +25,9 @@ _decode_record = msgspec.json.Decoder(DeliveryRecord).decode
 _decode_dead = msgspec.json.Decoder(DeadLetter).decode
 
 
-def _not_found(name: str) -> ApiProblem:
-    return ApiProblem("not_found", f"no topic {name!r}", "name")
+def topic_missing(name: str, field: str = "name") -> ApiProblem:
+    """The answer about a topic that is not there (or that the caller may not see)."""
+    return ApiProblem("not_found", f"no topic {name!r}", field)
 
 
 class TopicStore:
@@ -53,7 +54,7 @@ class TopicStore:
     async def require(self, name: str) -> tuple[TopicRecord, int]:
         found = await self.get(name)
         if found is None:
-            raise _not_found(name)
+            raise topic_missing(name)
         return found
 
     async def create(self, record: TopicRecord) -> bool:
@@ -70,7 +71,7 @@ class TopicStore:
 
         def decide(record: TopicRecord | None) -> TopicRecord | None:
             if record is None:
-                raise _not_found(name)
+                raise topic_missing(name)
             return fn(record)
 
         changed = await kvstore.change(self.kv, name, decide, decode=_decode_topic)
@@ -84,10 +85,10 @@ class TopicStore:
         """Delete the topic once ``check`` (which raises to refuse) passes on its current record."""
         assert self.kv is not None
         if not NAME_RE.match(name):
-            raise _not_found(name)
+            raise topic_missing(name)
         removed = await kvstore.remove(self.kv, name, check, decode=_decode_topic)
         if removed is None:
-            raise _not_found(name)
+            raise topic_missing(name)
         self.cache.pop(name, None)
         return removed
 

@@ -173,4 +173,5 @@ def view(topic: str, sub: TopicSubscription, with_secret: bool = False) -> Subsc
 def topic_view(topic: TopicRecord) -> TopicView:
     return TopicView(name=topic.name, description=topic.description, created_at=topic.created_at,
                      subscriptions=len(topic.subscriptions),
-                     active_subscriptions=sum(1 for s in topic.subscriptions if s.state == "active"))
+                     active_subscriptions=sum(1 for s in topic.subscriptions if s.state == "active"),
+                     project=topic.project)

@@ -18,6 +18,7 @@ from services.scheduler.lease import LeaderLease
 from services.scheduler.loop import Scheduler
 from services.scheduler.relay import RecordRelay
 from trainmaster.bus import responder
+from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.service import ServiceContext
 
@@ -34,7 +35,11 @@ async def setup(ctx: ServiceContext) -> None:
     scheduler = Scheduler(ctx, store)
     lease = LeaderLease(leases, holder, ctx.settings.scheduler.scheduler_lease_s, on_change=scheduler.wake)
     scheduler.lease = lease
-    handlers = Handlers(ctx, store, scheduler.view, scheduler.commands, scheduler.remember, scheduler.wake)
+    # who asks for the agents list: any known person may, revoked or unknown credentials may not
+    directory = await Directory(await ctx.broker.key_value(topo.bucket_users.name, declare=False)).start()
+    ctx.background(directory.follow(), "users")
+    handlers = Handlers(ctx, store, scheduler.view, scheduler.commands, scheduler.remember, scheduler.wake,
+                        directory)
 
     # plain nats-py, not a faststream subscriber: a heartbeat is no part of any job's trace
     await ctx.broker.connection.subscribe(topo.agent_heartbeat("*"), cb=handlers.on_heartbeat)

@@ -18,8 +18,10 @@ from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.trust import Verdict, heartbeat_refusal, judge_report, sender_refusal
 from services.scheduler.view import HOLDS_CAPACITY, SchedulerView
 from trainmaster import audit
-from trainmaster.bus import UNDECODABLE, Poison, error_reply
+from trainmaster.access import Denied
+from trainmaster.bus import UNDECODABLE, Poison, denied_reply, error_reply
 from trainmaster.decoding import RequestError, decode_empty
+from trainmaster.identity import Directory
 from trainmaster.jobstore import JobNotFound, JobStore
 from trainmaster.messages import (
     AgentHeartbeat,
@@ -47,7 +49,7 @@ class Handlers:
     pass at once."""
 
     def __init__(self, ctx: ServiceContext, store: JobStore, view: SchedulerView, commands: AgentCommands,
-                 remember: Callable[[JobRecord, int], None], wake: Callable[[], None]) -> None:
+                 remember: Callable[[JobRecord, int], None], wake: Callable[[], None], directory: Directory) -> None:
         self.settings = ctx.settings
         self.topo = ctx.topo
         self.broker = ctx.broker
@@ -56,6 +58,7 @@ class Handlers:
         self.commands = commands
         self.remember = remember
         self.wake = wake
+        self.directory = directory
 
     async def on_work(self, msg: Msg) -> None:
         try:
@@ -150,6 +153,11 @@ class Handlers:
         await audit.record(self.broker, self.topo, entry, f"{msg.subject}:{key}")
 
     async def on_agents_list(self, msg: NatsMessage) -> bytes:
+        """Every agent and the lost ones, to anyone known (unknown or revoked credentials: ``unauthorized``)."""
+        try:
+            self.directory.caller(msg.headers)
+        except Denied as refusal:
+            return denied_reply(refusal)
         try:
             decode_empty(msg.body, self.settings.api.max_request_bytes)
         except RequestError as err:

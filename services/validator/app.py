@@ -32,6 +32,7 @@ from trainmaster.messages import (
     JobRequest,
     Rejected,
     Status,
+    TopicRecord,
     Validated,
     WorkItem,
     encode,
@@ -86,10 +87,11 @@ def make_collector(broker: NatsBroker, topo: Topology, settings: Settings) -> Co
     async def account(name: str) -> Account | None:
         return await read(topo.bucket_accounts.name, name, Account)
 
-    async def topic_exists(name: str) -> bool:
-        return await kvstore.read(await kv(topo.bucket_topics.name), name, lambda raw: raw) is not None  # type: ignore[arg-type]
+    async def topic_project(name: str) -> str | None:
+        topic = await read(topo.bucket_topics.name, name, TopicRecord)
+        return None if topic is None else topic.project
 
-    lookups = facts_adapter.Lookups(dataset=dataset, version=version, account=account, topic_exists=topic_exists)
+    lookups = facts_adapter.Lookups(dataset=dataset, version=version, account=account, topic_project=topic_project)
 
     async def collect(spec: JobRequest) -> Facts:
         return await facts_adapter.collect(spec, storage=storage, lookups=lookups, region=settings.storage.region,

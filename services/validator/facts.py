@@ -83,7 +83,7 @@ class Lookups:
     dataset: Callable[[str], Awaitable[Dataset | None]]
     version: Callable[[str, str], Awaitable[DatasetVersion | None]]
     account: Callable[[str], Awaitable[Account | None]]
-    topic_exists: Callable[[str], Awaitable[bool]]
+    topic_project: Callable[[str], Awaitable[str | None]]  # the project of a topic; None: no such topic
 
 
 async def inspect_remote(storage: Storage, raw: str, regions: dict[str, str | None], *,
@@ -127,6 +127,7 @@ async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups
     dataset_locations: list[str] = []
     account: AccountFact | None = None
     topic_exists: bool | None = None
+    topic_project: str | None = None
     if lookups is not None:
         datasets = {}
         for source in spec.data:
@@ -149,7 +150,8 @@ async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups
         account = AccountFact(name, found is not None, found.balance if found else 0.0,
                               found.currency if found else "")
         if spec.subscription is not None and spec.subscription.topic:
-            topic_exists = await lookups.topic_exists(spec.subscription.topic)
+            topic_project = await lookups.topic_project(spec.subscription.topic)
+            topic_exists = topic_project is not None
 
     paths = await asyncio.to_thread(gather, spec, dataset_locations)
     if storage is not None:
@@ -165,4 +167,5 @@ async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups
     if algo.source in ("framework", "custom") and algo.code_dir and locate(algo.code_dir).kind == "local":
         code = await asyncio.to_thread(codescan.scan, locate(algo.code_dir).path)
     return Facts(paths=paths, datasets=datasets, account=account, topic_exists=topic_exists,
-                 region=region if storage is not None else None, code=code, **catalogs(catalog_dir))
+                 topic_project=topic_project, region=region if storage is not None else None, code=code,
+                 **catalogs(catalog_dir))

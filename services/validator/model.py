@@ -80,6 +80,7 @@ class Facts:
     datasets: Mapping[str, DatasetFact] | None = None
     account: AccountFact | None = None
     topic_exists: bool | None = None
+    topic_project: str | None = None  # the project of the job's subscription's topic
     region: str | None = None  # the service's region (R6)
     code: CodeScan | None = None
     engines: EngineCatalog = field(default_factory=load_engines)

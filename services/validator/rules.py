@@ -102,7 +102,7 @@ def check(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
     out += _check_parameters(spec)
     out += _check_resources(spec)
     out += catalog_rules.check(spec, facts)
-    out += check_subscription(spec, facts.topic_exists)
+    out += check_subscription(spec, facts.topic_exists, facts.topic_project)
     return out
 
 

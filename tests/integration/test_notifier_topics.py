@@ -77,9 +77,13 @@ async def test_topics_and_subscriptions(nats_server: str, services) -> None:
         assert out.returncode == 0, out.stderr
         out = await cli(nats_server, "subscribe", "cli-topic", "--email", "me@example.org", "--json")
         assert out.returncode == 0 and json.loads(out.stdout)["protocol"] == "email", out.stderr
+        out = await cli(nats_server, "create", "cli-project-topic", "--project", "team.x")
+        assert out.returncode == 0 and "project team.x" in out.stdout, out.stderr
         out = await cli(nats_server, "list", "--json")
         names = {t["name"]: t for t in json.loads(out.stdout)}
         assert names["cli-topic"]["subscriptions"] == 1 and names["ml-team"]["subscriptions"] == 2
+        assert names["cli-project-topic"]["project"] == "team.x" and names["ml-team"]["project"] == "default"
+        assert (await cli(nats_server, "delete", "cli-project-topic")).returncode == 0
         out = await cli(nats_server, "delete", "cli-topic")
         assert out.returncode == 1 and "force" in out.stderr
         out = await cli(nats_server, "delete", "cli-topic", "--force")

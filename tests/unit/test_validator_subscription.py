@@ -39,3 +39,13 @@ def test_unknown_existence_is_not_reported() -> None:
 def test_messages_say_what_to_do() -> None:
     [v] = check_subscription(JobRequest(subscription=Subscription("nope", ["OnJobFailed"])), False)
     assert "trainmaster topic create nope" in v.message
+
+
+def test_a_topic_of_another_project_is_not_allowed() -> None:
+    spec = JobRequest(account="team-a", subscription=Subscription("alerts", ["OnJobFailed"]))
+    assert check_subscription(spec, True, "team-a") == []
+    [v] = check_subscription(spec, True, "team-b")
+    assert (v.field, v.code) == ("subscription.topic", "topic_not_allowed")
+    assert "project 'team-b'" in v.message and "'team-a'" in v.message
+    assert check_subscription(JobRequest(subscription=Subscription("alerts", ["OnJobFailed"])), True, "default") == []
+    assert codes(JobRequest(account="team-a", subscription=Subscription("alerts", ["OnJobFailed"])), None) == []

@@ -20,25 +20,28 @@ def _with_topics(nats_url: str | None, fn: Callable[[TopicsClient], Awaitable[No
 
 @topic_app.command("create")
 def create(name: str, description: Annotated[str, typer.Option(help="what the topic is for")] = "",
+           project: Annotated[str, typer.Option(help="the project (job account) it belongs to: its members "
+                                                     "manage it, only its jobs may name it")] = "default",
            nats_url: NatsOpt = None) -> None:
-    """Create a topic (1-64 letters, digits, '-' and '_')."""
+    """Create a topic (1-64 letters, digits, '-' and '_') of a project."""
     async def fn(topics: TopicsClient) -> None:
-        topic = await topics.create(name, description)
-        console.print(f"created topic {topic['name']}")
+        topic = await topics.create(name, description, project)
+        console.print(f"created topic {topic['name']} of project {topic.get('project', project)}")
 
     _with_topics(nats_url, fn)
 
 
 @topic_app.command("list")
 def list_(as_json: JsonOpt = False, nats_url: NatsOpt = None) -> None:
-    """Every topic with its number of subscriptions."""
+    """Every topic of your projects with its number of subscriptions."""
     async def fn(topics: TopicsClient) -> None:
         items = await topics.list()
         if as_json:
             return print_json(items)
-        print_table(f"{len(items)} topic(s)", ("NAME", "SUBSCRIPTIONS", "ACTIVE", "CREATED", "DESCRIPTION"),
-                    [(t["name"], str(t["subscriptions"]), str(t["active_subscriptions"]), ts(t["created_at"]),
-                      t["description"]) for t in items])
+        print_table(f"{len(items)} topic(s)",
+                    ("NAME", "PROJECT", "SUBSCRIPTIONS", "ACTIVE", "CREATED", "DESCRIPTION"),
+                    [(t["name"], t.get("project", "default"), str(t["subscriptions"]), str(t["active_subscriptions"]),
+                      ts(t["created_at"]), t["description"]) for t in items])
 
     _with_topics(nats_url, fn)
 
