@@ -17,6 +17,7 @@ import nats
 
 from trainmaster.auth.credentials import connect_options
 from trainmaster.auth.local import LocalAuth
+from trainmaster.auth.localtls import LocalTls, ServerTls
 from trainmaster.bus import provision
 from trainmaster.nats_health import needs_restart
 from trainmaster.natsd import NatsServer
@@ -33,6 +34,7 @@ WATCH_INTERVAL_S = 0.5
 CHILD_GRACE_S = 3.0
 NATS_GRACE_S = 1.0
 NATS_READY_S = 20.0
+TLS_CHECK_S = 3600.0  # how often a running stack checks whether its server certificate is due
 
 
 @dataclass
@@ -106,15 +108,43 @@ class Stack:
         self.nats = NatsServer(store_dir=self.data_dir / "nats", host=settings.embedded.nats_host,
                                port=settings.embedded.nats_port, log_file=self.data_dir / "logs" / "nats-server.log",
                                config_file=self.auth.server_config_file)
+        self.tls = self._server_tls()
+        self.tls_checked = 0.0
         self.nats_restarts = Restarts()
         self.children: list[Child] = []
         self.url = ""
         self.failure: str | None = None  # why the stack stopped by itself (nats-server kept crashing)
 
+    def _server_tls(self) -> ServerTls | None:
+        """What nats-server serves TLS with: the stack's own certificate, one given, or none."""
+        e = self.settings.embedded
+        if e.embedded_tls_cert is not None and e.embedded_tls_key is not None:
+            return ServerTls(e.embedded_tls_cert.resolve(), e.embedded_tls_key.resolve(),
+                             self.settings.bus.nats_ca_file.resolve() if self.settings.bus.nats_ca_file else None)
+        return LocalTls(self.auth.tls_dir).server if e.embedded_tls else None
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA the stack's clients trust (TM_NATS_CA_FILE); None without TLS."""
+        return self.tls.ca_file if self.tls is not None else None
+
+    def _renew_tls(self, renew_ca: bool) -> str | None:
+        """The stack's own CA and server certificate, made or renewed when due (not one given)."""
+        if self.settings.embedded.embedded_tls_cert is not None or self.tls is None:
+            return None
+        self.tls_checked = time.monotonic()
+        return LocalTls(self.auth.tls_dir).ensure(self.settings.embedded.nats_host, renew_ca=renew_ca)
+
     async def start(self) -> str:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.tls is not None and self.tls.ca_file is None:
+            # the clients must start with the TLS handshake, which they do when given the CA
+            raise RuntimeError("a TLS certificate of your own needs TM_NATS_CA_FILE: the CA that signed it")
+        made = await asyncio.to_thread(self._renew_tls, True)
+        if made:
+            self.echo(f"TLS: made {made} in {self.auth.tls_dir}")
         await asyncio.to_thread(self.auth.prepare, self.topo, ["supervisor", *SERVICES],
-                                [agent.agent_id for agent in self.agents])
+                                [agent.agent_id for agent in self.agents], self.tls)
         try:
             self.nats.launch()  # in this (long-lived) thread: see NatsServer.launch
             self.url = await asyncio.to_thread(self.nats.wait_ready, NATS_READY_S)
@@ -126,7 +156,7 @@ class Stack:
         # a restarted nats-server must listen where the services reconnect to, also when the
         # port was picked at random (-1)
         self.nats.port = int(self.url.rsplit(":", 1)[1])
-        nc = await nats.connect(self.url, **connect_options(self.auth.creds_of("supervisor")))
+        nc = await nats.connect(self.url, **connect_options(self.auth.creds_of("supervisor"), self.ca_file))
         await provision(nc.jetstream(), self.topo)
         await nc.close()
         s = self.settings
@@ -137,6 +167,8 @@ class Stack:
         )
         if s.observability.otel_file:
             base_env["TM_OTEL_FILE"] = str(s.observability.otel_file)
+        if self.ca_file is not None:
+            base_env["TM_NATS_CA_FILE"] = str(self.ca_file)
         # the keys of the webhook secrets at rest: the notifier's alone (one given in the environment wins)
         base_env.pop("TM_SECRETS_KEY_FILE", None)
         secrets_key = s.notifier.secrets_key_file or await asyncio.to_thread(self.auth.ensure_secrets_key)
@@ -165,6 +197,7 @@ class Stack:
                 stop.set()
                 return
             self.heal_children()
+            await self.renew_tls()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
@@ -178,6 +211,16 @@ class Stack:
             return
         self.echo(f"nats-server cannot write its store ({error}); restarting it now that there is room")
         await asyncio.to_thread(self.nats.stop, NATS_GRACE_S)
+
+    async def renew_tls(self) -> None:
+        """Issue the server certificate again when it is due, and have nats-server load it: a stack
+        up for a year keeps serving.  Its CA is renewed only at a start (see LocalTls.ensure)."""
+        if self.tls is None or time.monotonic() - self.tls_checked < TLS_CHECK_S:
+            return
+        made = await asyncio.to_thread(self._renew_tls, False)
+        if made:
+            self.echo(f"TLS: made {made}; nats-server reloads it")
+            self.nats.reload()
 
     async def heal_nats(self) -> bool:
         """Restart nats-server if it died: same store directory, same port, so the services'
