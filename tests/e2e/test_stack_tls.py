@@ -123,3 +123,24 @@ async def test_a_due_server_certificate_is_issued_again_and_served_without_a_res
     await eventually(lambda: served_certificate(stack.url, tls.ca_file) == renewed, 10, 0.2,
                      what="nats-server to serve the renewed certificate")
     assert stack.nats.proc is not None and stack.nats.proc.pid == nats_pid  # reloaded, not restarted
+
+
+def test_a_certificate_of_ones_own_is_served_and_its_ca_handed_to_the_clients(tmp_path: Path) -> None:
+    own = LocalTls(tmp_path / "own")  # made elsewhere, as a user's would be
+    own.ensure("127.0.0.1")
+    given = dict(data_dir=tmp_path / "data", nats_port=-1, embedded_tls_cert=own.server.cert_file,
+                 embedded_tls_key=own.server.key_file)
+    loop = LoopThread()
+    with pytest.raises(RuntimeError, match="TM_NATS_CA_FILE"):  # refused before anything starts
+        loop.run(Stack(Settings(**given), [], echo=lambda *_: None).start())
+    stack = Stack(Settings(**given, nats_ca_file=own.ca_file), [], echo=lambda *_: None)
+    try:
+        loop.run(stack.start())
+        assert stack.url.startswith("tls://127.0.0.1:")
+        assert not stack.auth.tls_dir.exists()  # no CA of the stack's own
+        assert all(child.env["TM_NATS_CA_FILE"] == str(own.ca_file) for child in stack.children)
+        assert served_certificate(stack.url, own.ca_file) == x509.load_pem_x509_certificate(
+            own.server.cert_file.read_bytes())
+    finally:
+        stack.stop()
+        loop.close()
