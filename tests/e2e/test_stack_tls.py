@@ -1,7 +1,8 @@
 """The embedded stack (``trainmaster.supervisor.Stack``, what ``trainmaster up --tls`` runs) with TLS
 on: nats-server serves a certificate of the CA the stack made, a client without TLS is refused, the
 services and the CLI (which finds the CA by itself, as it finds the admin's creds) work over it, and
-a server certificate due for renewal is issued again and served without a restart."""
+a server certificate due for renewal is issued again and served without a restart; a certificate
+of one's own is served instead when given."""
 
 from __future__ import annotations
 
