@@ -94,6 +94,11 @@ class NatsServer:
         except OSError:
             return False
 
+    def reload(self) -> None:
+        """Have the server read its config again (SIGHUP): a renewed TLS certificate, for one."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -74,6 +74,30 @@ class EmbeddedSettings(_Group):
     nats_host: str = "127.0.0.1"
     nats_port: int = 4222
     data_dir: Path = Field(Path(".trainmaster"), description="local state: nats store, outputs, logs")
+    # off by default: the server listens on loopback, where only local processes reach it and each
+    # must show creds the stack issued (files only their owner reads); TLS adds little there
+    embedded_tls: bool = Field(False, description="serve the bus over TLS (handshake first) with a CA and "
+                               "server certificate the stack makes under <data_dir>/auth/tls/ (`up --tls`)")
+    embedded_tls_cert: Path | None = Field(
+        None, description="serve this certificate (PEM, naming TM_NATS_HOST) instead of the stack's own; with "
+        "TM_EMBEDDED_TLS_KEY, turns TLS on; clients trust TM_NATS_CA_FILE (unset: the system's CAs)")
+    embedded_tls_key: Path | None = Field(None, description="the key of TM_EMBEDDED_TLS_CERT")
+
+    @field_validator("embedded_tls_cert", "embedded_tls_key", mode="before")
+    @classmethod
+    def _no_file_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> EmbeddedSettings:
+        if (self.embedded_tls_cert is None) != (self.embedded_tls_key is None):
+            raise ValueError("embedded TLS: set both TM_EMBEDDED_TLS_CERT and TM_EMBEDDED_TLS_KEY, or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """TLS on: asked for, or a certificate given."""
+        return self.embedded_tls or self.embedded_tls_cert is not None
 
 
 class ApiSettings(_Group):

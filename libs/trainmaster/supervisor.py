@@ -18,6 +18,7 @@ import nats
 from trainmaster.auth.authority import Authority
 from trainmaster.auth.credentials import connect_options
 from trainmaster.auth.local import LocalAuth
+from trainmaster.auth.localtls import LocalTls, ServerTls
 from trainmaster.auth.revocations import RevocationPusher
 from trainmaster.bus import provision
 from trainmaster.identity import Directory
@@ -36,6 +37,7 @@ WATCH_INTERVAL_S = 0.5
 CHILD_GRACE_S = 3.0
 NATS_GRACE_S = 1.0
 NATS_READY_S = 20.0
+TLS_CHECK_S = 3600.0  # how often a running stack checks whether its server certificate is due
 
 
 @dataclass
@@ -109,16 +111,44 @@ class Stack:
         self.nats = NatsServer(store_dir=self.data_dir / "nats", host=settings.embedded.nats_host,
                                port=settings.embedded.nats_port, log_file=self.data_dir / "logs" / "nats-server.log",
                                config_file=self.auth.server_config_file)
+        self.tls = self._server_tls()
+        self.tls_checked = 0.0
         self.nats_restarts = Restarts()
         self.children: list[Child] = []
         self.url = ""
         self.failure: str | None = None  # why the stack stopped by itself (nats-server kept crashing)
         self.authority: Authority | None = None  # the local authority's keys, once prepared
 
+    def _server_tls(self) -> ServerTls | None:
+        """What nats-server serves TLS with: the stack's own certificate, one given, or none."""
+        e = self.settings.embedded
+        if e.embedded_tls_cert is not None and e.embedded_tls_key is not None:
+            return ServerTls(e.embedded_tls_cert.resolve(), e.embedded_tls_key.resolve(),
+                             self.settings.bus.nats_ca_file.resolve() if self.settings.bus.nats_ca_file else None)
+        return LocalTls(self.auth.tls_dir).server if e.embedded_tls else None
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA the stack's clients trust (TM_NATS_CA_FILE); None without TLS."""
+        return self.tls.ca_file if self.tls is not None else None
+
+    def _renew_tls(self, renew_ca: bool) -> str | None:
+        """The stack's own CA and server certificate, made or renewed when due (not one given)."""
+        if self.settings.embedded.embedded_tls_cert is not None or self.tls is None:
+            return None
+        self.tls_checked = time.monotonic()
+        return LocalTls(self.auth.tls_dir).ensure(self.settings.embedded.nats_host, renew_ca=renew_ca)
+
     async def start(self) -> str:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.tls is not None and self.tls.ca_file is None:
+            # the clients must start with the TLS handshake, which they do when given the CA
+            raise RuntimeError("a TLS certificate of your own needs TM_NATS_CA_FILE: the CA that signed it")
+        made = await asyncio.to_thread(self._renew_tls, True)
+        if made:
+            self.echo(f"TLS: made {made} in {self.auth.tls_dir}")
         self.authority = await asyncio.to_thread(self.auth.prepare, self.topo, ["supervisor", *SERVICES],
-                                                 [agent.agent_id for agent in self.agents])
+                                                 [agent.agent_id for agent in self.agents], self.tls)
         try:
             self.nats.launch()  # in this (long-lived) thread: see NatsServer.launch
             self.url = await asyncio.to_thread(self.nats.wait_ready, NATS_READY_S)
@@ -130,7 +160,7 @@ class Stack:
         # a restarted nats-server must listen where the services reconnect to, also when the
         # port was picked at random (-1)
         self.nats.port = int(self.url.rsplit(":", 1)[1])
-        nc = await nats.connect(self.url, **connect_options(self.auth.creds_of("supervisor")))
+        nc = await nats.connect(self.url, **connect_options(self.auth.creds_of("supervisor"), self.ca_file))
         await provision(nc.jetstream(), self.topo)
         await nc.close()
         s = self.settings
@@ -141,6 +171,8 @@ class Stack:
         )
         if s.observability.otel_file:
             base_env["TM_OTEL_FILE"] = str(s.observability.otel_file)
+        if self.ca_file is not None:
+            base_env["TM_NATS_CA_FILE"] = str(self.ca_file)
         # the keys of the webhook secrets at rest: the notifier's alone (one given in the environment wins)
         base_env.pop("TM_SECRETS_KEY_FILE", None)
         secrets_key = s.notifier.secrets_key_file or await asyncio.to_thread(self.auth.ensure_secrets_key)
@@ -169,6 +201,7 @@ class Stack:
                 stop.set()
                 return
             self.heal_children()
+            await self.renew_tls()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
@@ -182,6 +215,16 @@ class Stack:
             return
         self.echo(f"nats-server cannot write its store ({error}); restarting it now that there is room")
         await asyncio.to_thread(self.nats.stop, NATS_GRACE_S)
+
+    async def renew_tls(self) -> None:
+        """Issue the server certificate again when it is due, and have nats-server load it: a stack
+        up for a year keeps serving.  Its CA is renewed only at a start (see LocalTls.ensure)."""
+        if self.tls is None or time.monotonic() - self.tls_checked < TLS_CHECK_S:
+            return
+        made = await asyncio.to_thread(self._renew_tls, False)
+        if made:
+            self.echo(f"TLS: made {made}; nats-server reloads it")
+            self.nats.reload()
 
     async def heal_nats(self) -> bool:
         """Restart nats-server if it died: same store directory, same port, so the services'
@@ -210,8 +253,9 @@ class Stack:
         until cancelled.  The connections reconnect by themselves across a restarted nats-server."""
         assert self.authority is not None, "start() first"
         options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
-        users = await nats.connect(self.url, **options, **connect_options(self.auth.creds_of("supervisor")))
-        system = await nats.connect(self.url, **options, **connect_options(self.auth.revocations_creds))
+        users = await nats.connect(self.url, **options,
+                                   **connect_options(self.auth.creds_of("supervisor"), self.ca_file))
+        system = await nats.connect(self.url, **options, **connect_options(self.auth.revocations_creds, self.ca_file))
         try:
             kv = await users.jetstream().key_value(self.topo.bucket_users.name)
             directory = await Directory(kv).start()

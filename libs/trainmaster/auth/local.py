@@ -8,6 +8,10 @@ and agent, and the local cluster admin the CLI uses when nothing else is configu
     <data_dir>/auth/admin.creds      the local cluster admin
     <data_dir>/auth/secrets.key      the notifier's keys for webhook signing secrets at rest (made on
                                      the first start, kept after: trainmaster.secretbox)
+    <data_dir>/auth/tls/             with TLS on (``up --tls``): the stack's CA and server certificate
+                                     (trainmaster.auth.localtls)
+    <data_dir>/auth/nats-ca          with TLS on: the path of the CA the stack's clients trust (so the
+                                     CLI run from here finds it); removed by a start without TLS
 
 Everything is readable by its owner only; a process of another user on the host cannot use the bus.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from trainmaster.auth import permissions
 from trainmaster.auth.authority import Authority, write_private
+from trainmaster.auth.localtls import ServerTls
 from trainmaster.auth.revocations import pusher_permissions
 from trainmaster.secretbox import ensure_key_file
 from trainmaster.topology import Topology
@@ -54,15 +59,30 @@ class LocalAuth:
         """The system account's identity that pushes revocations to nats-server (the supervisor's)."""
         return self.root / "creds" / "revocations.creds"
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def ca_record(self) -> Path:
+        return self.root / "nats-ca"
+
     def creds_of(self, identity: str) -> Path:
         return self.root / "creds" / f"{identity}.creds"
 
-    def prepare(self, topo: Topology, services: list[str], agent_ids: list[str]) -> Authority:
-        """Keys (kept), the server's config and every identity's creds (issued anew)."""
+    def prepare(self, topo: Topology, services: list[str], agent_ids: list[str],
+                tls: ServerTls | None = None) -> Authority:
+        """Keys (kept), the server's config (with ``tls``: served over TLS) and every identity's
+        creds (issued anew)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # its files are private anyway; a listing of it is nobody's business either
         authority = Authority.load_or_create(self.root / "keys")
-        write_private(self.server_config_file, authority.server_config(self.root / "server", topo))
+        config = authority.server_config(self.root / "server", topo)
+        write_private(self.server_config_file, config + (tls.config() if tls is not None else ""))
+        if tls is not None and tls.ca_file is not None:
+            write_private(self.ca_record, f"{tls.ca_file.resolve()}\n")
+        else:
+            self.ca_record.unlink(missing_ok=True)
         for name in services:
             write_private(self.creds_of(name), authority.issue(name, "TM", permissions.service()))
         for agent_id in agent_ids:
@@ -76,4 +96,14 @@ class LocalAuth:
 def local_admin_creds(data_dir: Path) -> Path | None:
     """The local admin's creds of an embedded stack run from here, if there is one."""
     path = LocalAuth(data_dir).admin_creds
+    return path if path.exists() else None
+
+
+def local_ca_file(data_dir: Path) -> Path | None:
+    """The CA of an embedded stack run from here with TLS on (its clients trust it alone), if any."""
+    record = LocalAuth(data_dir).ca_record
+    try:
+        path = Path(record.read_text().strip())
+    except OSError:
+        return None
     return path if path.exists() else None

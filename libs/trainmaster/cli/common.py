@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from nats.errors import NoServersError
 
-from trainmaster.auth.local import local_admin_creds
+from trainmaster.auth.local import local_admin_creds, local_ca_file
 from trainmaster.cli.render import err_console, show_error
 from trainmaster.client import ApiError, Client, NotAdmitted
 from trainmaster.jobfile import JobFileError
@@ -26,10 +26,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the reply as JSON")
 
 def connect(nats_url: str | None) -> Client:
     """A client for ``nats_url``, or for the configured server (TM_NATS_URL) when None; with the
-    configured credentials (TM_NATS_CREDS), else those of the local admin of a stack run from here."""
+    configured credentials (TM_NATS_CREDS), else those of the local admin of a stack run from here;
+    over TLS with the configured CA (TM_NATS_CA_FILE), else that of a stack run from here with TLS on."""
     s = get_settings()
     creds = s.bus.nats_creds or local_admin_creds(s.embedded.data_dir)
-    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix, creds=creds, ca_file=s.bus.nats_ca_file)
+    ca_file = s.bus.nats_ca_file or local_ca_file(s.embedded.data_dir)
+    return Client(nats_url or s.bus.nats_url, prefix=s.bus.subject_prefix, creds=creds, ca_file=ca_file)
 
 
 def run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trainmaster.auth.local import local_admin_creds
+from trainmaster.auth.local import local_admin_creds, local_ca_file
 from trainmaster.cli.audit import audit_cmd
 from trainmaster.cli.auth import auth_app
 from trainmaster.cli.common import JsonOpt, NatsOpt, connect, print_json, run, run_with_client
@@ -87,20 +87,30 @@ async def report_created(client: Client, job: dict[str, Any], follow: bool) -> i
 def up(
     agents: Annotated[int, typer.Option(help="local executor agents to start")] = 1,
     pool: Annotated[str, typer.Option(help="pool of the local agents")] = "cpu",
+    tls: Annotated[bool, typer.Option("--tls", help="serve the bus over TLS with a CA the stack makes "
+                                      "(TM_EMBEDDED_TLS)")] = False,
 ) -> None:
     """Start nats-server, the five services and local agents; Ctrl-C stops everything."""
     from trainmaster.supervisor import AgentConf, Stack
 
-    settings = get_settings()
+    settings = with_tls(get_settings()) if tls else get_settings()
     stack = Stack(settings, [AgentConf(f"local-{i + 1}", pool) for i in range(agents)], echo=console.print)
 
     async def ready(url: str) -> None:
         console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
         console.print(f"authentication is on: the CLI run from here uses the local admin "
                       f"({stack.auth.admin_creds}); elsewhere set TM_NATS_CREDS to it")
+        if stack.ca_file is not None:
+            console.print(f"TLS is on: clients trust the CA {stack.ca_file} (the CLI run from here finds it; "
+                          "elsewhere set TM_NATS_CA_FILE to it)")
         console.print(f"service logs in {stack.data_dir / 'logs'}; Ctrl-C stops the stack")
 
     _run_stack(stack, ready)
+
+
+def with_tls(settings: Settings) -> Settings:
+    """``settings`` with the embedded stack's TLS turned on."""
+    return settings.model_copy(update={"embedded": settings.embedded.model_copy(update={"embedded_tls": True})})
 
 
 def _run_stack(stack: Any, after_start: Callable[[str], Awaitable[None]]) -> None:
@@ -130,7 +140,7 @@ def demo(
         console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
         spec = load_job_file(job_file)
         async with Client(url, prefix=settings.bus.subject_prefix, timeout=60,
-                          creds=stack.auth.admin_creds) as client:
+                          creds=stack.auth.admin_creds, ca_file=stack.ca_file) as client:
             await _wait_for_agents(client)
             try:
                 job = await client.create(spec)
@@ -223,7 +233,9 @@ def provision_cmd(nats_url: NatsOpt = None) -> None:
     async def go() -> None:
         settings = get_settings()
         creds = settings.bus.nats_creds or local_admin_creds(settings.embedded.data_dir)
-        settings = Settings(bus=settings.bus, nats_url=nats_url or settings.bus.nats_url, nats_creds=creds)
+        ca_file = settings.bus.nats_ca_file or local_ca_file(settings.embedded.data_dir)
+        settings = Settings(bus=settings.bus, nats_url=nats_url or settings.bus.nats_url, nats_creds=creds,
+                            nats_ca_file=ca_file)
         nc = await connect_bus(settings, connect_timeout=5)
         try:
             topo = topology_from_settings()
