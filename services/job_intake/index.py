@@ -23,7 +23,7 @@ class _Asks(msgspec.Struct):
     resources: Resources = Resources()
 
 
-class _Account(msgspec.Struct):
+class _Account(msgspec.Struct, frozen=True):
     account: str = "default"
 
 
