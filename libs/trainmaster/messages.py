@@ -744,11 +744,13 @@ class AccountList(Struct, frozen=True):
 
 # ---- datasets (R1, R10)
 class DatasetCreate(Struct, frozen=True, forbid_unknown_fields=True):
-    """Body of ``tm.datasets.create``: a dataset over a storage location (local path or s3://)."""
+    """Body of ``tm.datasets.create``: a dataset over a storage location (local path or s3://),
+    of ``project`` (an account: its viewers read it, its members publish it, its jobs train on it)."""
 
     name: RegistryName
     location: Annotated[str, Meta(min_length=1, max_length=2048)]
     description: Annotated[str, Meta(max_length=1024)] = ""
+    project: Annotated[str, Meta(pattern=names.ACCOUNT_NAME)] = "default"
 
 
 class DatasetPublish(Struct, frozen=True, forbid_unknown_fields=True):
@@ -783,7 +785,8 @@ class DatasetVersionInfo(Struct, frozen=True):
 
 
 class Dataset(Struct, frozen=True):
-    """Value of ``tm_datasets[<name>]``."""
+    """Value of ``tm_datasets[<name>]``.  ``project``: the account it belongs to (a record written
+    before datasets had one reads as ``default``)."""
 
     name: str
     location: str
@@ -791,6 +794,7 @@ class Dataset(Struct, frozen=True):
     updated_at: float
     description: str = ""
     versions: list[DatasetVersionInfo] = []
+    project: str = "default"
 
 
 class DatasetVersion(Struct, frozen=True):

@@ -14,6 +14,7 @@ from nats.js.kv import KeyValue
 
 from services.job_intake.core import (
     RequestClaim,
+    claim_key,
     claim_request,
     claim_version,
     format_version,
@@ -23,13 +24,16 @@ from services.job_intake.core import (
     request_token,
 )
 from services.job_intake.index import JobIndex
+from services.job_intake.policy import require_job_account, require_save_as
 from services.job_intake.registry import Templates
 from services.job_intake.replies import request_id_of
 from services.job_intake.verdict import await_verdict, verdict_reply
 from services.job_intake.versions import VersionCounter
 from trainmaster import audit, kvstore
+from trainmaster.access import Caller
 from trainmaster.bus import MSG_ID, publish_js
 from trainmaster.decoding import RequestError
+from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import (
     JobRecord,
@@ -59,11 +63,20 @@ class Intake:
     versions: VersionCounter
     index: JobIndex
     templates: Templates  # for save_as
+    directory: Directory
 
-    async def accept(self, spec: JobRequest, request_id: str) -> JobRecord:
-        """Idempotent on ``request_id``: a retried request returns the job created the first time."""
+    async def authorise(self, caller: Caller, spec: JobRequest) -> None:
+        """Refuse a job the caller may not create, before anything is claimed or stored."""
+        require_job_account(caller, spec.account)
+        if spec.save_as is not None:
+            found = await self.templates.find(spec.save_as.name)
+            require_save_as(caller, spec.save_as.name, found.value.spec.account if found is not None else None)
+
+    async def accept(self, spec: JobRequest, request_id: str, claimant: str | None = None) -> JobRecord:
+        """Idempotent on ``request_id`` (per ``claimant``, a person's actor; None: the cluster
+        admin): a retried request returns the job created the first time."""
         assert spec.name is not None
-        key = request_key(request_id)
+        key = claim_key(request_id, claimant)
         job_id = new_job_id(time.time())
         claimed = await kvstore.change(self.requests, key, lambda current: claim_request(current, job_id),
                                        decode=_decode_claim)
@@ -95,15 +108,17 @@ class Intake:
             log.info("job accepted", name=record.name, version=record.version, request_id=request_id)
         return record
 
-    async def accept_and_wait(self, spec: JobRequest, request_id: str) -> JobRecord:
-        """Accept, then wait (bounded) for the validator's verdict."""
-        record = await self.accept(spec, request_id)
+    async def accept_and_wait(self, spec: JobRequest, request_id: str, caller: Caller) -> JobRecord:
+        """Accept (the caller authorised already), then wait (bounded) for the validator's verdict."""
+        record = await self.accept(spec, request_id, None if caller.cluster_admin else caller.actor)
         return await await_verdict(self.store, record, self.settings.intake.create_wait_s)
 
     # ---- tm.jobs.create
     async def on_create(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
         spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
-        return verdict_reply(await self.accept_and_wait(spec, request_id_of(msg, "create")))
+        await self.authorise(caller, spec)
+        return verdict_reply(await self.accept_and_wait(spec, request_id_of(msg, "create"), caller))
 
     # ---- tm.jobs.submit
     async def on_submit(self, msg: NatsMessage) -> None:

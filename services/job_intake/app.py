@@ -43,18 +43,19 @@ async def setup(ctx: ServiceContext) -> None:
     resources = load_resources(s.catalog.catalog_dir)
 
     versions = VersionCounter(await bucket(topo.bucket_job_names.name))
-    templates = Templates(await bucket(topo.bucket_templates.name), max_bytes)
+    templates = Templates(await bucket(topo.bucket_templates.name), max_bytes, directory)
     intake = Intake(broker=broker, topo=topo, settings=s, store=store, versions=versions, index=index,
-                    templates=templates, requests=await bucket(topo.bucket_requests.name))
-    trail = AuditTrail(broker=broker, js=ctx.js, topo=topo, store=store, max_bytes=max_bytes)
+                    templates=templates, requests=await bucket(topo.bucket_requests.name), directory=directory)
+    trail = AuditTrail(broker=broker, js=ctx.js, topo=topo, store=store, directory=directory, max_bytes=max_bytes)
     audited = trail.audited
     plans = JobPlans(broker=broker, settings=s, check_subject=topo.validator_check, resources=resources,
-                     accounts_kv=accounts_kv, versions=versions, index=index, store=store, intake=intake)
-    jobs = JobApi(broker=broker, topo=topo, store=store, index=index, max_bytes=max_bytes)
-    accounts_api = Accounts(accounts_kv, max_bytes, s.billing.currency, index, resources)
-    algorithms = Algorithms(load_presets(s.catalog.catalog_dir), max_bytes)
+                     accounts_kv=accounts_kv, versions=versions, index=index, store=store, intake=intake,
+                     directory=directory)
+    jobs = JobApi(broker=broker, topo=topo, store=store, index=index, directory=directory, max_bytes=max_bytes)
+    accounts_api = Accounts(accounts_kv, max_bytes, s.billing.currency, index, resources, directory)
+    algorithms = Algorithms(load_presets(s.catalog.catalog_dir), max_bytes, directory)
     datasets = Datasets(await bucket(topo.bucket_datasets.name), await bucket(topo.bucket_dataset_versions.name),
-                        Storage(s), max_bytes)
+                        Storage(s), max_bytes, directory)
     biller = Biller(store, accounts_kv, resources, default_account=s.billing.default_account,
                     currency=s.billing.currency)
 
@@ -79,10 +80,11 @@ async def setup(ctx: ServiceContext) -> None:
                                         trail.describe_account("cpus", "gpus", "nodes", "jobs", "clear")),
         topo.algorithms("list"): algorithms.on_list,
         topo.algorithms("get"): algorithms.on_get,
-        topo.datasets("create"): audited("dataset_create", datasets.on_create, trail.describe_named),
+        topo.datasets("create"): audited("dataset_create", datasets.on_create, trail.describe_dataset_create),
         topo.datasets("list"): datasets.on_list,
         topo.datasets("get"): datasets.on_get,
-        topo.datasets("publish"): audited("dataset_publish", datasets.on_publish, trail.describe_named),
+        topo.datasets("publish"): audited("dataset_publish", datasets.on_publish,
+                                          trail.describe_dataset(datasets.project_of)),
         topo.datasets("version"): datasets.on_version,
         topo.audit_list: trail.on_list,
     })

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -108,6 +108,13 @@ def request_key(request_id: str) -> str:
     return hashlib.sha256(request_id.encode()).hexdigest()[:40]
 
 
+def claim_key(request_id: str, claimant: str | None) -> str:
+    """The request claim's key: a person's request ids are its own (another person naming the
+    same id claims another key, so it never gets the job that id made for someone else); the
+    cluster admin's keep the key they always had."""
+    return request_key(request_id if claimant is None else f"{claimant}\n{request_id}")
+
+
 def request_token(request_id: str) -> str:
     """The subject token of ``tm.events.request.<token>``: the request id itself when it is a
     plain token (letters, digits, ``-``, ``_``; at most 128), else ``request_key(request_id)``."""
@@ -122,11 +129,14 @@ def latest_job(jobs: Iterable[JobSummary], name: str) -> str | None:
     return max(named, key=lambda j: (int(j.version[1:]) if j.version[1:].isdigit() else 0, j.created_at)).id
 
 
-def select(jobs: Iterable[JobSummary], query: ListRequest) -> tuple[list[JobSummary], int]:
-    """Filter by status and name, newest first, then one page."""
+def select(jobs: Iterable[JobSummary], query: ListRequest, owners: Mapping[str, str] | None = None,
+           projects: frozenset[str] | None = None) -> tuple[list[JobSummary], int]:
+    """Filter by status and name, and to the jobs whose account (``owners``: job id -> account) is
+    one of ``projects`` (None: every job), newest first, then one page; the total counts the match."""
     matching = [
         j for j in jobs
         if (query.status is None or j.status == query.status) and (query.name is None or j.name == query.name)
+        and (projects is None or (owners or {}).get(j.id) in projects)
     ]
     matching.sort(key=lambda j: (j.created_at, j.id), reverse=True)
     return matching[query.offset : query.offset + query.limit], len(matching)

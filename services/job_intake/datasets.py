@@ -5,6 +5,10 @@ snapshots the location as the next version (V001, V002, ...): the manifest of it
 size, checksum: the MD5 of a local file, the S3 ETag) is written once with KV *create* and never
 changed, so a job that names dataset+version trains on exactly those files, whatever happened to
 the folder since (the agent stages the manifest's files and checks them).
+
+A dataset belongs to a project (``project``, an account): its viewers list and read it, its
+members create and publish it, and only that project's jobs train on it (the validator checks).
+One the caller does not view is answered as missing.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from faststream.nats import NatsMessage
 from nats.js.kv import KeyValue
 
 from services.job_intake.core import next_dataset_version, with_listed_version
+from services.job_intake.policy import only_visible, visible
 from services.job_intake.replies import Refused, not_found, refused
 from trainmaster import kvstore
+from trainmaster.access import Caller, Role, require
 from trainmaster.decoding import decode_as, decode_empty
+from trainmaster.identity import Directory
 from trainmaster.locations import locate
 from trainmaster.messages import (
     Dataset,
@@ -54,14 +61,20 @@ def _bad_location(code: str, message: str) -> Refused:
 
 
 class Datasets:
-    def __init__(self, datasets: KeyValue, versions: KeyValue, storage: Storage, max_bytes: int) -> None:
+    def __init__(self, datasets: KeyValue, versions: KeyValue, storage: Storage, max_bytes: int,
+                 directory: Directory) -> None:
         self.kv = datasets
+        self.directory = directory
         self.versions = versions
         self.storage = storage
         self.max_bytes = max_bytes
 
     async def find(self, name: str) -> kvstore.Stored[Dataset] | None:
         return await kvstore.read(self.kv, name, _decode_dataset)
+
+    async def project_of(self, name: str) -> str | None:
+        found = await self.find(name) if name else None
+        return found.value.project if found is not None else None
 
     async def find_version(self, name: str, version: str) -> DatasetVersion | None:
         found = await kvstore.read(self.versions, f"{name}.{version}", _decode_version)
@@ -86,39 +99,49 @@ class Datasets:
 
     # ---- handlers
     async def on_create(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
         request = decode_as(msg.body, DatasetCreate, self.max_bytes)
+        # before the location is looked at: a refused caller learns nothing of the storage
+        require(caller, request.project, Role.MEMBER, "creating a dataset", "project")
         location = await self._location(request.location)
         now = time.time()
         dataset = Dataset(name=request.name, location=location, created_at=now, updated_at=now,
-                          description=request.description)
+                          description=request.description, project=request.project)
         if await kvstore.create(self.kv, request.name, encode(dataset)) is None:
             raise refused("conflict", f"dataset {request.name} exists already",
                           [Violation("name", "exists", "choose another name, or publish a new version of it")])
-        log.info("dataset created", dataset=request.name, location=location)
+        log.info("dataset created", dataset=request.name, location=location, project=request.project)
         return encode(dataset)
 
     async def on_list(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
         decode_empty(msg.body, self.max_bytes)
-        return encode(DatasetList(datasets=[_decode_dataset(v) for v in await kvstore.values(self.kv)]))
+        every = [_decode_dataset(v) for v in await kvstore.values(self.kv)]
+        return encode(DatasetList(datasets=only_visible(caller, every, lambda d: d.project)))
 
     async def on_get(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
         ref = decode_as(msg.body, NameRef, self.max_bytes)
         found = await self.find(ref.name)
-        if found is None:
+        if found is None or not visible(caller, found.value.project):
             raise not_found("dataset", ref.name, "list them: trainmaster dataset list")
         return encode(found.value)
 
     async def on_version(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
         ref = decode_as(msg.body, DatasetVersionRef, self.max_bytes)
+        dataset = await self.find(ref.name)
         version = await self.find_version(ref.name, ref.version)
-        if version is None:
+        if version is None or dataset is None or not visible(caller, dataset.value.project):
             raise not_found("dataset version", f"{ref.name} {ref.version}",
                             f"list the versions: trainmaster dataset show {ref.name}")
         return encode(version)
 
     async def on_publish(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
         request = decode_as(msg.body, DatasetPublish, self.max_bytes)
-        dataset = await self._dataset(request.name)
+        dataset = await self._dataset(request.name, caller)
+        require(caller, dataset.project, Role.MEMBER, "publishing a dataset", "name")
         try:
             listing = await self.storage.list(dataset.location, checksums=True)
         except StorageError as exc:
@@ -130,9 +153,10 @@ class Datasets:
         files = [ManifestFile(f.relative, f.size, f.checksum) for f in listing]
         return await self._publish(dataset.name, files, request.description)
 
-    async def _dataset(self, name: str) -> Dataset:
+    async def _dataset(self, name: str, caller: Caller | None = None) -> Dataset:
+        """The dataset (for ``caller``: if it views its project), else the reply to a missing one."""
         found = await self.find(name)
-        if found is None:
+        if found is None or (caller is not None and not visible(caller, found.value.project)):
             raise not_found("dataset", name, "create it first: trainmaster dataset create")
         return found.value
 

@@ -23,6 +23,16 @@ class _Asks(msgspec.Struct):
     resources: Resources = Resources()
 
 
+class _Account(msgspec.Struct, frozen=True):
+    account: str = "default"
+
+
+class _Owned(msgspec.Struct):
+    """Whose a job is (the rest of the record is skipped, not built)."""
+
+    spec: _Account = _Account()
+
+
 class _Placed(msgspec.Struct):
     """What a placed job's record says it holds (the rest of the record is skipped, not built)."""
 
@@ -30,6 +40,7 @@ class _Placed(msgspec.Struct):
 
 
 _decode_placed = msgspec.json.Decoder(_Placed).decode
+_decode_owned = msgspec.json.Decoder(_Owned).decode
 
 
 class JobIndex:
@@ -37,6 +48,7 @@ class JobIndex:
         self.kv = kv
         self.jobs: dict[str, JobSummary] = {}
         self.placed: dict[str, tuple[str, Resources]] = {}  # job id -> (account, resources), while placed
+        self.accounts: dict[str, str] = {}  # job id -> its account (who may see it)
         self._watcher = None
 
     async def start(self) -> None:
@@ -57,8 +69,11 @@ class JobIndex:
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
             self.jobs.pop(entry.key, None)
             self.placed.pop(entry.key, None)
+            self.accounts.pop(entry.key, None)
             return
         summary = self.jobs[entry.key] = _decode_summary(entry.value)
+        if entry.key not in self.accounts:  # a job's account does not change: decoded once
+            self.accounts[entry.key] = _decode_owned(entry.value).spec.account
         if summary.status in HOLDS_CAPACITY:
             if entry.key not in self.placed:  # a placed job's spec does not change: decoded once
                 asks = _decode_placed(entry.value).spec
@@ -69,6 +84,7 @@ class JobIndex:
     def put(self, record: JobRecord) -> None:
         """Read-your-writes for this replica: index a record before its watch update arrives."""
         self.jobs[record.id] = summary_of(record)
+        self.accounts[record.id] = record.spec.account
         if record.status in HOLDS_CAPACITY:
             self.placed[record.id] = (record.spec.account, record.spec.resources)
         else:
@@ -78,5 +94,12 @@ class JobIndex:
         """What each placed job of ``account`` asks for."""
         return (resources for owner, resources in self.placed.values() if owner == account)
 
-    def select(self, query: ListRequest) -> tuple[list[JobSummary], int]:
-        return select(self.jobs.values(), query)
+    def select(self, query: ListRequest, projects: frozenset[str] | None = None) -> tuple[list[JobSummary], int]:
+        """The page of jobs ``query`` asks for, among those of ``projects`` (None: every job)."""
+        return select(self.jobs.values(), query, self.accounts, projects)
+
+    def visible_jobs(self, projects: frozenset[str] | None) -> list[JobSummary]:
+        """The jobs of ``projects`` (None: every job)."""
+        if projects is None:
+            return list(self.jobs.values())
+        return [j for j in self.jobs.values() if self.accounts.get(j.id) in projects]

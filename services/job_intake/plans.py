@@ -28,12 +28,15 @@ from services.job_intake.core import (
     without_save_as,
 )
 from services.job_intake.index import JobIndex
+from services.job_intake.policy import require_job_account
 from services.job_intake.replies import Refused, refused, request_id_of
 from services.job_intake.verdict import verdict_reply
 from services.job_intake.versions import VersionCounter
 from trainmaster import accounts
+from trainmaster.access import Role, require
 from trainmaster.catalog import ResourceCatalog
 from trainmaster.decoding import decode_as
+from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import (
     CheckReply,
@@ -67,6 +70,7 @@ class JobPlans:
     index: JobIndex
     store: JobStore
     intake: Intake  # new versions are accepted as a create would be
+    directory: Directory
 
     async def check(self, spec: JobRequest) -> CheckReply:
         """The validator's verdict on ``spec``; Refused (unavailable) when it does not answer in time."""
@@ -93,25 +97,33 @@ class JobPlans:
 
     # ---- tm.jobs.plan
     async def on_plan(self, msg: NatsMessage) -> bytes:
-        return encode(await self.plan(read_job_request(msg.body, self.settings.api.max_request_bytes)))
+        caller = self.directory.caller(msg.headers)
+        spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
+        require_job_account(caller, spec.account, "planning a job")
+        return encode(await self.plan(spec))
 
     # ---- tm.jobs.new_version
     async def on_new_version(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
         request = decode_as(msg.body, NewVersionRequest, self.settings.api.max_request_bytes)
-        job_id = latest_job(self.index.jobs.values(), request.name)
+        # the versions the caller sees: another project's job of that name is not there for it
+        job_id = latest_job(self.index.visible_jobs(caller.projects(Role.VIEWER)), request.name)
         record: JobRecord | None = await self.store.find(job_id) if job_id else None
         if record is None:
             raise refused("not_found", f"no job named {request.name!r}", [Violation(
                 "name", "not_found", "new-version continues an existing job: create its first version with "
                 "`trainmaster job create`")])
+        require(caller, record.spec.account, Role.MEMBER, "making a new version of a job", "name")
         spec = normalise(with_overrides(without_save_as(record.spec), request.overrides,
                                         self.settings.api.max_request_bytes))
         check_name(spec.name)
         if spec.name != request.name:
             raise refused("invalid_request", "a new version keeps the job's name", [Violation(
                 "overrides.name", "invalid_override", "to start another job, use `trainmaster job create`")])
+        if spec.account != record.spec.account:  # moved to another project: a member of that one too
+            require(caller, spec.account, Role.MEMBER, "moving a job to another project", "overrides.account")
         if request.dry_run:
             return encode(await self.plan(spec))
-        created = await self.intake.accept_and_wait(spec, request_id_of(msg, "new-version"))
+        created = await self.intake.accept_and_wait(spec, request_id_of(msg, "new-version"), caller)
         log.info("new version", name=created.name, version=created.version, from_version=record.version)
         return verdict_reply(created)

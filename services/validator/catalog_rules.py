@@ -2,8 +2,9 @@
 
 Engines (R13, R19), preset algorithms and their hyperparameters (R12, R15), custom images (R14),
 pools, flavors and node counts (R18, R19), who may use a dedicated pool, the account's balance
-(R5), datasets and versions (R10), the region of object storage (R6), file names longer than 255
-characters (R7), and the code scan's warnings: CUDA on a CPU flavor (R18), imports of another engine (R13).
+(R5), datasets and versions (R10) of the job's own project, the region of object storage (R6),
+file names longer than 255 characters (R7), and the code scan's warnings: CUDA on a CPU flavor
+(R18), imports of another engine (R13).
 """
 
 from __future__ import annotations
@@ -185,6 +186,11 @@ def _datasets(spec: JobRequest, facts: Facts, out: list[Violation]) -> None:
             out.append(Violation(f"data[{i}].dataset", "dataset_not_found",
                                  f"there is no dataset {source.dataset!r}: create it (trainmaster dataset create) "
                                  "or name an existing one (trainmaster dataset list)"))
+        elif dataset.project != spec.account:
+            out.append(Violation(f"data[{i}].dataset", "dataset_not_allowed",
+                                 f"dataset {source.dataset} belongs to project {dataset.project!r} and this job to "
+                                 f"{spec.account!r}: a job trains only on its own project's datasets (set "
+                                 f"`account` to {dataset.project!r}, or use a dataset of {spec.account!r})"))
         elif source.version and source.version not in dataset.versions:
             known = ", ".join(sorted(dataset.versions)) or "none published yet"
             out.append(Violation(f"data[{i}].version", "dataset_version_not_found",

@@ -143,7 +143,7 @@ async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups
                     if manifest is not None:
                         versions[other.version] = VersionFact(
                             len(manifest.files), sum(1 for f in manifest.files if long_name(f.path)))
-            datasets[dataset.name] = DatasetFact(dataset.location, versions)
+            datasets[dataset.name] = DatasetFact(dataset.location, versions, dataset.project)
             dataset_locations.append(dataset.location)
         name = getattr(spec, "account", None) or default_account
         found = await lookups.account(name)

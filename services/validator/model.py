@@ -44,6 +44,7 @@ class VersionFact:
 class DatasetFact:
     location: str
     versions: Mapping[str, VersionFact]  # the versions that exist (each may be looked up lazily)
+    project: str = "default"  # only this project's jobs may train on it
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,9 @@ CASES: list[Case] = [
     # datasets (R10)
     ("dataset-unknown", lambda: (base(data=[DataSource(dataset="cifar", version="V001")]), facts()),
      "data[0].dataset", "dataset_not_found"),
+    ("dataset-of-another-project", lambda: (base(account="team-a", data=[DataSource(dataset="mnist", version="V001")]),
+                                            facts()),
+     "data[0].dataset", "dataset_not_allowed"),
     ("dataset-version-unknown", lambda: (base(data=[DataSource(dataset="mnist", version="V009")]), facts()),
      "data[0].version", "dataset_version_not_found"),
     ("output-is-the-dataset-location", lambda: (base(data=[DataSource(dataset="mnist", version="V001")],

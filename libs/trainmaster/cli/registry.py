@@ -74,13 +74,16 @@ def confirm_plan(plan: dict[str, Any], yes: bool) -> bool:
 # ----------------------------------------------------------------------------------- datasets
 @dataset_app.command("create")
 def dataset_create(name: str, location: Annotated[str, typer.Option(help="a local folder or s3://bucket/prefix")],
+                   project: Annotated[str, typer.Option(help="the project (account) it belongs to: its viewers "
+                                                             "read it, its jobs train on it")] = "default",
                    description: str = "", nats_url: NatsOpt = None) -> None:
     """Create a dataset over a storage location (then publish versions of it)."""
     loc = location if "://" in location else str(Path(location).resolve())
 
     async def fn(reg: RegistryClient) -> None:
-        ds = await reg.call("datasets", "create", {"name": name, "location": loc, "description": description})
-        console.print(f"created dataset {ds['name']} over {ds['location']}")
+        ds = await reg.call("datasets", "create", {"name": name, "location": loc, "description": description,
+                                                   "project": project})
+        console.print(f"created dataset {ds['name']} of project {ds.get('project', project)} over {ds['location']}")
 
     _with_registry(nats_url, fn)
 
@@ -126,7 +129,8 @@ def dataset_show(name: str, version: Annotated[str | None, typer.Option(help="sh
         d = await reg.call("datasets", "get", {"name": name})
         if as_json:
             return print_json(d)
-        console.print(f"[bold]{d['name']}[/bold] over {d['location']} {d['description']}")
+        console.print(f"[bold]{d['name']}[/bold] of project {d.get('project', 'default')} over {d['location']} "
+                      f"{d['description']}")
         for v in d["versions"]:
             console.print(f"  {v['version']}  {ts(v['created_at'])}  {v['files']} file(s)  {v['bytes']} bytes  "
                           f"{v['description']}")
