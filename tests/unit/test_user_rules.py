@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from services.job_intake.users import Users
 from trainmaster import user_rules
 from trainmaster.access import CLUSTER_ADMIN, Caller, Credential, Denied, Role, UserRecord
 from trainmaster.auth import permissions
@@ -15,6 +16,7 @@ from trainmaster.auth.jwt import creds_text, decode
 from trainmaster.auth.nkeys import KeyKind, KeyPair
 from trainmaster.auth.users_signer import InvalidSigner, parse_signer, signer_of
 from trainmaster.decoding import RequestError, decode_as
+from trainmaster.identity import Directory
 from trainmaster.user_messages import UserCreate, UserGrant
 
 ALICE = UserRecord("alice", 1.0, roles={"team-a": "member", "team-b": "viewer"},
@@ -182,3 +184,10 @@ def test_a_persons_creds_connect_with_its_own_inbox_prefix(tmp_path) -> None:
     assert inbox_options(mine) == {"inbox_prefix": permissions.user_inbox("alice")}
     assert inbox_options(service) == {} and inbox_options(None) == {}
     assert person_inbox(tmp_path / "missing.creds") is None  # the connect says why
+
+
+def test_without_a_signer_nats_credentials_are_refused_with_how_to_give_one() -> None:
+    users = Users(None, Directory(None), None, 4096)  # type: ignore[arg-type]  # no bucket is reached
+    with pytest.raises(RequestError) as refused:
+        users._nats_credential("alice", KeyPair.generate(KeyKind.USER).public_key, 1.0)
+    assert refused.value.body.code == "unavailable" and "TM_USERS_SIGNING_KEY_FILE" in refused.value.body.message
