@@ -116,7 +116,7 @@ def init(directory: DirOpt, as_json: JsonOpt = False) -> None:
              "users": authority.users}
     keys = {ROLES[name]: pair.public_key for name, pair in pairs.items()}
     if as_json:
-        print_json({"dir": str(directory), "created": [ROLES[n] for n in SEED_FILES if n not in existed],
+        print_json({"dir": str(directory), "created": [ROLES[n] for n in SEED_FILES if n not in existed and n in ROLES],
                     "public_keys": keys})
         return
     state = "loaded" if existed == set(SEED_FILES) else "made" if not existed else "completed"
