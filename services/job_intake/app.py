@@ -88,8 +88,7 @@ async def setup(ctx: ServiceContext) -> None:
         topo.audit_list: trail.on_list,
     })
     # people: users, roles, credentials (services/job_intake/users.py)
-    users = Users(await bucket(topo.bucket_users.name), directory, load_users_signer(s.intake.users_signing_key_file),
-                  max_bytes)
+    users = Users(directory.kv, directory, load_users_signer(s.intake.users_signing_key_file), max_bytes)
     answer(broker, {
         topo.users("create"): audited("user_create", users.on_create, users.describe_project),
         topo.users("grant"): audited("user_grant", users.on_grant, users.describe_project),
