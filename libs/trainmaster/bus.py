@@ -34,7 +34,7 @@ from nats.js.errors import (
 from opentelemetry.sdk.trace import TracerProvider
 
 from trainmaster.access import Denied
-from trainmaster.auth.credentials import connect_options
+from trainmaster.auth.credentials import connect_options, inbox_options
 from trainmaster.delivery_policy import DLQ_PUBLISH_TIMEOUT_S, MSG_ID, Publish, Settler
 from trainmaster.delivery_policy import ERROR_HEADER as ERROR_HEADER
 from trainmaster.delivery_policy import Poison as Poison
@@ -99,7 +99,7 @@ async def connect(settings: Settings, **options: Any) -> NATS:
     (and the servers' CA)."""
     servers = [s.strip() for s in settings.bus.nats_url.split(",") if s.strip()]
     return await nats.connect(servers, **connect_options(settings.bus.nats_creds, settings.bus.nats_ca_file),
-                              **options)
+                              **{**inbox_options(settings.bus.nats_creds), **options})
 
 
 # ------------------------------------------------------------------------- provisioning

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 from nats.js.api import DeliverPolicy
 
-from trainmaster.auth.credentials import connect_options
+from trainmaster.auth.credentials import connect_options, inbox_options
 from trainmaster.topology import Topology
 
 TERMINAL = {"Succeeded", "Failed", "Stopped"}
@@ -58,7 +58,8 @@ class Client:
         try:
             self.nc = await nats.connect(self.nats_url, connect_timeout=3, max_reconnect_attempts=3,
                                          allow_reconnect=True, error_cb=self._connection_error,
-                                         **connect_options(self.creds, self.ca_file))
+                                         **connect_options(self.creds, self.ca_file),
+                                         **inbox_options(self.creds))  # a person's replies: its own inboxes
         except NoServersError:
             if self.refusal is not None:
                 raise NotAdmitted(str(self.refusal)) from None

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from trainmaster import messages as m
+from trainmaster import user_messages as um
 
 PUBLIC_TYPES: dict[str, type] = {
     "job-request": m.JobRequest,
@@ -57,6 +58,17 @@ PUBLIC_TYPES: dict[str, type] = {
     "audit-entry": m.AuditEntry,
     "audit-list-request": m.AuditListRequest,
     "audit-list": m.AuditList,
+    # people: tm.users.<verb> (user_messages.py)
+    "user-create": um.UserCreate,
+    "user-created": um.UserCreated,
+    "user-grant": um.UserGrant,
+    "user-issue": um.UserIssue,
+    "user-credential": um.IssuedCredential,
+    "user-revoke": um.UserRevoke,
+    "user-list-request": um.UserListRequest,
+    "user-list": um.UserList,
+    "user": um.UserView,
+    "whoami": um.WhoAmI,
 }
 
 

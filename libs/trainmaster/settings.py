@@ -133,6 +133,15 @@ class IntakeSettings(_Group):
         10.0, description="how long tm.jobs.create waits for the validator's verdict before replying"
     )
     request_dedupe_ttl_s: float = Field(24 * 3600, description="how long a request id stays remembered")
+    users_signing_key_file: Path | None = Field(
+        None, description="the users signer (0600): the people's scoped signing key and account, with which "
+        "job-intake signs the NATS credentials of people (`trainmaster auth issue users-signer`); unset = "
+        "people get API tokens only")
+
+    @field_validator("users_signing_key_file", mode="before")
+    @classmethod
+    def _no_signer_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class BillingSettings(_Group):

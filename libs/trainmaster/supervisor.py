@@ -180,6 +180,8 @@ class Stack:
             env = dict(base_env, TM_NATS_CREDS=str(self.auth.creds_of(name)))
             if name == "notifier":
                 env["TM_SECRETS_KEY_FILE"] = str(secrets_key)
+            if name == "job_intake":  # people's NATS credentials are signed with the local authority's key
+                env["TM_USERS_SIGNING_KEY_FILE"] = str(self.auth.users_signer_file)
             self.children.append(Child(name, f"services.{name}", env,
                                        self.data_dir / "logs" / f"{name.replace('_', '-')}.log"))
         for agent in self.agents:

@@ -14,6 +14,7 @@ from services.job_intake.job_api import JobApi
 from services.job_intake.plans import JobPlans
 from services.job_intake.registry import Accounts, Algorithms, Templates
 from services.job_intake.replies import answer
+from services.job_intake.users import Users, load_users_signer
 from services.job_intake.versions import VersionCounter
 from trainmaster import accounts
 from trainmaster.algorithms import load_presets
@@ -87,4 +88,16 @@ async def setup(ctx: ServiceContext) -> None:
                                           trail.describe_dataset(datasets.project_of)),
         topo.datasets("version"): datasets.on_version,
         topo.audit_list: trail.on_list,
+    })
+    # people: users, roles, credentials (services/job_intake/users.py)
+    users = Users(directory.kv, directory, load_users_signer(s.intake.users_signing_key_file), max_bytes)
+    answer(broker, {
+        topo.users("create"): audited("user_create", users.on_create, users.describe_project),
+        topo.users("grant"): audited("user_grant", users.on_grant, users.describe_project),
+        topo.users("issue"): audited("user_issue", users.on_issue, users.describe_credential),
+        topo.users("revoke"): audited("user_revoke", users.on_revoke, users.describe_credential),
+        topo.users("list"): users.on_list,
+        topo.users("get"): users.on_get,
+        topo.users("whoami"): users.on_whoami,
+        topo.users("authenticate"): users.on_authenticate,
     })

@@ -20,8 +20,10 @@ from support import STACK_CREDS, SecuredNats, Services
 from trainmaster import bus
 from trainmaster.access import Credential, UserRecord
 from trainmaster.auth import permissions
+from trainmaster.auth.authority import write_private
 from trainmaster.auth.credentials import connect_options
 from trainmaster.auth.permissions import user_inbox
+from trainmaster.auth.users_signer import signer_of
 from trainmaster.messages import encode
 from trainmaster.topology import Topology
 
@@ -34,6 +36,7 @@ class PeopleStack:
     services: Services
     service_creds: Path
     admin_creds: Path
+    signer_file: Path
     clients: list[NATS] = field(default_factory=list)
 
     @property
@@ -75,16 +78,19 @@ class PeopleStack:
 async def people(secured_nats: SecuredNats, services: Services) -> AsyncIterator[PeopleStack]:
     service_creds = secured_nats.service_creds()
     admin_creds = secured_nats.creds("admin", permissions.cluster_admin())
+    signer_file = secured_nats.creds_dir / "users-signer.key"  # job-intake signs people's JWTs with it
+    write_private(signer_file, signer_of(secured_nats.authority).text())
     nc = await bus.connect(secured_nats.settings(service_creds))
     try:
         await bus.provision(nc.jetstream(), TOPO)
     finally:
         await nc.close()
     STACK_CREDS[secured_nats.url] = admin_creds  # the readiness checks ask as the admin
-    stack = PeopleStack(secured_nats, services, service_creds, admin_creds)
+    stack = PeopleStack(secured_nats, services, service_creds, admin_creds, signer_file)
     try:
         await services.astart(secured_nats.url, "job_intake", "validator",
-                              env={"TM_NATS_CREDS": str(service_creds)})
+                              env={"TM_NATS_CREDS": str(service_creds)},
+                              per_service_env={"job_intake": {"TM_USERS_SIGNING_KEY_FILE": str(signer_file)}})
         yield stack
     finally:
         await stack.close()

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from trainmaster.auth import jwt, permissions
 from trainmaster.auth.authority import Authority
 from trainmaster.auth.credentials import connect_options
+from trainmaster.auth.users_signer import load_signer
 from trainmaster.bus import broker_security
 from trainmaster.cli.auth import Grant, IdentityKind, grant
 from trainmaster.cli.main import app
@@ -209,3 +210,16 @@ def test_the_ca_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyP
     assert Settings().bus.nats_ca_file == Path("/etc/trainmaster/tls/ca.pem")
     monkeypatch.delenv("TM_NATS_CA_FILE")
     assert Settings().bus.nats_ca_file is None
+
+
+def test_the_users_signer_is_written_once_for_job_intake(authority_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "users-signer.key"
+    code, stdout, err = cli("issue", "users-signer", "--dir", authority_dir, "--out", out, "--json")
+    assert code == 0, err
+    authority = Authority.load_or_create(authority_dir)
+    assert json.loads(stdout)["account"] == authority.users.public_key
+    signer = load_signer(out)
+    assert signer.key.public_key == authority.users_signing.public_key  # the scoped key, not the account's own
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    code, _, err = cli("issue", "users-signer", "--dir", authority_dir, "--out", out)
+    assert code == 2 and "--force" in one_line(err)

@@ -167,3 +167,8 @@ def test_the_embedded_stack_keeps_every_identity_private(tmp_path: Path) -> None
     assert agent["nats"]["pub"]["allow"] == list(permissions.agent(Topology(), "local-1").publish)
     again = local.prepare(Topology(), ["job_intake"], [])
     assert again == authority  # the keys are kept across starts
+    # job-intake's users signer: the people's scoped key, which it signs people's JWTs with
+    from trainmaster.auth.users_signer import load_signer
+
+    signer = load_signer(local.users_signer_file)
+    assert (signer.key, signer.account) == (authority.users_signing, authority.users.public_key)

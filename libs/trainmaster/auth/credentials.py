@@ -19,7 +19,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from trainmaster.auth import jwt
 from trainmaster.auth.jwt import parse_creds
+from trainmaster.auth.permissions import user_inbox
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
@@ -47,3 +49,26 @@ def connect_options(creds: Path | None, ca_file: Path | None = None) -> dict[str
         return base64.b64encode(user.sign(nonce.encode()))
 
     return {**options, "user_jwt_cb": user_jwt, "signature_cb": sign_nonce}
+
+
+def person_inbox(creds: Path | None) -> str | None:
+    """The inbox prefix a connection with ``creds`` must use: a person's (signed by the people's
+    scoped key, so the server lets it subscribe to its own inboxes only) or None for anyone else
+    (or a file that cannot be read here: the connect says why)."""
+    if creds is None:
+        return None
+    try:
+        claims = jwt.decode(parse_creds(Path(creds).read_text())[0])
+    except (OSError, ValueError):
+        return None
+    nats_claims = claims.get("nats") if isinstance(claims.get("nats"), dict) else {}
+    name = claims.get("name")
+    if nats_claims.get("issuer_account") and isinstance(name, str) and name:
+        return user_inbox(name)
+    return None
+
+
+def inbox_options(creds: Path | None) -> dict[str, Any]:
+    """``inbox_prefix`` for ``nats.connect`` when ``creds`` are a person's; nothing otherwise."""
+    inbox = person_inbox(creds)
+    return {} if inbox is None else {"inbox_prefix": inbox}

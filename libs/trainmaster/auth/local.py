@@ -6,6 +6,7 @@ and agent, and the local cluster admin the CLI uses when nothing else is configu
     <data_dir>/auth/server/          nats-server's include file, operator JWT, account store
     <data_dir>/auth/creds/*.creds    one per service and agent (issued anew at each start)
     <data_dir>/auth/admin.creds      the local cluster admin
+    <data_dir>/auth/users-signer.key job-intake's key for people's credentials (auth/users_signer.py)
     <data_dir>/auth/secrets.key      the notifier's keys for webhook signing secrets at rest (made on
                                      the first start, kept after: trainmaster.secretbox)
     <data_dir>/auth/tls/             with TLS on (``up --tls``): the stack's CA and server certificate
@@ -25,6 +26,7 @@ from trainmaster.auth import permissions
 from trainmaster.auth.authority import Authority, write_private
 from trainmaster.auth.localtls import ServerTls
 from trainmaster.auth.revocations import pusher_permissions
+from trainmaster.auth.users_signer import signer_of
 from trainmaster.secretbox import ensure_key_file
 from trainmaster.topology import Topology
 
@@ -67,6 +69,10 @@ class LocalAuth:
     def ca_record(self) -> Path:
         return self.root / "nats-ca"
 
+    @property
+    def users_signer_file(self) -> Path:
+        return self.root / "users-signer.key"
+
     def creds_of(self, identity: str) -> Path:
         return self.root / "creds" / f"{identity}.creds"
 
@@ -90,6 +96,7 @@ class LocalAuth:
                           authority.issue(f"agent-{agent_id}", "TM", permissions.agent(topo, agent_id)))
         write_private(self.admin_creds, authority.issue("admin", "TM", permissions.cluster_admin()))
         write_private(self.revocations_creds, authority.issue("revocations", "SYS", pusher_permissions()))
+        write_private(self.users_signer_file, signer_of(authority).text())
         return authority
 
 

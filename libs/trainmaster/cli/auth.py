@@ -2,7 +2,8 @@
 host that keeps them (docs/security.md).  None of these commands needs the bus.
 
 ``init`` makes (or loads) the authority; ``server-config`` writes the file that every nats-server
-of the cluster includes to trust it; ``issue`` writes one creds file per service, agent or admin.
+of the cluster includes to trust it; ``issue`` writes one creds file per service, agent or admin,
+and job-intake's users signer.
 Exit codes: 2 for what the caller can fix by asking differently (no authority there, a bad name,
 a creds file that exists), 1 for a file that cannot be read or written.
 """
@@ -28,6 +29,7 @@ from trainmaster.auth.jwt import Permissions, parse_creds
 from trainmaster.auth.local import local_admin_creds
 from trainmaster.auth.nkeys import InvalidKey
 from trainmaster.auth.revocations import RevocationPusher, pusher_permissions
+from trainmaster.auth.users_signer import signer_of
 from trainmaster.cli.common import JsonOpt, print_json, run
 from trainmaster.cli.render import console, err_console
 from trainmaster.identity import Directory
@@ -123,7 +125,7 @@ def init(directory: DirOpt, as_json: JsonOpt = False) -> None:
              "users": authority.users, "users-signing": authority.users_signing}
     keys = {ROLES[name]: pair.public_key for name, pair in pairs.items()}
     if as_json:
-        print_json({"dir": str(directory), "created": [ROLES[n] for n in SEED_FILES if n not in existed],
+        print_json({"dir": str(directory), "created": [ROLES[n] for n in SEED_FILES if n not in existed and n in ROLES],
                     "public_keys": keys})
         return
     state = "loaded" if existed == set(SEED_FILES) else "made" if not existed else "completed"
@@ -229,3 +231,21 @@ async def _push_revocations(authority: Authority, watch: bool) -> int:
             await users.close()
             await system.close()
     return 0
+
+
+@issue_app.command("users-signer")
+def issue_users_signer(directory: DirOpt,
+                       out: Annotated[Path, typer.Option("--out", help="the signer file to write (0600)")],
+                       force: Annotated[bool, typer.Option("--force", help="replace an existing file")] = False,
+                       as_json: JsonOpt = False) -> None:
+    """job-intake's users signer (its TM_USERS_SIGNING_KEY_FILE): the people's scoped signing key,
+    with which it signs people's NATS credentials (each with a person's rights only)."""
+    if out.exists() and not out.is_dir() and not force:
+        _fail(f"{out} exists: give --force to replace it")
+    signer = signer_of(_existing_authority(directory))
+    _write(out, signer.text())
+    if as_json:
+        print_json({"signer": str(out), "signing_key": signer.key.public_key, "account": signer.account})
+        return
+    console.print(f"wrote {escape(str(out))}: give it to job-intake as TM_USERS_SIGNING_KEY_FILE (keep it 0600, "
+                  "on job-intake's hosts only)", highlight=False)

@@ -26,6 +26,7 @@ from trainmaster.cli.registry import (
 from trainmaster.cli.render import console, err_console, event_line, job_details, job_table, show_error, status
 from trainmaster.cli.secrets import secrets_app
 from trainmaster.cli.topics import topic_app
+from trainmaster.cli.users import user_app
 from trainmaster.client import ApiError, Client
 from trainmaster.jobfile import apply_overrides, load_job_file
 from trainmaster.settings import Settings, get_settings
@@ -44,6 +45,7 @@ app.add_typer(account_app, name="account")
 app.add_typer(algorithm_app, name="algorithm")
 app.command("audit")(audit_cmd)  # who did what (cli/audit.py)
 app.add_typer(auth_app, name="auth")  # keys and creds of a secured cluster (cli/auth.py)
+app.add_typer(user_app, name="user")  # people, roles, credentials (cli/users.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SAMPLE_JOB = REPO_ROOT / "examples" / "sklearn-iris" / "job.yaml"
