@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -191,3 +193,33 @@ async def test_a_long_log_comes_in_batches_quickly_to_the_cluster_admin(people: 
     assert elapsed < 10, f"{count} lines took {elapsed:.1f} s"
     last = [line.text async for line in client_on(admin).log_lines(job_id, tail=3)]
     assert last == [f"chatty line {n:08d}" for n in range(count - 2, count + 1)]
+
+
+async def trainmaster(people: PeopleStack, *args: str) -> tuple[int, str]:  # noqa: F811
+    """The ``trainmaster`` command as the cluster admin: its exit code and its output."""
+    env = {**os.environ, "TM_NATS_URL": people.url, "TM_NATS_CREDS": str(people.admin_creds), "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "trainmaster"), *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_command_shows_logs_and_watches_a_job_through_the_verbs(people: PeopleStack,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    admin = await people.admin()
+    job_id = await pending_job(admin, tmp_path, "team-a")
+    await write_line(admin, job_id, 1, "hello")
+    await write_line(admin, job_id, 1, "from node one", node=1)
+    code, out = await trainmaster(people, "job", "logs", job_id)
+    assert (code, out) == (0, "node 0 | hello\nnode 1 | from node one\n")
+    code, out = await trainmaster(people, "job", "logs", "job-missing")
+    assert code == 1 and "not_found" in out
+
+    watch = asyncio.ensure_future(trainmaster(people, "job", "watch", job_id))
+    await asyncio.sleep(3)
+    await write_line(admin, job_id, 2, "while watched")
+    await call(admin, TOPO.jobs("stop"), {"id": job_id})
+    code, out = await asyncio.wait_for(watch, 60)
+    assert code == 1, out  # it ended Stopped
+    assert "node 0 | hello" in out and "node 0 | while watched" in out
+    assert "Pending" in out and "Stopped" in out
