@@ -148,8 +148,8 @@ class JobFeeds:
         started = clock()
         progress = Progress(follow=request.follow, started=started, now=started, last_sent=started)
         last_seq = start - 1
+        sub = await self.js.pull_subscribe_bind(consumer=consumer, stream=feed.stream)
         try:
-            sub = await self.js.pull_subscribe_bind(consumer=consumer, stream=feed.stream)
             while True:
                 progress = replace(progress, now=clock())
                 step = jobfeed.next_step(progress, feed.pace)
@@ -185,6 +185,8 @@ class JobFeeds:
             await self._close_with(reply, b"", jobfeed.end_headers(Step.MORE, last_seq))
             raise
         finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(feed.stream, consumer)
 
