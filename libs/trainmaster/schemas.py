@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from trainmaster import jobfeed
 from trainmaster import messages as m
 
 PUBLIC_TYPES: dict[str, type] = {
@@ -57,6 +58,9 @@ PUBLIC_TYPES: dict[str, type] = {
     "audit-entry": m.AuditEntry,
     "audit-list-request": m.AuditListRequest,
     "audit-list": m.AuditList,
+    # a job's events and logs as streamed replies: tm.jobs.events, tm.jobs.logs
+    "job-events-request": jobfeed.EventsRequest,
+    "job-logs-request": jobfeed.LogsRequest,
 }
 
 
