@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoServersError
-from nats.js.api import DeliverPolicy
 
+from trainmaster import jobfeed
 from trainmaster.auth.credentials import connect_options, inbox_options
 from trainmaster.topology import Topology
 
 TERMINAL = {"Succeeded", "Failed", "Stopped"}
+# the longest a feed is silent before the client gives up: job-intake sends a keepalive at least
+# every TM_FOLLOW_KEEPALIVE_S (20 s)
+FEED_SILENCE_S = 60.0
 
 
 class ApiError(Exception):
@@ -146,40 +151,71 @@ class Client:
         """Templates, datasets, accounts and preset algorithms: ``await client.registry.call("datasets", "list")``."""
         return RegistryClient(self)
 
-    async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
-        """Every CloudEvent of the job from its first, until it ends."""
+    async def feed(self, verb: str, query: dict[str, Any]) -> AsyncIterator[Msg]:
+        """The messages of a streamed verb (``tm.jobs.events``, ``tm.jobs.logs``): each stored event
+        or line, its stream sequence in ``Tm-Seq``, until ``Tm-End``; on ``more`` (job-intake's
+        window ran out, or the replica stopped) asked again from where it got.  An error reply is
+        raised as ``ApiError``; keepalives are skipped."""
         assert self.nc is not None
-        sub = await self.nc.jetstream().subscribe(self.topo.job_events(job_id), ordered_consumer=True,
-                                                  deliver_policy=DeliverPolicy.ALL)
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=3600)
-                event = json.loads(msg.data)
-                yield event
-                if event["data"]["status"] in TERMINAL:
-                    return
-        finally:
-            await sub.unsubscribe()
-
-    async def logs(self, job_id: str, follow: bool = False, idle_s: float = 1.0) -> AsyncIterator[tuple[str, str]]:
-        """(node, line) pairs.  Without ``follow`` it ends once it has caught up; with ``follow``
-        it ends when the job has ended and no line came for ``idle_s``."""
-        assert self.nc is not None
-        sub = await self.nc.jetstream().subscribe(self.topo.logs(job_id, "*"), ordered_consumer=True,
-                                                  deliver_policy=DeliverPolicy.ALL)
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=idle_s)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if not follow or (await self.get(job_id))["status"] in TERMINAL:
+        after = int(query.get("after", 0))
+        while True:
+            inbox = self.nc.new_inbox()
+            sub = await self.nc.subscribe(inbox)
+            try:
+                await self.nc.publish(self.topo.jobs(verb), json.dumps({**query, "after": after}).encode(),
+                                      reply=inbox)
+                while True:
+                    msg = await sub.next_msg(timeout=max(self.timeout, FEED_SILENCE_S))
+                    headers = msg.headers or {}
+                    if headers.get("Status") == "503":
+                        raise nats.errors.NoRespondersError
+                    if jobfeed.KEEPALIVE in headers:
+                        continue
+                    end = headers.get(jobfeed.END)
+                    if end == jobfeed.DONE:
                         return
-                    continue
-                yield msg.subject.rsplit(".", 1)[-1], msg.data.decode("utf-8", "replace")
-                if not follow and msg.metadata.num_pending == 0:
-                    return
-        finally:
-            await sub.unsubscribe()
+                    if end == jobfeed.MORE:
+                        after = int(headers[jobfeed.NEXT])
+                        break
+                    if jobfeed.SEQ not in headers:
+                        body = json.loads(msg.data)
+                        raise ApiError(body.get("error", {}) if isinstance(body, dict) else {})
+                    after = int(headers[jobfeed.SEQ])
+                    yield msg
+            finally:
+                await sub.unsubscribe()
+
+    async def events(self, job_id: str, follow: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """The job's CloudEvents from its first; with ``follow`` until it has ended."""
+        async for msg in self.feed("events", {"id": job_id, "follow": follow}):
+            yield json.loads(msg.data)
+
+    async def log_lines(self, job_id: str, follow: bool = False, node: int | None = None,
+                        tail: int | None = None) -> AsyncIterator[LogLine]:
+        """The job's log lines (of ``node``, else of every node; the last ``tail`` of them); with
+        ``follow`` the new ones too, until the job has ended and its last lines came."""
+        query: dict[str, Any] = {"id": job_id, "follow": follow}
+        if node is not None:
+            query["node"] = node
+        if tail is not None:
+            query["tail"] = tail
+        async for msg in self.feed("logs", query):
+            headers = msg.headers or {}
+            yield LogLine(headers.get(jobfeed.NODE, ""), msg.data.decode("utf-8", "replace"),
+                          headers.get(jobfeed.LOG_STREAM, ""), int(headers[jobfeed.SEQ]))
+
+    async def logs(self, job_id: str, follow: bool = False) -> AsyncIterator[tuple[str, str]]:
+        """(node, line) pairs of every node; ``follow``: until the job has ended."""
+        async for line in self.log_lines(job_id, follow):
+            yield line.node, line.text
+
+
+@dataclass(frozen=True)
+class LogLine:
+    node: str
+    text: str
+    stream: str  # stdout, stderr, or trainmaster (the agent's own lines)
+    seq: int  # where it is in the log stream: ``after`` to go on from it
 
 
 # ================================================================ notifications

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from trainmaster import jobfeed
 from trainmaster import messages as m
 from trainmaster import user_messages as um
 
@@ -69,6 +70,9 @@ PUBLIC_TYPES: dict[str, type] = {
     "user-list": um.UserList,
     "user": um.UserView,
     "whoami": um.WhoAmI,
+    # a job's events and logs as streamed replies: tm.jobs.events, tm.jobs.logs
+    "job-events-request": jobfeed.EventsRequest,
+    "job-logs-request": jobfeed.LogsRequest,
 }
 
 

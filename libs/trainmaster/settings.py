@@ -133,6 +133,12 @@ class IntakeSettings(_Group):
         10.0, description="how long tm.jobs.create waits for the validator's verdict before replying"
     )
     request_dedupe_ttl_s: float = Field(24 * 3600, description="how long a request id stays remembered")
+    follow_window_s: float = Field(
+        300.0, gt=0, description="the longest job-intake serves one tm.jobs.events / tm.jobs.logs request; a "
+        "follow then ends with Tm-End: more and the client asks again from where it got")
+    follow_keepalive_s: float = Field(
+        20.0, gt=0, description="the longest a quiet follow stays silent (a keepalive message): nats-server "
+        "forgets a streamed reply's route to the people's account after 2 min without a message")
     users_signing_key_file: Path | None = Field(
         None, description="the users signer (0600): the people's scoped signing key and account, with which "
         "job-intake signs the NATS credentials of people (`trainmaster auth issue users-signer`); unset = "

@@ -9,6 +9,7 @@ from services.job_intake.accept import Intake
 from services.job_intake.audit_trail import AuditTrail
 from services.job_intake.billing import Biller
 from services.job_intake.datasets import Datasets
+from services.job_intake.follow import JobFeeds
 from services.job_intake.index import JobIndex
 from services.job_intake.job_api import JobApi
 from services.job_intake.plans import JobPlans
@@ -21,6 +22,7 @@ from trainmaster.algorithms import load_presets
 from trainmaster.bus import durable_subscriber
 from trainmaster.catalog import load_resources
 from trainmaster.identity import Directory
+from trainmaster.jobfeed import Pace
 from trainmaster.jobstore import JobStore
 from trainmaster.service import ServiceContext
 from trainmaster.storage import Storage
@@ -59,6 +61,12 @@ async def setup(ctx: ServiceContext) -> None:
                         Storage(s), max_bytes, directory)
     biller = Biller(store, accounts_kv, resources, default_account=s.billing.default_account,
                     currency=s.billing.currency)
+
+    feeds = JobFeeds(nc=broker.config.connection_state.connection, js=ctx.js, topo=topo, store=store,
+                     directory=directory, max_bytes=max_bytes,
+                     pace=Pace(window_s=s.intake.follow_window_s, keepalive_s=s.intake.follow_keepalive_s))
+    await feeds.start()  # tm.jobs.events, tm.jobs.logs: streamed replies, a task each
+    ctx.on_stop.append(feeds.stop)
 
     durable_subscriber(broker, topo, topo.consumer_intake_submit, intake.on_submit)
     durable_subscriber(broker, topo, topo.consumer_billing, biller.on_event)

@@ -74,7 +74,7 @@ async def create(client: Client, spec: dict) -> dict:
 
 
 async def first_line_with(client: Client, job_id: str, text: str) -> str:
-    lines = client.logs(job_id, follow=True, idle_s=5.0)
+    lines = client.logs(job_id, follow=True)
     try:
         async for _, line in lines:
             if text in line:

@@ -360,8 +360,7 @@ def job_logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")
              nats_url: NatsOpt = None) -> None:
     """The job's log lines (every node); --follow waits for new ones until the job ends."""
     async def go(client: Client) -> None:
-        await client.get(job_id)  # a clear error for an unknown id
-        async for node, line in client.logs(job_id, follow=follow):
+        async for node, line in client.logs(job_id, follow=follow):  # an unknown id: not_found
             sys.stdout.write(f"node {node} | {line}\n")
             sys.stdout.flush()
 
