@@ -55,6 +55,9 @@ async def test_people_of_two_projects_share_a_stack(stacks, client_of, tmp_path:
     up.start()
     await up.ready(await client_of(up))
 
+    for project in ("team-a", "team-b"):  # the projects: accounts with money to run on
+        credited = cli(up, "account", "credit", project, "100")
+        assert credited.returncode == 0, credited.stderr
     alice = create_user(up, "alice", "team-a", "member", tmp_path)
     bob = create_user(up, "bob", "team-b", "member", tmp_path)
     closed = asyncio.Event()
@@ -90,6 +93,10 @@ async def test_people_of_two_projects_share_a_stack(stacks, client_of, tmp_path:
         listed = cli(up, "job", "list", "--json", creds=Path(alice["creds"]))
         assert listed.returncode == 0, listed.stderr
         assert job["id"] in listed.stdout
+        logs = cli(up, "job", "logs", job["id"], creds=Path(alice["creds"]))  # tm.jobs.logs, across accounts
+        assert logs.returncode == 0 and "hello from team-a" in logs.stdout, logs.stderr
+        hidden = cli(up, "job", "logs", job["id"], creds=Path(bob["creds"]))
+        assert hidden.returncode == 1 and "hello" not in hidden.stdout
 
         # revoked: the server closes her connection and refuses her from then on; bob carries on
         revoked = cli(up, "user", "revoke", "alice")
