@@ -25,12 +25,15 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.executor_agent.launch import Source
+from services.executor_agent.destinations import copy_outputs
+from services.executor_agent.launch import Refused, Source
+from trainmaster.safe_copy import CopyStats
 from trainmaster.storage import ObjectInfo, Storage, StorageError
+from trainmaster.storage_roots import Owner
 
 Note = Callable[[str], None]
 PROGRESS_EVERY_S = 1.0
@@ -236,14 +239,20 @@ class DataCache:
         return removed
 
 
-async def upload_outputs(storage: Storage, output_dir: Path, url: str | None) -> tuple[int, str | None]:
-    """Copy the run's outputs to their location (local or s3://): (files, problem in words or None)."""
+async def upload_outputs(storage: Storage, output_dir: Path, url: str | None, local: Path | None, owner: Owner,
+                         roots: Sequence[str]) -> tuple[CopyStats, str | None]:
+    """Copy the run's outputs to their location: a local folder (``local``: claimed for ``owner``
+    under ``roots``) or s3://; never following links.  (what was copied, problem in words or None)."""
     if url is None:
-        return 0, None
+        return CopyStats(), None
     try:
-        return await storage.upload(output_dir, url), None
-    except (StorageError, OSError, shutil.Error) as exc:
-        return 0, f"copying the outputs to {url} failed: {exc}"
+        if local is not None:
+            return await asyncio.to_thread(copy_outputs, output_dir, local, owner, roots), None
+        return await storage.upload_files(output_dir, url), None
+    except Refused as exc:
+        return CopyStats(), f"copying the outputs to {url} failed: {exc.reason}"
+    except (StorageError, OSError) as exc:
+        return CopyStats(), f"copying the outputs to {url} failed: {exc}"
 
 
 async def upload_log(storage: Storage, log_file: Path, url: str) -> str | None:
