@@ -129,8 +129,11 @@ class Storage:
 
     # ------------------------------------------------------------------ copying
     async def download(self, url: str, dest: Path, files: list[ObjectInfo] | None = None,
-                       concurrency: int = 8, progress: Progress | None = None) -> list[Path]:
-        """Copy every file under ``url`` (or just ``files``) into ``dest``, ``concurrency`` at a time."""
+                       concurrency: int = 8, progress: Progress | None = None,
+                       allowed: Callable[[str], bool] | None = None) -> list[Path]:
+        """Copy every file under ``url`` (or just ``files``) into ``dest``, ``concurrency`` at a time.
+        ``allowed``: for a local ``url``, whether the file a name resolves to may be read (checked on
+        the open file, so a link swapped in meanwhile does not get through)."""
         files = files if files is not None else await self.list(url)
         targets = {f.relative: _inside(dest, f.relative) for f in files}
         await asyncio.to_thread(_make_parents, [dest, *(t.parent for t in targets.values())])
@@ -143,7 +146,7 @@ class Storage:
             target = targets[info.relative]
             async with sem:
                 if loc.kind == "local":
-                    await asyncio.to_thread(_copy_file, Path(loc.path) / info.relative, target)
+                    await asyncio.to_thread(_copy_file, Path(loc.path) / info.relative, target, allowed)
                 else:
                     s3 = parse_s3(url)
                     await client.download_file(s3.bucket, s3.key(info.relative), str(target))
@@ -253,10 +256,19 @@ def _make_parents(folders: list[Path]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def _copy_file(src: Path, dst: Path) -> None:
+def _copy_file(src: Path, dst: Path, allowed: Callable[[str], bool] | None = None) -> None:
     import shutil
 
-    shutil.copyfile(src, dst)
+    if allowed is None:
+        shutil.copyfile(src, dst)
+        return
+    with src.open("rb") as reader:
+        # the file actually opened, whatever links led to it
+        real = os.readlink(f"/proc/self/fd/{reader.fileno()}")
+        if not allowed(real):
+            raise StorageError(f"{src} resolves to {real}, outside the storage roots")
+        with dst.open("wb") as writer:
+            shutil.copyfileobj(reader, writer)
 
 
 def _copy_tree(src: Path, dst: Path) -> CopyStats:

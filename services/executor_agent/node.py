@@ -47,7 +47,7 @@ from trainmaster.messages import Assign
 from trainmaster.runtimes import RuntimeBuildFailed, RuntimeCache, RuntimeSpec, read_requirements
 from trainmaster.settings import Settings
 from trainmaster.storage import Storage
-from trainmaster.storage_roots import Owner
+from trainmaster.storage_roots import Owner, root_of
 from trainmaster.topology import Topology
 
 
@@ -155,12 +155,21 @@ class NodeExecutor:
                        opened=opened)
 
     # ------------------------------------------------------------------------------ prepare
-    async def prepare(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink) -> dict[str, str]:
+    async def prepare(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink,
+                      project: str | None = None) -> dict[str, str]:
         """Stage, build, meet: the environment the process gets on top of its plan."""
         launch = run.launch
+        allowed = None
+        if project is not None and any(source.staged and source.local is not None for source in launch.sources):
+            roots = self.roots(project)
+            run_dir = str(launch.output_dir.parent)
+
+            def allowed(real: str) -> bool:
+                # a dataset's folder in the run folder is the agent's own (inputs.py checked its files)
+                return root_of(real, roots) is not None or root_of(real, [run_dir]) is not None
         for source in launch.sources:
             if source.staged:
-                await self.cache.stage(source, sink.note)
+                await self.cache.stage(source, sink.note, allowed)
         if runtime is not None:
             built = await self.runtimes.ensure(runtime, sink.note)
             if built.built and built.installed:
@@ -180,7 +189,8 @@ class NodeExecutor:
                       on_started: Callable[[Run], None], owner: Owner) -> NodeExit:
         """Prepare, run and finish one node; never raises for the node's own failures."""
         launch = run.launch
-        run.preparing = asyncio.create_task(self.prepare(run, runtime, sink), name=f"prepare-{run.key.label}")
+        run.preparing = asyncio.create_task(self.prepare(run, runtime, sink, owner.project),
+                                            name=f"prepare-{run.key.label}")
         await asyncio.wait({run.preparing})
         failure: NodeExit | None = None
         if run.preparing.cancelled():

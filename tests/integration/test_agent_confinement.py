@@ -2,7 +2,8 @@
 paths outside the project's storage roots refused, links in the output folder not followed, an
 output or log folder of someone else left alone, a job's own folder written again by its next
 version.  The agent is told its roots (``TM_STORAGE_ROOTS``): the test's folder only.  Jobs are
-assigned directly, as if the validator had been bypassed (or a link changed since it looked)."""
+assigned directly, as if the validator had been bypassed (or a link changed since it looked).
+Local data is copied through the agent's cache (``TM_STAGE_LOCAL=copy``): the agent reads it."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def agent(nats_url: str, tmp_path: Path, s3_server) -> Iterator[AgentProcess]:
-    handle = start_agent(nats_url, tmp_path, env={**s3_server.env(), **roots_env(tmp_path)})
+    handle = start_agent(nats_url, tmp_path, env={**s3_server.env(), **roots_env(tmp_path), "TM_STAGE_LOCAL": "copy"})
     yield handle
     handle.terminate()
 
@@ -176,6 +177,28 @@ async def test_an_s3_upload_does_not_follow_links(bus: Bus, tmp_path: Path, secr
     assert await ends(bus, "job-s3") == (0, "")
     listed = await Storage(s3_server.settings()).list("s3://confined/out")
     assert [o.relative for o in listed] == ["model.txt"]
+
+
+async def test_links_out_of_the_roots_in_local_data_are_not_copied_in(bus: Bus, tmp_path: Path,
+                                                                      secret: Path) -> None:
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "rows.csv").write_text("a\n1\n")
+    (data / "shadow.csv").symlink_to(secret)
+    (data / "inside.csv").symlink_to(data / "rows.csv")  # a link that stays inside is followed
+    script = """\
+        import os, sys
+        data = sys.argv[1].split("=", 1)[1]
+        for name in sorted(os.listdir(data)):
+            print("FILE", name, open(os.path.join(data, name)).read().strip(), flush=True)
+    """
+    await bus.send(assign("job-copy", script_job(tmp_path, script, data=[DataSource(path=str(data))])))
+    assert await ends(bus, "job-copy") == (0, "")
+    log = (tmp_path / "logs" / "t-V001-node0.log").read_text()
+    files = [line for line in log.splitlines() if line.startswith("FILE ")]
+    assert files == ["FILE inside.csv a", "FILE rows.csv a"], log
+    assert "the-hash" not in log
+    assert "1 files skipped: symbolic links that lead out of the storage roots" in log
 
 
 # ------------------------------------------------------------------------------ the validator

@@ -186,3 +186,23 @@ def test_inputs_are_checked_as_given(places):
                           algorithm=Algorithm(source="framework", code_dir=str(code), boot_file="up/secret"))
     with pytest.raises(Refused, match=r"algorithm\.boot_file"):
         check_inputs(escaping, roots)
+
+
+async def test_a_local_download_checks_the_file_it_actually_opened(places):
+    from trainmaster.settings import Settings
+    from trainmaster.storage import ObjectInfo, Storage, StorageError
+
+    src = places["root"] / "data"
+    src.mkdir()
+    (src / "ok.csv").write_text("a\n")
+    (src / "swapped.csv").symlink_to(places["secret"])  # listed as a file, a link by the time it is read
+    roots = resolve_roots([str(places["root"])])
+
+    def allowed(real: str) -> bool:
+        return real.startswith(roots[0] + "/")
+
+    storage = Storage(Settings())
+    await storage.download(str(src), places["tmp"] / "a", files=[ObjectInfo("ok.csv", 2)], allowed=allowed)
+    with pytest.raises(StorageError, match="outside the storage roots"):
+        await storage.download(str(src), places["tmp"] / "b", files=[ObjectInfo("swapped.csv", 10)], allowed=allowed)
+    assert not (places["tmp"] / "b" / "swapped.csv").exists()
