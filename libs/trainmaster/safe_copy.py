@@ -110,7 +110,7 @@ def copy_tree(src_fd: int, dst_fd: int, skip: Callable[[str], bool] = lambda _na
             continue
         if stat.S_ISDIR(st.st_mode):
             with opened(os.open(name, DIR_FLAGS, dir_fd=src_fd)) as child:
-                made = _mkdir(name, dst_fd, st.st_mode)
+                made = _mkdir(name, dst_fd)
                 with opened(os.open(name, DIR_FLAGS, dir_fd=dst_fd)) as dst_child:
                     if made:
                         os.fchmod(dst_child, stat.S_IMODE(st.st_mode) & 0o777 | 0o700)
@@ -143,7 +143,7 @@ def _count_skipped(st: os.stat_result, stats: CopyStats) -> None:
         stats.special += 1
 
 
-def _mkdir(name: str, dst_fd: int, mode: int) -> bool:
+def _mkdir(name: str, dst_fd: int) -> bool:
     try:
         os.mkdir(name, 0o700, dir_fd=dst_fd)
         return True
@@ -164,13 +164,25 @@ def _copy_file(name: str, src_fd: int, dst_fd: int) -> int | None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dst_fd)  # a folder there raises: not ours to replace
         with opened(os.open(name, CREATE_FLAGS, 0o600, dir_fd=dst_fd)) as dst:
-            copied = 0
-            while chunk := os.read(src, CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(dst, view)
-                    view = view[written:]
-                copied += len(chunk)
+            copied = _copy_bytes(src, dst)
             os.fchmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
         return copied
+
+
+def _copy_bytes(src: int, dst: int) -> int:
+    """Everything from ``src`` into ``dst``: in the kernel (sendfile), or read and written."""
+    copied = 0
+    try:
+        while sent := os.sendfile(dst, src, None, CHUNK * 64):
+            copied += sent
+        return copied
+    except OSError:
+        if copied:
+            raise
+    while chunk := os.read(src, CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view):]
+        copied += len(chunk)
+    return copied
