@@ -12,13 +12,18 @@ too, so overriding one setting needs no knowledge of the groups.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from trainmaster.names import ACCOUNT_NAME_RE
+from trainmaster.storage_roots import EVERY_PROJECT, roots_of
 
 # The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h
 # (each delay counts from the failure of the attempt before).
@@ -104,8 +109,19 @@ class ApiSettings(_Group):
     max_request_bytes: int = Field(256 * 1024, description="largest accepted request body")
 
 
+# the sample jobs' code and data (a checkout's examples/): a storage root only while TM_STORAGE_ROOTS is unset
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+
 class StorageSettings(_Group):
-    """S3-compatible object storage: AWS, OBS, MinIO, moto."""
+    """Where jobs may keep files on the hosts (storage roots), and S3-compatible object storage:
+    AWS, OBS, MinIO, moto."""
+
+    storage_roots: dict[str, list[str]] | None = Field(
+        None, description="JSON {project: [folder, ...]}: the only local folders a project's jobs may read and "
+        "write (data, code, outputs, logs); \"*\" applies to every project, a project's own list adds to it. "
+        "Unset = <TM_DATA_DIR>/storage, the system's temporary folder and a checkout's examples/ (for make run "
+        "and the tests: production sets this)")
 
     region: str = Field("us-east-1", description="the service's region: buckets elsewhere are refused (R6)")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint; unset = AWS")
@@ -113,6 +129,24 @@ class StorageSettings(_Group):
     s3_secret_access_key: SecretStr | None = None
     s3_secret_access_key_file: Path | None = Field(
         None, description="read the S3 secret access key from this file (0600) instead of the variable")
+
+    @field_validator("storage_roots", mode="before")
+    @classmethod
+    def _no_roots_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("storage_roots")
+    @classmethod
+    def _roots(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        if value is None:
+            return None
+        for project, roots in value.items():
+            if project != EVERY_PROJECT and not ACCOUNT_NAME_RE.match(project):
+                raise ValueError(f"storage_roots: {project!r} is neither \"*\" nor a project name")
+            for root in roots:
+                if not root.startswith("/") or "\x00" in root:
+                    raise ValueError(f"storage_roots: {root!r} (project {project}) is not an absolute path")
+        return {project: [os.path.normpath(root) for root in roots] for project, roots in value.items()}
 
     @model_validator(mode="after")
     def _secret_file(self) -> StorageSettings:
@@ -325,6 +359,16 @@ class Settings(BaseModel):
             elif per_group[name]:  # a group and some of its settings by name: the names win
                 groups[name] = cls(**{**dict(groups[name]), **per_group[name]})
         super().__init__(**groups)
+
+    def storage_roots_for(self, project: str) -> tuple[str, ...]:
+        """The storage roots of ``project`` as configured (absolute, not yet resolved)."""
+        config = self.storage.storage_roots
+        if config is None:
+            defaults = [os.path.abspath(self.embedded.data_dir / "storage"), tempfile.gettempdir()]
+            if EXAMPLES_DIR.is_dir():
+                defaults.append(str(EXAMPLES_DIR))
+            config = {EVERY_PROJECT: defaults}
+        return roots_of(config, project)
 
     @property
     def agent_workdir_path(self) -> Path:

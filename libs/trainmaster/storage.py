@@ -18,7 +18,9 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from trainmaster import safe_copy
 from trainmaster.locations import locate
+from trainmaster.safe_copy import CopyStats
 from trainmaster.settings import Settings
 
 
@@ -127,8 +129,11 @@ class Storage:
 
     # ------------------------------------------------------------------ copying
     async def download(self, url: str, dest: Path, files: list[ObjectInfo] | None = None,
-                       concurrency: int = 8, progress: Progress | None = None) -> list[Path]:
-        """Copy every file under ``url`` (or just ``files``) into ``dest``, ``concurrency`` at a time."""
+                       concurrency: int = 8, progress: Progress | None = None,
+                       allowed: Callable[[str], bool] | None = None) -> list[Path]:
+        """Copy every file under ``url`` (or just ``files``) into ``dest``, ``concurrency`` at a time.
+        ``allowed``: for a local ``url``, whether the file a name resolves to may be read (checked on
+        the open file, so a link swapped in meanwhile does not get through)."""
         files = files if files is not None else await self.list(url)
         targets = {f.relative: _inside(dest, f.relative) for f in files}
         await asyncio.to_thread(_make_parents, [dest, *(t.parent for t in targets.values())])
@@ -141,7 +146,7 @@ class Storage:
             target = targets[info.relative]
             async with sem:
                 if loc.kind == "local":
-                    await asyncio.to_thread(_copy_file, Path(loc.path) / info.relative, target)
+                    await asyncio.to_thread(_copy_file, Path(loc.path) / info.relative, target, allowed)
                 else:
                     s3 = parse_s3(url)
                     await client.download_file(s3.bucket, s3.key(info.relative), str(target))
@@ -160,23 +165,52 @@ class Storage:
 
     async def upload(self, src: Path, url: str, concurrency: int = 8) -> int:
         """Copy every file under the folder ``src`` to ``url``; returns the number of files."""
-        files = await asyncio.to_thread(_list_local, src, False)
+        return (await self.upload_files(src, url, concurrency)).files
+
+    async def upload_files(self, src: Path, url: str, concurrency: int = 8) -> CopyStats:
+        """``upload``, saying also what was left out: symbolic links and special files under ``src``
+        are never followed nor copied (``safe_copy``)."""
         loc = locate(url)
         if loc.kind == "local":
-            await asyncio.to_thread(_copy_tree, src, Path(loc.path))
-            return len(files)
+            return await asyncio.to_thread(_copy_tree, src, Path(loc.path))
         s3 = parse_s3(url)
+        stats = CopyStats()
         sem = asyncio.Semaphore(concurrency)
+        src_fd = await asyncio.to_thread(safe_copy.open_dir, src)
         try:
+            files = await asyncio.to_thread(safe_copy.regular_files, src_fd, stats)
             async with self._client() as client:
-                async def one(info: ObjectInfo) -> None:
+                async def one(relative: str) -> None:
                     async with sem:
-                        await client.upload_file(str(src / info.relative), s3.bucket, s3.key(info.relative))
+                        fd = await asyncio.to_thread(safe_copy.open_regular, src_fd, relative)
+                        if fd is None:  # it changed into a link or a special file meanwhile
+                            stats.special += 1
+                            return
+                        try:
+                            await client.upload_fileobj(_ThreadReader(fd), s3.bucket, s3.key(relative))
+                        finally:
+                            os.close(fd)
+                        stats.files += 1
 
-                await asyncio.gather(*(one(f) for f in files))
+                await asyncio.gather(*(one(relative) for relative, _size in files))
+                stats.bytes = sum(size for _relative, size in files)
         except (ClientError, BotoCoreError, OSError) as exc:
             raise StorageError(f"cannot upload to {url}: {_why(exc)}") from exc
-        return len(files)
+        finally:
+            os.close(src_fd)
+        return stats
+
+
+class _ThreadReader:
+    """A file descriptor read in a worker thread: a big output must not stall the event loop."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = os.fstat(self.fd).st_size
+        return await asyncio.to_thread(os.read, self.fd, size)
 
 
 def _why(exc: BaseException) -> str:
@@ -222,13 +256,22 @@ def _make_parents(folders: list[Path]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def _copy_file(src: Path, dst: Path) -> None:
+def _copy_file(src: Path, dst: Path, allowed: Callable[[str], bool] | None = None) -> None:
     import shutil
 
-    shutil.copyfile(src, dst)
+    if allowed is None:
+        shutil.copyfile(src, dst)
+        return
+    with src.open("rb") as reader:
+        # the file actually opened, whatever links led to it
+        real = os.readlink(f"/proc/self/fd/{reader.fileno()}")
+        if not allowed(real):
+            raise StorageError(f"{src} resolves to {real}, outside the storage roots")
+        with dst.open("wb") as writer:
+            shutil.copyfileobj(reader, writer)
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.copytree(src, dst, dirs_exist_ok=True)
+def _copy_tree(src: Path, dst: Path) -> CopyStats:
+    dst.mkdir(parents=True, exist_ok=True)
+    with safe_copy.opened(safe_copy.open_dir(src)) as src_fd, safe_copy.opened(safe_copy.open_dir(dst)) as dst_fd:
+        return safe_copy.copy_tree(src_fd, dst_fd)

@@ -22,6 +22,7 @@ import structlog
 from faststream.nats import NatsMessage
 
 from services.executor_agent.cancels import RememberedCancel, remember, stops
+from services.executor_agent.destinations import check_inputs, owner_of
 from services.executor_agent.fingerprint import HostFacts, parse_labels, probe_host
 from services.executor_agent.inputs import Inputs
 from services.executor_agent.launch import Refused, RunKey
@@ -44,6 +45,7 @@ from trainmaster.names import TOKEN_RE
 from trainmaster.runtimes import RuntimeSpec
 from trainmaster.service import ServiceContext
 from trainmaster.settings import Settings
+from trainmaster.storage_roots import Owner
 
 _decode_command = msgspec.json.Decoder(AgentCommand).decode
 
@@ -148,13 +150,16 @@ class Agent:
                 # not acked: it is redelivered to this agent once it is back
                 raise RuntimeError("agent is stopping; the assignment will be redelivered")
             # a preset runs as a framework job; dataset sources are staged as their manifest
-            if self.inputs is not None:
-                try:
-                    cmd = await self.inputs.prepare(cmd, folder.path)
-                except Refused as refused:
-                    self.log.warning("assignment refused", reason=refused.reason)
-                    await self.finish_run(key, refused.exit_code, refused.reason)
-                    return
+            try:
+                # links may have changed since validation: the paths as given, checked again now
+                roots = self.executor.roots(cmd.spec.account)
+                check_inputs(cmd.spec, roots)
+                if self.inputs is not None:
+                    cmd = await self.inputs.prepare(cmd, folder.path, roots)
+            except Refused as refused:
+                self.log.warning("assignment refused", reason=refused.reason)
+                await self.finish_run(key, refused.exit_code, refused.reason)
+                return
             cancelled = self.cancels.get(cmd.job_id)
             if cancelled is not None and stops(cancelled, seq, cmd.attempt):
                 self.log.info("assignment was cancelled before it started", reason=cancelled.reason)
@@ -175,13 +180,16 @@ class Agent:
         self.runs[key] = run
         try:
             sink = self.executor.open_sink(cmd, launch)
+        except Refused as refused:
+            await self.finish_run(key, refused.exit_code, refused.reason)
+            return
         except OSError as exc:
             await self.finish_run(key, 2, f"cannot write the log file {launch.log_file}: {exc}")
             return
         if run.container:
             # what to remove should this agent die while the container runs (podman outlives it)
             folder.record_container(run.container)
-        watcher = asyncio.create_task(self.watch(run, runtime, sink), name=f"watch-{key.label}")
+        watcher = asyncio.create_task(self.watch(run, runtime, sink, owner_of(cmd)), name=f"watch-{key.label}")
         self.watchers.add(watcher)
         watcher.add_done_callback(self.watchers.discard)
 
@@ -199,9 +207,9 @@ class Agent:
         except Exception as exc:  # sent again before "exited" (see watch)
             self.log.warning("running report not published", error=f"{type(exc).__name__}: {exc}")
 
-    async def watch(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink) -> None:
+    async def watch(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink, owner: Owner) -> None:
         try:
-            result = await self.executor.execute(run, runtime, sink, self.started)
+            result = await self.executor.execute(run, runtime, sink, self.started, owner)
         except Exception as exc:
             self.log.exception("running the node failed")
             run.stop("agent error", 0)

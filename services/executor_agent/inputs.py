@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from services.executor_agent.destinations import check_path
 from services.executor_agent.launch import Refused
 from trainmaster.algorithms import as_framework, load_presets
 from trainmaster.locations import locate
@@ -38,8 +40,12 @@ def usable(files: list[ManifestFile]) -> list[ManifestFile]:
     return [f for f in files if all(len(part) <= NAME_MAX for part in f.path.split("/"))]
 
 
-def link_local(location: Path, files: list[ManifestFile], dest: Path) -> None:
-    """A folder of symbolic links to exactly ``files`` under ``location`` (blocking)."""
+def link_local(location: Path, files: list[ManifestFile], dest: Path, project: str = "",
+               roots: Sequence[str] | None = None) -> None:
+    """A folder of symbolic links to exactly ``files`` under ``location`` (blocking); with ``roots``,
+    the location and each file must resolve under one of them (the job follows the links)."""
+    if roots is not None:
+        check_path(str(location), "dataset location", project, roots)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -52,6 +58,8 @@ def link_local(location: Path, files: list[ManifestFile], dest: Path) -> None:
         if size != f.size:
             raise Refused(f"dataset file {f.path} in {location} changed since the version was published "
                           f"({f.size} bytes then, {size} now)")
+        if roots is not None:
+            check_path(str(source), "dataset file", project, roots)
         target = dest / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(source, target)
@@ -91,8 +99,9 @@ class Inputs:
             raise Refused(f"dataset {name} has no version {version}")
         return msgspec.json.decode(entry.value, type=DatasetVersion)
 
-    async def prepare(self, cmd: Assign, run_dir: Path) -> Assign:
-        """The assignment with presets mapped and dataset sources staged (or ``Refused``)."""
+    async def prepare(self, cmd: Assign, run_dir: Path, roots: Sequence[str] | None = None) -> Assign:
+        """The assignment with presets mapped and dataset sources staged (or ``Refused``); with
+        ``roots``, a local dataset must lie under the storage roots of the job's project."""
         spec = cmd.spec
         if spec.algorithm.source == "preset":
             try:
@@ -113,7 +122,7 @@ class Inputs:
                 dest = run_dir / DATASETS_DIR / str(i)
                 loc = locate(manifest.location)
                 if loc.kind == "local":
-                    await asyncio.to_thread(link_local, Path(loc.path), files, dest)
+                    await asyncio.to_thread(link_local, Path(loc.path), files, dest, spec.account, roots)
                 else:
                     await fetch_s3(self.storage, manifest.location, files, dest)
                 data.append(DataSource(path=str(dest)))

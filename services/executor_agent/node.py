@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 from nats.js import JetStreamContext
 
+from services.executor_agent import destinations
 from services.executor_agent.launch import (
     HostFacts,
     Launch,
@@ -29,6 +30,7 @@ from services.executor_agent.launch import (
     node_log_limit,
     outcome,
     plan_launch,
+    storage_location,
 )
 from services.executor_agent.rendezvous import Rendezvous, RendezvousFailed, advertised_addr, free_port
 from services.executor_agent.runner import LogSink, Publish, Run, clean_inputs, preflight, prepare_run_dir
@@ -45,7 +47,18 @@ from trainmaster.messages import Assign
 from trainmaster.runtimes import RuntimeBuildFailed, RuntimeCache, RuntimeSpec, read_requirements
 from trainmaster.settings import Settings
 from trainmaster.storage import Storage
+from trainmaster.storage_roots import Owner, root_of
 from trainmaster.topology import Topology
+
+
+def local_destinations(launch: Launch) -> list[tuple[str, Path]]:
+    """The folders on this host that the job's outputs and logs go to (its run folder aside)."""
+    out: list[tuple[str, Path]] = []
+    if launch.output_url and (local := storage_location(launch.output_url, "output_path")[1]) is not None:
+        out.append(("output_path", local))
+    if launch.log_url is None and not launch.log_file.parent.is_relative_to(launch.output_dir.parent):
+        out.append(("log_path", launch.log_file.parent))
+    return out
 
 
 @dataclass(frozen=True)
@@ -119,23 +132,44 @@ class NodeExecutor:
         preflight(launch)
         try:
             prepare_run_dir(run_dir, launch)
+            destinations.claim_destinations(local_destinations(launch), destinations.owner_of(cmd),
+                                            self.roots(cmd.spec.account))
         except OSError as exc:
             raise Refused(f"cannot prepare the run's folders: {exc}") from exc
         return launch, runtime
 
+    def roots(self, project: str) -> tuple[str, ...]:
+        """The storage roots of ``project``, resolved now (links may change)."""
+        return destinations.resolve_roots(self.settings.storage_roots_for(project))
+
     def open_sink(self, cmd: Assign, launch: Launch) -> LogSink:
+        """The node's log sink; its file in the job's log_path is opened without following links
+        (``Refused`` when that folder is not the job's)."""
         key = RunKey.of(cmd)
+        opened = None
+        if "log_path" in dict(local_destinations(launch)):
+            opened = destinations.open_log(launch.log_file, destinations.owner_of(cmd), self.roots(cmd.spec.account))
         return LogSink(key=key, subject=self.topo.logs(key.job_id, str(key.node)), publish=self.publish_log,
                        file=launch.log_file, header=launch.header, log=self.log,
-                       limit_bytes=node_log_limit(self.settings.agent.job_log_limit_bytes, cmd.node_count))
+                       limit_bytes=node_log_limit(self.settings.agent.job_log_limit_bytes, cmd.node_count),
+                       opened=opened)
 
     # ------------------------------------------------------------------------------ prepare
-    async def prepare(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink) -> dict[str, str]:
+    async def prepare(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink,
+                      project: str | None = None) -> dict[str, str]:
         """Stage, build, meet: the environment the process gets on top of its plan."""
         launch = run.launch
+        allowed = None
+        if project is not None and any(source.staged and source.local is not None for source in launch.sources):
+            roots = self.roots(project)
+            run_dir = str(launch.output_dir.parent)
+
+            def allowed(real: str) -> bool:
+                # a dataset's folder in the run folder is the agent's own (inputs.py checked its files)
+                return root_of(real, roots) is not None or root_of(real, [run_dir]) is not None
         for source in launch.sources:
             if source.staged:
-                await self.cache.stage(source, sink.note)
+                await self.cache.stage(source, sink.note, allowed)
         if runtime is not None:
             built = await self.runtimes.ensure(runtime, sink.note)
             if built.built and built.installed:
@@ -152,10 +186,11 @@ class NodeExecutor:
 
     # ------------------------------------------------------------------------------ the whole node
     async def execute(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink,
-                      on_started: Callable[[Run], None]) -> NodeExit:
+                      on_started: Callable[[Run], None], owner: Owner) -> NodeExit:
         """Prepare, run and finish one node; never raises for the node's own failures."""
         launch = run.launch
-        run.preparing = asyncio.create_task(self.prepare(run, runtime, sink), name=f"prepare-{run.key.label}")
+        run.preparing = asyncio.create_task(self.prepare(run, runtime, sink, owner.project),
+                                            name=f"prepare-{run.key.label}")
         await asyncio.wait({run.preparing})
         failure: NodeExit | None = None
         if run.preparing.cancelled():
@@ -176,7 +211,7 @@ class NodeExecutor:
             return NodeExit(2, f"cannot start the node: {exc}")
         on_started(run)
         returncode = await run.wait()
-        return await self.finish(run, sink, returncode)
+        return await self.finish(run, sink, returncode, owner)
 
     def _prepare_failure(self, exc: BaseException) -> NodeExit:
         if isinstance(exc, Refused | StagingFailed):
@@ -188,17 +223,21 @@ class NodeExecutor:
         self.log.error("preparing the node failed", error=f"{type(exc).__name__}: {exc}")
         return NodeExit(1, f"the agent could not prepare the node: {type(exc).__name__}: {exc}")
 
-    async def finish(self, run: Run, sink: LogSink, returncode: int) -> NodeExit:
+    async def finish(self, run: Run, sink: LogSink, returncode: int, owner: Owner) -> NodeExit:
         launch = run.launch
         problems: list[str] = []
-        files, copy_error = await upload_outputs(self.storage, launch.output_dir, launch.output_url)
+        local = dict(local_destinations(launch)).get("output_path")
+        copied, copy_error = await upload_outputs(self.storage, launch.output_dir, launch.output_url, local, owner,
+                                                  self.roots(owner.project))
         if copy_error:
             self.log.error("output copy failed", error=copy_error)
             problems.append(copy_error)
             sink.note(copy_error)
-        elif launch.output_url and launch.output_url.lower().startswith("s3://"):
-            size = sum(p.stat().st_size for p in launch.output_dir.rglob("*") if p.is_file())
-            sink.note(f"outputs: {files} files ({human_bytes(size)}) uploaded to {launch.output_url}")
+        elif launch.output_url and local is None:
+            sink.note(f"outputs: {copied.files} files ({human_bytes(copied.bytes)}) uploaded to {launch.output_url}")
+        if copied.skipped():
+            sink.note(f"outputs: {copied.skipped()} not copied (never followed nor copied: only plain files "
+                      "and folders are kept)")
         if launch.log_url:
             sink.note(f"log: uploading to {launch.log_url} (a copy stays at {launch.log_file})")
         await sink.close(self.settings.bus.publish_timeout_s)

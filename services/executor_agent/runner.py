@@ -15,6 +15,7 @@ import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -63,7 +64,8 @@ def prepare_run_dir(run_dir: Path, launch: Launch) -> None:
     (run_dir / "input").mkdir(parents=True)
     for link, target in launch.data_links:
         link.symlink_to(target, target_is_directory=target.is_dir())
-    launch.log_file.parent.mkdir(parents=True, exist_ok=True)
+    if launch.log_file.parent.is_relative_to(run_dir):  # a job's own log_path: destinations.open_log
+        launch.log_file.parent.mkdir(parents=True, exist_ok=True)
 
 
 def clean_inputs(run_dir: Path) -> None:
@@ -132,12 +134,13 @@ class LogSink:
     with the count.  ``note`` writes the agent's own ``[trainmaster]`` lines (not counted)."""
 
     def __init__(self, *, key: RunKey, subject: str, publish: Publish, file: Path, header: str,
-                 log: structlog.stdlib.BoundLogger, limit_bytes: int | None = None) -> None:
+                 log: structlog.stdlib.BoundLogger, limit_bytes: int | None = None,
+                 opened: BinaryIO | None = None) -> None:
         self._key = key
         self._subject = subject
         self._publish = publish
         self._log = log
-        self._file = file.open("ab")
+        self._file = opened if opened is not None else file.open("ab")
         self._file.write(header.encode() + b"\n")
         self._file.flush()
         self._queue: asyncio.Queue[tuple[int, str, bytes] | None] = asyncio.Queue(MAX_QUEUED_LINES)

@@ -25,14 +25,18 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.executor_agent.launch import Source
+from services.executor_agent.destinations import copy_outputs
+from services.executor_agent.launch import Refused, Source
+from trainmaster.safe_copy import CopyStats
 from trainmaster.storage import ObjectInfo, Storage, StorageError
+from trainmaster.storage_roots import Owner
 
 Note = Callable[[str], None]
+Allowed = Callable[[str], bool]
 PROGRESS_EVERY_S = 1.0
 
 
@@ -90,6 +94,11 @@ def list_local_versions(root: Path) -> list[ObjectInfo]:
     return sorted(out, key=lambda o: o.relative)
 
 
+def _resolving_within(root: Path, infos: list[ObjectInfo], allowed: Allowed) -> list[ObjectInfo]:
+    base = root if root.is_dir() else root.parent
+    return [info for info in infos if allowed(os.path.realpath(base / info.relative))]
+
+
 class DataCache:
     def __init__(self, root: Path, storage: Storage, *, endpoint: str | None, concurrency: int = 8,
                  max_bytes: int = 50 * 1024**3) -> None:
@@ -112,13 +121,21 @@ class DataCache:
                              info.checksum)
         return cache_key("s3", self.endpoint, object_url(base, info.relative), info.checksum, info.size)
 
-    async def stage(self, source: Source, note: Note) -> StageStats:
-        """Make ``source.host_path`` hold the source's files, downloading only what the cache lacks."""
+    async def stage(self, source: Source, note: Note, allowed: Allowed | None = None) -> StageStats:
+        """Make ``source.host_path`` hold the source's files, downloading only what the cache lacks.
+        ``allowed`` (a resolved path: may it be read?): the agent copies local files as itself, so
+        a link in a local data folder that leads out of the job's storage roots is not followed."""
         where = f"data[{source.index}] {source.url}"
         base = source.url  # the folder the listed names are relative to
         try:
             if source.local is not None:
                 infos = await asyncio.to_thread(list_local_versions, source.local)
+                if allowed is not None:
+                    kept = await asyncio.to_thread(_resolving_within, source.local, infos, allowed)
+                    if len(kept) < len(infos):
+                        note(f"staging {where}: {len(infos) - len(kept)} files skipped: symbolic links that lead "
+                             "out of the storage roots")
+                    infos = kept
             else:
                 infos = await self.storage.list(source.url)
                 if not infos and (single := await self.storage.stat(source.url)) is not None:
@@ -135,7 +152,7 @@ class DataCache:
         note(f"staging {where}: {stats.files} files ({human_bytes(stats.bytes)}), {stats.hits} in the agent's "
              f"cache, {len(missing)} to download")
         if missing:
-            await self._fetch(source, base, missing, keys, stats, note)
+            await self._fetch(source, base, missing, keys, stats, note, allowed)
         await asyncio.to_thread(self._materialise, source.host_path, infos, keys)
         note(f"staged {where}: {stats.files} files ({human_bytes(stats.bytes)}); {stats.hits} from the cache, "
              f"{stats.downloaded} downloaded ({human_bytes(stats.downloaded_bytes)})")
@@ -144,7 +161,7 @@ class DataCache:
         return stats
 
     async def _fetch(self, source: Source, base: str, missing: list[ObjectInfo], keys: dict[str, str],
-                     stats: StageStats, note: Note) -> None:
+                     stats: StageStats, note: Note, allowed: Allowed | None = None) -> None:
         # an object another node of this agent is downloading right now is waited for, not fetched twice
         waits = [self._in_flight[keys[i.relative]] for i in missing if keys[i.relative] in self._in_flight]
         mine = [i for i in missing if keys[i.relative] not in self._in_flight]
@@ -167,7 +184,8 @@ class DataCache:
                 # a local source that is one file is listed under its own name: copy from its folder
                 if source.local is not None and source.local.is_file():
                     url = str(source.local.parent)
-                await self.storage.download(url, scratch, files=mine, concurrency=self.concurrency, progress=progress)
+                await self.storage.download(url, scratch, files=mine, concurrency=self.concurrency, progress=progress,
+                                            allowed=allowed)
                 await asyncio.to_thread(self._adopt, scratch, mine, keys)
             stats.downloaded += len(mine)
             stats.downloaded_bytes += total_bytes
@@ -236,14 +254,20 @@ class DataCache:
         return removed
 
 
-async def upload_outputs(storage: Storage, output_dir: Path, url: str | None) -> tuple[int, str | None]:
-    """Copy the run's outputs to their location (local or s3://): (files, problem in words or None)."""
+async def upload_outputs(storage: Storage, output_dir: Path, url: str | None, local: Path | None, owner: Owner,
+                         roots: Sequence[str]) -> tuple[CopyStats, str | None]:
+    """Copy the run's outputs to their location: a local folder (``local``: claimed for ``owner``
+    under ``roots``) or s3://; never following links.  (what was copied, problem in words or None)."""
     if url is None:
-        return 0, None
+        return CopyStats(), None
     try:
-        return await storage.upload(output_dir, url), None
-    except (StorageError, OSError, shutil.Error) as exc:
-        return 0, f"copying the outputs to {url} failed: {exc}"
+        if local is not None:
+            return await asyncio.to_thread(copy_outputs, output_dir, local, owner, roots), None
+        return await storage.upload_files(output_dir, url), None
+    except Refused as exc:
+        return CopyStats(), f"copying the outputs to {url} failed: {exc.reason}"
+    except (StorageError, OSError) as exc:
+        return CopyStats(), f"copying the outputs to {url} failed: {exc}"
 
 
 async def upload_log(storage: Storage, log_file: Path, url: str) -> str | None:

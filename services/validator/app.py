@@ -96,7 +96,8 @@ def make_collector(broker: NatsBroker, topo: Topology, settings: Settings) -> Co
     async def collect(spec: JobRequest) -> Facts:
         return await facts_adapter.collect(spec, storage=storage, lookups=lookups, region=settings.storage.region,
                                            default_account=settings.billing.default_account,
-                                           catalog_dir=settings.catalog.catalog_dir)
+                                           catalog_dir=settings.catalog.catalog_dir,
+                                           roots=settings.storage_roots_for)
 
     return collect
 

@@ -24,6 +24,7 @@ from trainmaster.catalog import load_engines, load_resources
 from trainmaster.locations import locate
 from trainmaster.messages import Account, Dataset, DatasetVersion, JobRequest
 from trainmaster.storage import Storage, StorageError
+from trainmaster.storage_roots import MARKER, MARKER_MAX_BYTES, read_marker
 
 NAME_MAX = 255  # R7: longer file names are skipped
 
@@ -55,14 +56,36 @@ def inspect(path: str) -> PathFact:
     is_file = stat.S_ISREG(st.st_mode)
     readable = os.access(path, os.R_OK | (os.X_OK if is_dir else 0))
     has_entries = False
+    marker = None
     if is_dir and readable:
         try:
             with os.scandir(path) as entries:
                 has_entries = next(entries, None) is not None
         except OSError:
             readable = False
+        if has_entries:
+            marker = read_marker(_read_small(os.path.join(path, MARKER)))
     return PathFact(exists=True, is_dir=is_dir, is_file=is_file, readable=readable, real=real,
-                    has_entries=has_entries)
+                    has_entries=has_entries, marker=marker)
+
+
+def _read_small(path: str) -> bytes | None:
+    """A small regular file's bytes (not through a symbolic link), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, MARKER_MAX_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def resolve_roots(roots: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The storage roots as the rules compare them: resolved like the paths (realpath)."""
+    return tuple(dict.fromkeys(os.path.realpath(root) for root in roots))
 
 
 def _why(exc: BaseException) -> str:
@@ -121,8 +144,10 @@ def catalogs(catalog_dir: Path | None) -> dict:
 
 
 async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups | None,
-                  region: str | None, default_account: str = "default", catalog_dir: Path | None = None) -> Facts:
-    """Every fact the rules read about ``spec`` (see module doc)."""
+                  region: str | None, default_account: str = "default", catalog_dir: Path | None = None,
+                  roots: Callable[[str], tuple[str, ...]] | None = None) -> Facts:
+    """Every fact the rules read about ``spec`` (see module doc); ``roots``: the storage roots of a
+    project (unresolved), or None to leave them unchecked."""
     datasets: dict[str, DatasetFact] | None = None
     dataset_locations: list[str] = []
     account: AccountFact | None = None
@@ -154,6 +179,7 @@ async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups
             topic_exists = topic_project is not None
 
     paths = await asyncio.to_thread(gather, spec, dataset_locations)
+    resolved = None if roots is None else await asyncio.to_thread(resolve_roots, roots(spec.account))
     if storage is not None:
         regions: dict[str, str | None] = {}
         for raw in remote_paths(spec):
@@ -168,4 +194,4 @@ async def collect(spec: JobRequest, *, storage: Storage | None, lookups: Lookups
         code = await asyncio.to_thread(codescan.scan, locate(algo.code_dir).path)
     return Facts(paths=paths, datasets=datasets, account=account, topic_exists=topic_exists,
                  topic_project=topic_project, region=region if storage is not None else None, code=code,
-                 **catalogs(catalog_dir))
+                 roots=resolved, **catalogs(catalog_dir))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from trainmaster.algorithms import PresetCatalog, load_presets
 from trainmaster.catalog import EngineCatalog, ResourceCatalog, load_engines, load_resources
+from trainmaster.storage_roots import Owner
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class PathFact:
     readable: bool = False
     real: str = ""  # local: os.path.realpath (symlinks and ``..`` resolved); s3: the normalised URL
     has_entries: bool = False  # a directory (or prefix) with at least one entry
+    marker: Owner | None = None  # a local directory's trainmaster marker (storage_roots.MARKER), if readable
     error: str | None = None  # why the location could not be inspected (e.g. permission denied)
     # object storage (s3://) only
     remote: bool = False
@@ -84,6 +86,7 @@ class Facts:
     topic_project: str | None = None  # the project of the job's subscription's topic
     region: str | None = None  # the service's region (R6)
     code: CodeScan | None = None
+    roots: tuple[str, ...] | None = None  # the job's project's storage roots, resolved (realpath)
     engines: EngineCatalog = field(default_factory=load_engines)
     resources: ResourceCatalog = field(default_factory=load_resources)
     presets: PresetCatalog = field(default_factory=load_presets)

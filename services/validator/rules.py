@@ -19,6 +19,7 @@ from services.validator.model import MISSING, Facts, PathFact, PathFacts, as_fac
 from trainmaster.locations import locate
 from trainmaster.messages import JobRequest, Violation
 from trainmaster.names import NAME_RE, PARAMETER_NAME_RE
+from trainmaster.storage_roots import MARKER, Owner, not_allowed, root_of
 
 _BAD_VALUE_CHARS = ("\x00", "\n", "\r")
 
@@ -99,6 +100,7 @@ def check(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
     _check_algorithm(spec, facts.paths, out)
     _check_destination(_OUTPUT, spec.output_path, facts.paths, data_real, out)
     _check_destination(_LOG, spec.log_path, facts.paths, data_real, out)
+    out += _check_roots(spec, facts)
     out += _check_parameters(spec)
     out += _check_resources(spec)
     out += catalog_rules.check(spec, facts)
@@ -112,15 +114,28 @@ def warnings(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
 
     facts = as_facts(facts)
     out: list[Violation] = []
+    owner = Owner(spec.account, spec.name or "")
     if spec.output_path:
         loc = locate(spec.output_path)
         fact = facts.paths.get(spec.output_path, MISSING)
         if (loc.kind == "local" or fact.remote) and fact.exists and fact.has_entries:
             where = "directory" if loc.kind == "local" else "location"
+            refused = "" if loc.kind != "local" or owner.same_job(fact.marker) else (
+                f"; and it holds files of something else (no {MARKER} of job {owner.name} in project "
+                f"{owner.project}), so the agent will refuse to copy the outputs there: choose an empty directory")
             out.append(Violation(
                 "output_path", "output_not_empty",
                 f"output {where} {loc.path if loc.kind == 'local' else spec.output_path} is not empty: files the "
-                "job writes may overwrite or mix with what is there; an empty directory is recommended",
+                f"job writes may overwrite or mix with what is there; an empty directory is recommended{refused}",
+            ))
+    if spec.log_path and locate(spec.log_path).kind == "local":
+        fact = facts.paths.get(spec.log_path, MISSING)
+        if fact.exists and fact.is_dir and fact.has_entries and not owner.same_job(fact.marker):
+            out.append(Violation(
+                "log_path", "log_path_not_empty",
+                f"log path {locate(spec.log_path).path} holds files of something else (no {MARKER} of job "
+                f"{owner.name} in project {owner.project}): the agent will refuse to write the logs there; "
+                "choose an empty directory",
             ))
     out += catalog_rules.warnings(spec, facts)
     return out
@@ -331,6 +346,32 @@ def _check_destination(dest: _Destination, value: str | None, facts: PathFacts,
         if how is not None:
             out.append(Violation(dest.field, dest.overlap_code,
                                  f"{dest.noun} {path} {how} {data} ({data_field}): {dest.overlap_fix}"))
+
+
+_NOUNS = {"path": "data path", "dataset": "dataset location", "code_dir": "code directory",
+          "boot_file": "boot file", "output_path": "output location", "log_path": "log path"}
+
+
+def _check_roots(spec: JobRequest, facts: Facts) -> list[Violation]:
+    """Every local path (resolved) must lie under a storage root of the job's project."""
+    if facts.roots is None:
+        return []
+    located = list(_locations(spec))
+    for i, source in enumerate(spec.data or []):
+        dataset = (facts.datasets or {}).get(source.dataset) if source.dataset and not source.path else None
+        if dataset is not None:
+            located.append((f"data[{i}].dataset", dataset.location))
+    out: list[Violation] = []
+    for field, raw in located:
+        loc = locate(raw)
+        if loc.kind != "local":
+            continue
+        path = posixpath.normpath(loc.path)
+        real = facts.paths.get(raw, MISSING).real or path
+        if root_of(real, facts.roots) is None:
+            what = _NOUNS[field.rsplit(".", 1)[-1]]
+            out.append(Violation(field, "path_not_allowed", not_allowed(what, path, real, spec.account, facts.roots)))
+    return out
 
 
 def _check_parameters(spec: JobRequest) -> list[Violation]:

@@ -141,6 +141,10 @@ def demo(
     async def run_sample(url: str) -> None:
         console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
         spec = load_job_file(job_file)
+        if job_file == SAMPLE_JOB:
+            # under this stack's default storage root, wherever TM_DATA_DIR points
+            for field, folder in (("output_path", "outputs"), ("log_path", "logs")):
+                spec[field] = str(stack.data_dir / "storage" / folder / spec["name"])
         async with Client(url, prefix=settings.bus.subject_prefix, timeout=60,
                           creds=stack.auth.admin_creds, ca_file=stack.ca_file) as client:
             await _wait_for_agents(client)
