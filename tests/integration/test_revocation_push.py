@@ -82,8 +82,10 @@ async def test_a_revoked_persons_connection_is_closed_and_refused(secured_nats: 
     follow = asyncio.ensure_future(directory.follow())
     pusher = asyncio.ensure_future(RevocationPusher(secured_nats.authority, TOPO, directory, system).run())
     try:
+        revoked_at = time.monotonic()
         await users.put("alice", encode(alice.record(revoked_at=time.time())))
         await asyncio.wait_for(alice.closed.wait(), 10)
+        print(f"revoked connection closed {time.monotonic() - revoked_at:.3f} s after the write")  # shown with -s
         assert not await admitted(secured_nats, alice)
         assert not bob.closed.is_set() and await admitted(secured_nats, bob)
     finally:
