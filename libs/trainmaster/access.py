@@ -9,10 +9,15 @@ user holds a role in each of its projects:
 - ``admin``: also its members and its quota, and reads its audit trail.
 
 The *cluster admin* is whoever asks from inside the services' account (the services themselves,
-the operator's admin creds): it may do everything, including crediting projects and managing
-pools and agents.  A request that crossed from the people's account carries the server's
-``Nats-Request-Info`` (the user's key, set by nats-server, not by the client); one without it came
-from inside the services' account.
+the operator's admin creds), and any person whose record says ``cluster_admin``: it may do
+everything, including crediting projects and managing pools and agents.  A request that crossed
+from the people's account carries the server's ``Nats-Request-Info`` (the user's key, set by
+nats-server, not by the client); one without it came from inside the services' account.
+
+A request from inside the services' account may name a person it asks for: the API token in
+``Tm-Token`` (the HTTP API's gateway does, for each request it passes on).  It is then answered as
+that token's user, never more: a header can only narrow what the services' account may do, and
+one on a request from the people's account is ignored (``identity.Directory.caller``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 REQUEST_INFO = "Nats-Request-Info"  # set by nats-server on a request crossing from another account
+ON_BEHALF = "Tm-Token"  # on a request from inside the services' account: ask as this API token's user
 USER_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a subject token and a file name: the user's inbox holds it
 USER_NAME_RE = re.compile(USER_NAME)
 
@@ -69,7 +75,8 @@ class Credential(msgspec.Struct, frozen=True, omit_defaults=True):
 
 class UserRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """A person (key ``<name>`` of ``tm_users``): its roles by project and its credentials.
-    ``disabled_at``: the whole user revoked (every credential refused)."""
+    ``disabled_at``: the whole user revoked (every credential refused); ``cluster_admin``: it may
+    do everything, as the services' account may (only the cluster admin makes one so)."""
 
     name: str
     created_at: float
@@ -77,6 +84,7 @@ class UserRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     credentials: list[Credential] = []
     disabled_at: float | None = None
     created_by: str = ""
+    cluster_admin: bool = False
 
     def role_in(self, project: str) -> Role | None:
         label = self.roles.get(project)
@@ -87,7 +95,8 @@ class UserRecord(msgspec.Struct, frozen=True, omit_defaults=True):
 @dataclass(frozen=True)
 class Caller:
     """Who asked.  ``name``: the user's name (``cluster-admin`` for the services' account);
-    ``roles``: its role by project; ``credential``: the id of the credential it used."""
+    ``roles``: its role by project; ``credential``: the id of the credential it used (None: the
+    services' account itself)."""
 
     name: str
     roles: Mapping[str, Role] = field(default_factory=dict)
@@ -97,7 +106,7 @@ class Caller:
     @property
     def actor(self) -> str:
         """How the audit trail names it."""
-        return "cluster-admin" if self.cluster_admin else f"user/{self.name}"
+        return "cluster-admin" if self.cluster_admin and self.credential is None else f"user/{self.name}"
 
     def may(self, project: str, need: Role) -> bool:
         return self.cluster_admin or self.roles.get(project, 0) >= need
@@ -152,7 +161,7 @@ def caller_of(info: dict | None, by_key: Mapping[str, tuple[UserRecord, Credenti
 
 def user_caller(user: UserRecord, credential_id: str | None) -> Caller:
     roles = {project: Role.parse(label) for project, label in user.roles.items()}
-    return Caller(user.name, roles, credential=credential_id)
+    return Caller(user.name, roles, cluster_admin=user.cluster_admin, credential=credential_id)
 
 
 def keys_of(users: Iterable[UserRecord]) -> dict[str, tuple[UserRecord, Credential]]:

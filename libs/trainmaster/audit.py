@@ -26,15 +26,19 @@ log = structlog.get_logger()
 ADMIN = "cluster-admin"  # a request from inside the services' account (no Nats-Request-Info)
 CLUSTER = "@cluster"  # the project of what belongs to no account (templates, datasets, topics, agents)
 REQUEST_INFO = "Nats-Request-Info"  # set by nats-server on a request crossing from another account
+ON_BEHALF = "Tm-Token"  # an API token the services' account asks for (trainmaster.access.ON_BEHALF)
+UNKNOWN_TOKEN = "api-token/unknown"  # a request on behalf of a token nobody holds (never the token)
 
 
 def actor_of(headers: Mapping[str, str] | None) -> str:
     """Who sent a request, as the bus knows it.  Without ``Nats-Request-Info`` the request came
     from inside the services' account: the cluster admin.  With it, ``<account>/<user>`` (the
-    user's name tag where it has one, else its user name or key)."""
+    user's name tag where it has one, else its user name or key).  A request of the services'
+    account on behalf of an API token (``Tm-Token``) whose user could not be found is
+    ``api-token/unknown``: the token itself is never written down."""
     raw = (headers or {}).get(REQUEST_INFO)
     if raw is None:
-        return ADMIN
+        return UNKNOWN_TOKEN if ON_BEHALF in (headers or {}) else ADMIN
     try:
         info = json.loads(raw)
     except ValueError:

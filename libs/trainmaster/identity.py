@@ -74,9 +74,17 @@ class Directory:
         self._reindex()
 
     def caller(self, headers: Mapping[str, str] | None) -> Caller:
-        """Who sent a request with these headers; ``access.Denied`` for revoked or unknown keys."""
-        info = access.request_info((headers or {}).get(access.REQUEST_INFO))
-        return access.caller_of(info, self._by_key)
+        """Who sent a request with these headers; ``access.Denied`` for revoked or unknown keys.
+
+        A request from inside the services' account (no ``Nats-Request-Info``) that carries
+        ``Tm-Token`` is the token's user's (unknown or revoked: ``Denied``): whoever may send it is
+        the cluster admin anyway, so the header only narrows.  On a request from the people's
+        account the header is ignored: a person is always the user of the key that connected."""
+        headers = headers or {}
+        raw = headers.get(access.REQUEST_INFO)
+        if raw is None and (token := headers.get(access.ON_BEHALF)) is not None:
+            return self.caller_of_token(token)
+        return access.caller_of(access.request_info(raw), self._by_key)
 
     def caller_of_token(self, token: str) -> Caller:
         """Who holds an API token (for the HTTP API); ``access.Denied`` when nobody does."""

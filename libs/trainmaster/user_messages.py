@@ -23,21 +23,26 @@ CredentialId = Annotated[str, Meta(pattern=names.TOKEN)]
 class UserCreate(Struct, frozen=True, forbid_unknown_fields=True):
     """Body of ``tm.users.create``: a new user with ``role`` in ``project``.  ``public_key``: the
     user key its holder made (job-intake signs its JWT; the seed never leaves the holder);
-    ``token``: also an API token (in the reply only)."""
+    ``token``: also an API token (in the reply only); ``cluster_admin``: the person may do
+    everything (only the cluster admin may ask for it)."""
 
     name: UserName
     project: ProjectName
     role: RoleName
     public_key: PublicKey | None = None
     token: bool = True
+    cluster_admin: bool = False
 
 
 class UserGrant(Struct, frozen=True, forbid_unknown_fields=True):
-    """Body of ``tm.users.grant``: set the user's role in ``project`` (``none``: remove it)."""
+    """Body of ``tm.users.grant``: set the user's role in ``project`` (``none``: remove it), and/or
+    make it a cluster admin or no longer one (``cluster_admin``: the cluster admin only).  ``project``
+    and ``role`` go together."""
 
     name: UserName
-    project: ProjectName
-    role: Literal["viewer", "member", "admin", "none"]
+    project: ProjectName | None = None
+    role: Literal["viewer", "member", "admin", "none"] | None = None
+    cluster_admin: bool | None = None
 
 
 class UserIssue(Struct, frozen=True, forbid_unknown_fields=True):
@@ -91,6 +96,7 @@ class UserView(Struct, frozen=True, omit_defaults=True):
     credentials: list[CredentialView]
     created_by: str = ""
     disabled_at: float | None = None
+    cluster_admin: bool = False
 
 
 class UserList(Struct, frozen=True):

@@ -3,7 +3,8 @@ plain functions over ``access`` callers and ``UserRecord``s (job-intake's ``tm.u
 read, call these, write).
 
 - create, grant: the cluster admin, or an admin of the project concerned (a project admin never
-  touches the roles its user holds in other projects);
+  touches the roles its user holds in other projects); making a person a cluster admin (or no
+  longer one): the cluster admin only;
 - issue: the cluster admin, or the user itself;
 - revoke one credential: the cluster admin, or the user itself; disable a whole user: the
   cluster admin;
@@ -22,7 +23,7 @@ from trainmaster.access import Caller, Credential, Denied, Role, UserRecord, req
 from trainmaster.auth.nkeys import InvalidKey, KeyKind, kind_of
 from trainmaster.decoding import RequestError
 from trainmaster.messages import ErrorBody, Violation
-from trainmaster.user_messages import CredentialView, UserView, WhoAmI
+from trainmaster.user_messages import CredentialView, UserGrant, UserView, WhoAmI
 
 TOKEN_PREFIX = "tmu_"  # an API token: "tmu_" and 32 random URL-safe characters
 
@@ -39,6 +40,26 @@ def missing_user(name: str) -> RequestError:
 def check_manage(caller: Caller, project: str, what: str) -> None:
     """Creating a user in ``project``, or changing roles in it: its admins and the cluster admin."""
     require(caller, project, Role.ADMIN, what, field_name="project")
+
+
+def check_cluster_admin_flag(caller: Caller, wanted: bool | None) -> None:
+    """Only the cluster admin makes a person a cluster admin, or takes that away."""
+    if wanted is not None and not caller.cluster_admin:
+        raise Denied("forbidden", "making a person a cluster admin (or no longer one) is for the cluster admin only",
+                     "cluster_admin")
+
+
+def check_grant(caller: Caller, req: UserGrant) -> None:
+    """A grant names a role in a project, a cluster admin flag, or both; each takes its own right."""
+    if (req.project is None) != (req.role is None):
+        missing = "role" if req.role is None else "project"
+        raise refusal("invalid_request", "project and role go together: give both, or neither", missing)
+    if req.project is None and req.cluster_admin is None:
+        raise refusal("invalid_request", "nothing to grant: give project and role, or cluster_admin", "$",
+                      "e.g. {\"name\": \"alice\", \"project\": \"team-a\", \"role\": \"member\"}")
+    check_cluster_admin_flag(caller, req.cluster_admin)
+    if req.project is not None:
+        check_manage(caller, req.project, "changing roles in it")
 
 
 def check_issue(caller: Caller, name: str) -> None:
@@ -90,7 +111,7 @@ def view(user: UserRecord, roles: dict[str, str]) -> UserView:
     """What a reply shows of ``user``: never a token's hash."""
     credentials = [CredentialView(c.id, c.kind, c.created_at, c.public_key, c.revoked_at) for c in user.credentials]
     return UserView(user.name, user.created_at, dict(sorted(roles.items())), credentials, user.created_by,
-                    user.disabled_at)
+                    user.disabled_at, user.cluster_admin)
 
 
 def seen_by(caller: Caller, user: UserRecord | None, name: str) -> UserView:
@@ -118,21 +139,27 @@ def whoami(caller: Caller) -> WhoAmI:
 
 
 # ---------------------------------------------------------------- the records
-def new_user(name: str, project: str, role: str, credentials: list[Credential], by: str, now: float) -> UserRecord:
-    return UserRecord(name, now, roles={project: role}, credentials=credentials, created_by=by)
+def new_user(name: str, project: str, role: str, credentials: list[Credential], by: str, now: float,
+             cluster_admin: bool = False) -> UserRecord:
+    return UserRecord(name, now, roles={project: role}, credentials=credentials, created_by=by,
+                      cluster_admin=cluster_admin)
 
 
-def granted(user: UserRecord | None, name: str, project: str, role: str) -> UserRecord | None:
-    """``user`` with ``role`` in ``project`` (``none``: without a role there); None when that is
-    already so (nothing to write)."""
+def granted(user: UserRecord | None, name: str, project: str | None, role: str | None,
+            cluster_admin: bool | None = None) -> UserRecord | None:
+    """``user`` with ``role`` in ``project`` (``none``: without a role there; None: roles as they
+    are) and ``cluster_admin`` (None: as it is); None when that is already so (nothing to write)."""
     if user is None:
         raise missing_user(name)
     roles = dict(user.roles)
-    if role == "none":
+    if project is not None and role == "none":
         roles.pop(project, None)
-    else:
+    elif project is not None and role is not None:
         roles[project] = role
-    return None if roles == user.roles else msgspec.structs.replace(user, roles=roles)
+    flag = user.cluster_admin if cluster_admin is None else cluster_admin
+    if roles == user.roles and flag == user.cluster_admin:
+        return None
+    return msgspec.structs.replace(user, roles=roles, cluster_admin=flag)
 
 
 def with_credential(user: UserRecord | None, name: str, credential: Credential) -> UserRecord:

@@ -110,7 +110,7 @@ class Intake:
 
     async def accept_and_wait(self, spec: JobRequest, request_id: str, caller: Caller) -> JobRecord:
         """Accept (the caller authorised already), then wait (bounded) for the validator's verdict."""
-        record = await self.accept(spec, request_id, None if caller.cluster_admin else caller.actor)
+        record = await self.accept(spec, request_id, None if caller.actor == audit.ADMIN else caller.actor)
         return await await_verdict(self.store, record, self.settings.intake.create_wait_s)
 
     # ---- tm.jobs.create

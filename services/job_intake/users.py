@@ -103,6 +103,7 @@ class Users:
     async def on_create(self, msg: NatsMessage) -> bytes:
         caller = self.directory.caller(msg.headers)
         req = decode_as(msg.body, UserCreate, self.max_bytes)
+        user_rules.check_cluster_admin_flag(caller, req.cluster_admin or None)
         user_rules.check_manage(caller, req.project, "adding users to it")
         now = time.time()
         credentials: list[Credential] = []
@@ -116,7 +117,8 @@ class Users:
             token, hashed = new_token()
             token_id = credential_id()
             credentials.append(Credential(token_id, "token", now, token_hash=hashed))
-        record = user_rules.new_user(req.name, req.project, req.role, credentials, caller.actor, now)
+        record = user_rules.new_user(req.name, req.project, req.role, credentials, caller.actor, now,
+                                     req.cluster_admin)
         if await kvstore.create(self.kv, req.name, encode(record)) is None:
             raise user_rules.refusal("conflict", f"user {req.name!r} exists", hint=(
                 "give it a role with `trainmaster user grant` (tm.users.grant), new credentials with "
@@ -127,8 +129,9 @@ class Users:
     async def on_grant(self, msg: NatsMessage) -> bytes:
         caller = self.directory.caller(msg.headers)
         req = decode_as(msg.body, UserGrant, self.max_bytes)
-        user_rules.check_manage(caller, req.project, "changing roles in it")
-        user = await self._change(req.name, lambda u: user_rules.granted(u, req.name, req.project, req.role))
+        user_rules.check_grant(caller, req)
+        user = await self._change(req.name, lambda u: user_rules.granted(u, req.name, req.project, req.role,
+                                                                         req.cluster_admin))
         return encode(user_rules.view(user, user_rules.visible_roles(caller, user) or {}))
 
     async def on_issue(self, msg: NatsMessage) -> bytes:
@@ -180,8 +183,8 @@ class Users:
     @staticmethod
     async def describe_project(body: dict[str, Any], reply: dict[str, Any] | None) -> tuple[str, str, dict]:
         name = body.get("name") if isinstance(body.get("name"), str) else ""
-        role = body.get("role")
-        return audit.project_of(body.get("project")), name, {"role": role} if isinstance(role, str) else {}
+        detail = {k: body[k] for k in ("role", "cluster_admin") if isinstance(body.get(k), str | bool)}
+        return audit.project_of(body.get("project")), name, detail
 
     @staticmethod
     async def describe_credential(body: dict[str, Any], reply: dict[str, Any] | None) -> tuple[str, str, dict]:

@@ -8,6 +8,7 @@ import pytest
 
 from trainmaster import access
 from trainmaster.access import CLUSTER_ADMIN, Caller, Credential, Denied, Role, UserRecord
+from trainmaster.identity import Directory, token_hash
 
 ALICE = UserRecord("alice", 1.0, roles={"team-a": "member", "team-b": "viewer"},
                    credentials=[Credential("c1", "nats", 1.0, public_key="UALICE"),
@@ -70,3 +71,44 @@ def test_tokens_are_found_by_their_hash_only() -> None:
     assert Role.parse("Member") is Role.MEMBER
     with pytest.raises(ValueError, match="use viewer, member or admin"):
         Role.parse("owner")
+
+
+# ---------------------------------------------------------------- asking for an API token's user
+def directory_of(*users: UserRecord) -> Directory:
+    directory = Directory(None)  # type: ignore[arg-type]  # a known set of users: no bucket needed
+    for user in users:
+        directory.put(user)
+    return directory
+
+
+TOKENED = UserRecord("tina", 1.0, roles={"team-a": "viewer"},
+                     credentials=[Credential("t1", "token", 1.0, token_hash=token_hash("tmu_tina")),
+                                  Credential("t2", "token", 1.0, token_hash=token_hash("tmu_old"), revoked_at=2.0)])
+
+
+def test_the_services_account_asking_with_a_token_is_that_tokens_user() -> None:
+    caller = directory_of(TOKENED, ALICE).caller({access.ON_BEHALF: "tmu_tina"})
+    assert caller.name == "tina" and not caller.cluster_admin and caller.credential == "t1"
+    assert caller.may("team-a", Role.VIEWER) and not caller.may("team-a", Role.MEMBER)
+
+
+@pytest.mark.parametrize("token", ["tmu_old", "tmu_nobody", ""])
+def test_a_revoked_or_unknown_token_narrows_to_nobody(token: str) -> None:
+    with pytest.raises(Denied) as refused:
+        directory_of(TOKENED).caller({access.ON_BEHALF: token})
+    assert refused.value.code == "unauthorized"
+
+
+def test_a_token_header_from_the_peoples_account_is_ignored() -> None:
+    # a person cannot become another by naming its token: the server's Nats-Request-Info wins
+    info = json.dumps({"acc": "AUSERS", "user": "UALICE"})
+    caller = directory_of(TOKENED, ALICE).caller({access.REQUEST_INFO: info, access.ON_BEHALF: "tmu_tina"})
+    assert caller.name == "alice"
+    with pytest.raises(Denied):  # a revoked key stays revoked, whatever token comes with it
+        directory_of(TOKENED, ALICE).caller({access.REQUEST_INFO: json.dumps({"user": "UOLD"}),
+                                             access.ON_BEHALF: "tmu_tina"})
+
+
+def test_without_a_token_the_services_account_is_the_cluster_admin() -> None:
+    assert directory_of(TOKENED).caller({}) is CLUSTER_ADMIN
+    assert directory_of(TOKENED).caller(None) is CLUSTER_ADMIN

@@ -19,6 +19,10 @@ def test_a_request_without_request_info_is_the_cluster_admin():
     assert audit.actor_of({"Nats-Msg-Id": "x"}) == "cluster-admin"
 
 
+def test_a_request_for_a_token_nobody_holds_never_writes_the_token_down():
+    assert audit.actor_of({"Tm-Token": "tmu_secret"}) == "api-token/unknown"
+
+
 def test_a_request_from_another_account_names_its_account_and_user():
     info = {"acc": "ACME", "rtt": 1000, "user": "UABC", "name_tag": "alice"}
     assert audit.actor_of({"Nats-Request-Info": json.dumps(info)}) == "ACME/alice"

@@ -16,7 +16,7 @@ from trainmaster.auth.jwt import creds_text, decode
 from trainmaster.auth.nkeys import KeyKind, KeyPair
 from trainmaster.auth.users_signer import InvalidSigner, parse_signer, signer_of
 from trainmaster.decoding import RequestError, decode_as
-from trainmaster.identity import Directory
+from trainmaster.identity import Directory, token_hash
 from trainmaster.user_messages import UserCreate, UserGrant
 
 ALICE = UserRecord("alice", 1.0, roles={"team-a": "member", "team-b": "viewer"},
@@ -191,3 +191,38 @@ def test_without_a_signer_nats_credentials_are_refused_with_how_to_give_one() ->
     with pytest.raises(RequestError) as refused:
         users._nats_credential("alice", KeyPair.generate(KeyKind.USER).public_key, 1.0)
     assert refused.value.body.code == "unavailable" and "TM_USERS_SIGNING_KEY_FILE" in refused.value.body.message
+
+
+# ---------------------------------------------------------------- persons who are cluster admins
+def test_only_the_cluster_admin_makes_a_person_a_cluster_admin() -> None:
+    user_rules.check_cluster_admin_flag(CLUSTER_ADMIN, True)
+    user_rules.check_cluster_admin_flag(ADMIN_A, None)  # not asked for: nothing to check
+    for caller, wanted in ((ADMIN_A, True), (ADMIN_A, False), (MEMBER, True)):
+        with pytest.raises(Denied) as refused:
+            user_rules.check_cluster_admin_flag(caller, wanted)
+        assert refused.value.code == "forbidden" and refused.value.field == "cluster_admin"
+
+
+def test_a_grant_names_a_role_a_flag_or_both() -> None:
+    user_rules.check_grant(CLUSTER_ADMIN, UserGrant("alice", cluster_admin=True))
+    user_rules.check_grant(ADMIN_A, UserGrant("alice", "team-a", "viewer"))
+    with pytest.raises(Denied):  # a project admin may not add the flag to a role it may grant
+        user_rules.check_grant(ADMIN_A, UserGrant("alice", "team-a", "viewer", cluster_admin=True))
+    for req, field in ((UserGrant("alice", "team-a"), "role"), (UserGrant("alice", role="member"), "project"),
+                       (UserGrant("alice"), "$")):
+        with pytest.raises(RequestError) as bad:
+            user_rules.check_grant(CLUSTER_ADMIN, req)
+        assert bad.value.body.details[0].field == field
+
+
+def test_a_flagged_person_is_a_cluster_admin_named_as_itself() -> None:
+    made = user_rules.granted(ALICE, "alice", None, None, cluster_admin=True)
+    assert made is not None and made.cluster_admin and made.roles == ALICE.roles
+    assert user_rules.granted(made, "alice", None, None, cluster_admin=True) is None
+    directory = Directory(None)  # type: ignore[arg-type]
+    directory.put(msgspec.structs.replace(made, credentials=[Credential("t9", "token", 1.0,
+                                                                        token_hash=token_hash("tmu_boss"))]))
+    boss = directory.caller_of_token("tmu_boss")
+    assert boss.cluster_admin and boss.may("any-project", Role.ADMIN) and boss.projects() is None
+    assert boss.actor == "user/alice" and boss.credential == "t9"  # the trail names the person
+    assert user_rules.whoami(boss).cluster_admin and user_rules.view(made, made.roles).cluster_admin
