@@ -14,10 +14,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -209,6 +211,7 @@ SERVICE_NAMES = {
     "scheduler": "scheduler",
     "notifier": "notifier",
     "executor_agent": "executor-agent",
+    "api_gateway": "api-gateway",
 }
 
 
@@ -218,6 +221,7 @@ class Readiness:
 
     answers: tuple[str, ...] = ()  # request/reply subjects that must answer
     durables: tuple[tuple[str, str], ...] = ()  # (stream, durable) with a pull request waiting
+    http: str | None = None  # a URL that must answer 200
 
 
 def readiness_of(module: str, topo: Topology, env: dict[str, str]) -> Readiness:
@@ -236,6 +240,8 @@ def readiness_of(module: str, topo: Topology, env: dict[str, str]) -> Readiness:
     if module == "executor_agent":
         c = topo.consumer_agent(env["TM_AGENT_ID"])
         return Readiness((), ((c.stream, c.durable),))
+    if module == "api_gateway":
+        return Readiness(http=f"http://{env.get('TM_HTTP_HOST', '127.0.0.1')}:{env['TM_HTTP_PORT']}/api/v1/health")
     raise ValueError(f"unknown service module {module!r}")
 
 
@@ -337,8 +343,9 @@ async def wait_ready(services: Iterable[ServiceProcess], nats_url: str, topo: To
         for svc in services:
             ready = readiness_of(svc.module, topo, svc.env)
             deadline = time.monotonic() + timeout_s
-            pending = {"answers": list(ready.answers), "durables": list(ready.durables)}
-            while pending["answers"] or pending["durables"]:
+            pending = {"answers": list(ready.answers), "durables": list(ready.durables),
+                       "http": [ready.http] if ready.http else []}
+            while pending["answers"] or pending["durables"] or pending["http"]:
                 if not svc.alive():
                     raise RuntimeError(f"{svc.name} exited with {svc.proc.returncode if svc.proc else None} "
                                        f"while starting; its log:\n{svc.tail()}")
@@ -353,9 +360,26 @@ async def wait_ready(services: Iterable[ServiceProcess], nats_url: str, topo: To
                     with contextlib.suppress(NotFoundError):
                         if (await js.consumer_info(stream, durable)).num_waiting > 0:
                             pending["durables"].remove((stream, durable))
+                for url in list(pending["http"]):
+                    if await asyncio.to_thread(answers_http, url):
+                        pending["http"].remove(url)
                 await asyncio.sleep(0.05)
     finally:
         await nc.close()
+
+
+def answers_http(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @dataclass

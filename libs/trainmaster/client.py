@@ -152,38 +152,10 @@ class Client:
         return RegistryClient(self)
 
     async def feed(self, verb: str, query: dict[str, Any]) -> AsyncIterator[Msg]:
-        """The messages of a streamed verb (``tm.jobs.events``, ``tm.jobs.logs``): each stored event
-        or line, its stream sequence in ``Tm-Seq``, until ``Tm-End``; on ``more`` (job-intake's
-        window ran out, or the replica stopped) asked again from where it got.  An error reply is
-        raised as ``ApiError``; keepalives are skipped."""
+        """The messages of a streamed verb (``tm.jobs.events``, ``tm.jobs.logs``): see ``feed``."""
         assert self.nc is not None
-        after = int(query.get("after", 0))
-        while True:
-            inbox = self.nc.new_inbox()
-            sub = await self.nc.subscribe(inbox)
-            try:
-                await self.nc.publish(self.topo.jobs(verb), json.dumps({**query, "after": after}).encode(),
-                                      reply=inbox)
-                while True:
-                    msg = await sub.next_msg(timeout=max(self.timeout, FEED_SILENCE_S))
-                    headers = msg.headers or {}
-                    if headers.get("Status") == "503":
-                        raise nats.errors.NoRespondersError
-                    if jobfeed.KEEPALIVE in headers:
-                        continue
-                    end = headers.get(jobfeed.END)
-                    if end == jobfeed.DONE:
-                        return
-                    if end == jobfeed.MORE:
-                        after = int(headers[jobfeed.NEXT])
-                        break
-                    if jobfeed.SEQ not in headers:
-                        body = json.loads(msg.data)
-                        raise ApiError(body.get("error", {}) if isinstance(body, dict) else {})
-                    after = int(headers[jobfeed.SEQ])
-                    yield msg
-            finally:
-                await sub.unsubscribe()
+        async for msg in feed(self.nc, self.topo.jobs(verb), query, max(self.timeout, FEED_SILENCE_S)):
+            yield msg
 
     async def events(self, job_id: str, follow: bool = True) -> AsyncIterator[dict[str, Any]]:
         """The job's CloudEvents from its first; with ``follow`` until it has ended."""
@@ -208,6 +180,43 @@ class Client:
         """(node, line) pairs of every node; ``follow``: until the job has ended."""
         async for line in self.log_lines(job_id, follow):
             yield line.node, line.text
+
+
+async def feed(nc: NATS, subject: str, query: dict[str, Any], silence_s: float = FEED_SILENCE_S,
+               headers: dict[str, str] | None = None, keepalives: bool = False) -> AsyncIterator[Msg]:
+    """The messages of a streamed verb (``tm.jobs.events``, ``tm.jobs.logs`` on ``subject``): each
+    stored event or line, its stream sequence in ``Tm-Seq``, until ``Tm-End``; on ``more``
+    (job-intake's window ran out, or the replica stopped) asked again from where it got.  An error
+    reply is raised as ``ApiError``; keepalives are skipped (``keepalives``: passed on too).
+    ``headers`` go with each request."""
+    after = int(query.get("after", 0))
+    while True:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        try:
+            await nc.publish(subject, json.dumps({**query, "after": after}).encode(), reply=inbox, headers=headers)
+            while True:
+                msg = await sub.next_msg(timeout=silence_s)
+                msg_headers = msg.headers or {}
+                if msg_headers.get("Status") == "503":
+                    raise nats.errors.NoRespondersError
+                if jobfeed.KEEPALIVE in msg_headers:
+                    if keepalives:
+                        yield msg
+                    continue
+                end = msg_headers.get(jobfeed.END)
+                if end == jobfeed.DONE:
+                    return
+                if end == jobfeed.MORE:
+                    after = int(msg_headers[jobfeed.NEXT])
+                    break
+                if jobfeed.SEQ not in msg_headers:
+                    body = json.loads(msg.data)
+                    raise ApiError(body.get("error", {}) if isinstance(body, dict) else {})
+                after = int(msg_headers[jobfeed.SEQ])
+                yield msg
+        finally:
+            await sub.unsubscribe()
 
 
 @dataclass(frozen=True)

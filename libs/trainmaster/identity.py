@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
+import uuid
 from collections.abc import Mapping
 
 import msgspec
@@ -17,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from trainmaster import access
 from trainmaster.access import Caller, Credential, UserRecord
+from trainmaster.user_rules import TOKEN_PREFIX
 
 log = structlog.get_logger()
 _decode_user = msgspec.json.Decoder(UserRecord).decode
@@ -25,6 +28,16 @@ _decode_user = msgspec.json.Decoder(UserRecord).decode
 def token_hash(token: str) -> str:
     """What ``tm_users`` keeps of an API token (it has 256 random bits: a plain hash is enough)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """(token, its hash): ``tmu_`` and 32 random URL-safe characters (192 bits)."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(24)
+    return token, token_hash(token)
+
+
+def credential_id() -> str:
+    return f"cred-{uuid.uuid4().hex[:12]}"
 
 
 class Directory:

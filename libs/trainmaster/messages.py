@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from trainmaster import names
+from trainmaster.catalog import Pool
 
 ParamValue = str | int | float | bool
 
@@ -352,6 +353,15 @@ class NodeReport(Struct, frozen=True):
 class AgentList(Struct, frozen=True):
     agents: list[AgentHeartbeat]
     lost: list[str] = []  # ids of agents silent past TM_AGENT_TIMEOUT_S (their jobs were retried or failed)
+
+
+class PoolList(Struct, frozen=True):
+    """Reply of ``tm.pools.list``: the resource pools of the catalog (``resources.yaml``), each with
+    its flavors and their price per node-hour in ``currency``; ``accounts``: the only projects a
+    dedicated pool admits (absent: every project)."""
+
+    pools: list[Pool]
+    currency: str
 
 
 # ---------------------------------------------------------------- CloudEvents (public)

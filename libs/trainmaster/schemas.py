@@ -26,6 +26,7 @@ PUBLIC_TYPES: dict[str, type] = {
     "job-event": m.JobCloudEvent,
     "request-event": m.RequestCloudEvent,
     "agent-list": m.AgentList,
+    "pool-list": m.PoolList,
     # notifications: the topics API on tm.topics.<verb>
     "topic-create": m.TopicCreate,
     "topic-ref": m.TopicRef,

@@ -3,8 +3,8 @@
 Every setting has an embedded default so that ``make run`` needs nothing configured.  A service
 reads its own group (the scheduler ``settings.scheduler``, the agent ``settings.agent``, the
 notifier ``settings.notifier``, job-intake ``settings.intake``) and the shared ones (``bus``,
-``api``, ``storage``, ``catalog``, ``billing``, ``observability``); ``embedded`` is the stack that
-``trainmaster up`` runs.  A variable keeps its flat name (``TM_AGENT_TIMEOUT_S`` is
+``api``, ``storage``, ``catalog``, ``billing``, ``observability``), api-gateway ``settings.http``;
+``embedded`` is the stack that ``trainmaster up`` runs.  A variable keeps its flat name (``TM_AGENT_TIMEOUT_S`` is
 ``settings.scheduler.agent_timeout_s``), and ``Settings(agent_timeout_s=5)`` takes flat names
 too, so overriding one setting needs no knowledge of the groups.
 """
@@ -107,6 +107,17 @@ class EmbeddedSettings(_Group):
 
 class ApiSettings(_Group):
     max_request_bytes: int = Field(256 * 1024, description="largest accepted request body")
+
+
+class HttpSettings(_Group):
+    """The HTTP API (api-gateway): JSON over HTTP, each route one request on the bus."""
+
+    http_host: str = Field("127.0.0.1", description="where api-gateway listens (0.0.0.0: every interface; put "
+                           "TLS in front of it beyond loopback: a bearer token travels in each request)")
+    http_port: int = Field(8080, ge=0, le=65535, description="its port (0 under `trainmaster up`: a free one)")
+    http_bus_timeout_s: float = Field(
+        30.0, gt=0, description="how long api-gateway waits for a service's reply (a create waits for the "
+        "validator, TM_CREATE_WAIT_S); then 504")
 
 
 # the sample jobs' code and data (a checkout's examples/): a storage root only while TM_STORAGE_ROOTS is unset
@@ -317,7 +328,7 @@ GROUPS: dict[str, type[_Group]] = {
     "bus": BusSettings, "embedded": EmbeddedSettings, "api": ApiSettings, "storage": StorageSettings,
     "catalog": CatalogSettings, "intake": IntakeSettings, "billing": BillingSettings,
     "scheduler": SchedulerSettings, "agent": AgentSettings, "observability": ObservabilitySettings,
-    "notifier": NotifierSettings,
+    "notifier": NotifierSettings, "http": HttpSettings,
 }
 GROUP_OF: dict[str, str] = {field: group for group, cls in GROUPS.items() for field in cls.model_fields}
 
@@ -339,6 +350,7 @@ class Settings(BaseModel):
     agent: AgentSettings
     observability: ObservabilitySettings
     notifier: NotifierSettings
+    http: HttpSettings
 
     def __init__(self, **given: Any) -> None:
         per_group: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}

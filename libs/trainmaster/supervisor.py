@@ -1,5 +1,6 @@
-"""``trainmaster up``: the embedded nats-server, the five services and local agents as separate
-processes, restarted if they crash, all stopped cleanly (no orphans) on Ctrl-C / SIGTERM."""
+"""``trainmaster up``: the embedded nats-server, the services (the HTTP API's gateway included) and
+local agents as separate processes, restarted if they crash, all stopped cleanly (no orphans) on
+Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,28 +8,34 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import nats
+from nats.aio.client import Client as NATS
 
-from trainmaster.auth.authority import Authority
+from trainmaster import kvstore, user_rules
+from trainmaster.access import Credential, UserRecord
+from trainmaster.auth.authority import Authority, write_private
 from trainmaster.auth.credentials import connect_options
 from trainmaster.auth.local import LocalAuth
 from trainmaster.auth.localtls import LocalTls, ServerTls
 from trainmaster.auth.revocations import RevocationPusher
 from trainmaster.bus import provision
-from trainmaster.identity import Directory
+from trainmaster.identity import Directory, credential_id, new_token, token_hash
+from trainmaster.messages import encode
 from trainmaster.nats_health import needs_restart
 from trainmaster.natsd import NatsServer
 from trainmaster.procs import child_preexec
 from trainmaster.settings import Settings
 from trainmaster.topology import Topology
 
-SERVICES = ("job_intake", "validator", "scheduler", "notifier")
+SERVICES = ("job_intake", "validator", "scheduler", "notifier", "api_gateway")
 CRASH_LIMIT = 5  # restarts of one child within CRASH_WINDOW_S; one more crash and it is given up
 CRASH_WINDOW_S = 60.0
 WATCH_INTERVAL_S = 0.5
@@ -118,6 +125,15 @@ class Stack:
         self.url = ""
         self.failure: str | None = None  # why the stack stopped by itself (nats-server kept crashing)
         self.authority: Authority | None = None  # the local authority's keys, once prepared
+        self.http_port = settings.http.http_port  # 0: a free one, chosen at start
+        self.admin_token_file = self.auth.root / "admin.token"  # the admin person's API token (HTTP)
+
+    @property
+    def http_url(self) -> str:
+        """Where the HTTP API answers (``/api/v1``)."""
+        host = self.settings.http.http_host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.http_port}/api/v1"
 
     def _server_tls(self) -> ServerTls | None:
         """What nats-server serves TLS with: the stack's own certificate, one given, or none."""
@@ -161,9 +177,14 @@ class Stack:
         # port was picked at random (-1)
         self.nats.port = int(self.url.rsplit(":", 1)[1])
         nc = await nats.connect(self.url, **connect_options(self.auth.creds_of("supervisor"), self.ca_file))
-        await provision(nc.jetstream(), self.topo)
-        await nc.close()
+        try:
+            await provision(nc.jetstream(), self.topo)
+            await self.ensure_admin_token(nc)
+        finally:
+            await nc.close()
         s = self.settings
+        if self.http_port == 0:
+            self.http_port = free_port(s.http.http_host)
         base_env = dict(
             os.environ, TM_NATS_URL=self.url, TM_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
             TM_SUBJECT_PREFIX=s.bus.subject_prefix, TM_STREAM_REPLICAS=str(s.bus.stream_replicas),
@@ -182,6 +203,10 @@ class Stack:
                 env["TM_SECRETS_KEY_FILE"] = str(secrets_key)
             if name == "job_intake":  # people's NATS credentials are signed with the local authority's key
                 env["TM_USERS_SIGNING_KEY_FILE"] = str(self.auth.users_signer_file)
+            if name == "api_gateway":
+                env.update(TM_HTTP_HOST=s.http.http_host, TM_HTTP_PORT=str(self.http_port),
+                           TM_HTTP_BUS_TIMEOUT_S=str(s.http.http_bus_timeout_s),
+                           TM_MAX_REQUEST_BYTES=str(s.api.max_request_bytes))
             self.children.append(Child(name, f"services.{name}", env,
                                        self.data_dir / "logs" / f"{name.replace('_', '-')}.log"))
         for agent in self.agents:
@@ -192,6 +217,28 @@ class Stack:
         for child in self.children:
             child.start()
         return self.url
+
+    async def ensure_admin_token(self, nc: NATS) -> None:
+        """The person ``admin`` (a cluster admin) and its API token in ``<data_dir>/auth/admin.token``
+        (0600), made at the first start and kept: the HTTP API's first credential.  Written into
+        ``tm_users`` directly (job-intake is not up yet; every job-intake follows the bucket)."""
+        try:
+            kept: str | None = self.admin_token_file.read_text().strip()
+        except FileNotFoundError:
+            kept = None
+        token, hashed = new_token()
+        credential = Credential(credential_id(), "token", time.time(), token_hash=hashed)
+        kv = await nc.jetstream().key_value(self.topo.bucket_users.name)
+        try:
+            changed = await kvstore.change(
+                kv, user_rules.STACK_ADMIN,
+                lambda user: user_rules.stack_admin(user, token_hash(kept) if kept else None, credential, time.time()),
+                decode=msgspec.json.Decoder(UserRecord).decode, encode=encode)
+        except ValueError as exc:
+            self.echo(f"{exc} (HTTP API: issue tokens with `trainmaster user issue NAME --token`)")
+            return
+        if changed.written:
+            write_private(self.admin_token_file, token + "\n")
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Restart nats-server or a child that died (reaping it), at most CRASH_LIMIT times a
@@ -294,6 +341,13 @@ class Stack:
             if child.wait_or_kill(deadline):
                 self.echo(f"{child.name} did not stop within {grace_s:g} s; killed (log: {child.log_path})")
         self.nats.stop(NATS_GRACE_S)
+
+
+def free_port(host: str) -> int:
+    """A port free on ``host`` now (the HTTP API's, when TM_HTTP_PORT is 0)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 async def run_until_signalled(stack: Stack, after_start=None) -> None:

@@ -26,6 +26,8 @@ from trainmaster.messages import ErrorBody, Violation
 from trainmaster.user_messages import CredentialView, UserGrant, UserView, WhoAmI
 
 TOKEN_PREFIX = "tmu_"  # an API token: "tmu_" and 32 random URL-safe characters
+STACK_ADMIN = "admin"  # the person the embedded stack makes for its operator (the HTTP API's first token)
+MADE_BY_STACK = "trainmaster up"
 
 
 def refusal(code: str, message: str, field_name: str = "name", hint: str | None = None) -> RequestError:
@@ -186,3 +188,21 @@ def revoked(user: UserRecord | None, name: str, credential_id: str | None, now: 
     credentials = [msgspec.structs.replace(c, revoked_at=now) if c.id == credential_id else c
                    for c in user.credentials]
     return msgspec.structs.replace(user, credentials=credentials)
+
+
+def stack_admin(user: UserRecord | None, kept_hash: str | None, credential: Credential,
+                now: float) -> UserRecord | None:
+    """The embedded stack's ``admin`` person: a cluster admin with an API token, made once.  None
+    when the token on file (``kept_hash``) still opens it (nothing to write); else the record with
+    ``credential`` added (made first when there is none).  A user of that name the stack did not
+    make, or a disabled one, is left as it is (``ValueError`` says so): the stack never turns
+    somebody's user into a cluster admin."""
+    if user is None:
+        return UserRecord(STACK_ADMIN, now, credentials=[credential], created_by=MADE_BY_STACK, cluster_admin=True)
+    if user.created_by != MADE_BY_STACK or not user.cluster_admin:
+        raise ValueError(f"a user named {STACK_ADMIN!r} exists that the stack did not make: no admin token")
+    if user.disabled_at is not None:
+        raise ValueError(f"the stack's {STACK_ADMIN!r} user is disabled: no admin token")
+    if kept_hash is not None and any(c.token_hash == kept_hash and c.active for c in user.credentials):
+        return None
+    return msgspec.structs.replace(user, credentials=[*user.credentials, credential])

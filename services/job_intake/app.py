@@ -13,7 +13,7 @@ from services.job_intake.follow import JobFeeds
 from services.job_intake.index import JobIndex
 from services.job_intake.job_api import JobApi
 from services.job_intake.plans import JobPlans
-from services.job_intake.registry import Accounts, Algorithms, Templates
+from services.job_intake.registry import Accounts, Algorithms, Pools, Templates
 from services.job_intake.replies import answer
 from services.job_intake.users import Users, load_users_signer
 from services.job_intake.versions import VersionCounter
@@ -57,6 +57,7 @@ async def setup(ctx: ServiceContext) -> None:
     jobs = JobApi(broker=broker, topo=topo, store=store, index=index, directory=directory, max_bytes=max_bytes)
     accounts_api = Accounts(accounts_kv, max_bytes, s.billing.currency, index, resources, directory)
     algorithms = Algorithms(load_presets(s.catalog.catalog_dir), max_bytes, directory)
+    pools = Pools(resources, s.billing.currency, max_bytes, directory)
     datasets = Datasets(await bucket(topo.bucket_datasets.name), await bucket(topo.bucket_dataset_versions.name),
                         Storage(s), max_bytes, directory)
     biller = Biller(store, accounts_kv, resources, default_account=s.billing.default_account,
@@ -89,6 +90,7 @@ async def setup(ctx: ServiceContext) -> None:
                                         trail.describe_account("cpus", "gpus", "nodes", "jobs", "clear")),
         topo.algorithms("list"): algorithms.on_list,
         topo.algorithms("get"): algorithms.on_get,
+        topo.pools_list: pools.on_list,
         topo.datasets("create"): audited("dataset_create", datasets.on_create, trail.describe_dataset_create),
         topo.datasets("list"): datasets.on_list,
         topo.datasets("get"): datasets.on_get,

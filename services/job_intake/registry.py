@@ -34,6 +34,7 @@ from trainmaster.messages import (
     JobRequest,
     LedgerEntry,
     NameRef,
+    PoolList,
     Template,
     TemplateList,
     TemplateUpdate,
@@ -200,3 +201,18 @@ class Algorithms:
         if preset is None:
             raise not_found("preset algorithm", ref.name, "list them with `trainmaster algorithm list`")
         return encode(preset)
+
+
+class Pools:
+    """The resource catalog's pools, flavors and prices, to anyone known (what the HTTP API's
+    create form offers; a dedicated pool names the projects it admits)."""
+
+    def __init__(self, catalog: ResourceCatalog, currency: str, max_bytes: int, directory: Directory) -> None:
+        self.reply = encode(PoolList(catalog.pools, currency))
+        self.max_bytes = max_bytes
+        self.directory = directory
+
+    async def on_list(self, msg: NatsMessage) -> bytes:
+        self.directory.caller(msg.headers)
+        decode_empty(msg.body, self.max_bytes)
+        return self.reply

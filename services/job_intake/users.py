@@ -9,10 +9,8 @@ only as its hash."""
 
 from __future__ import annotations
 
-import secrets
 import stat
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from trainmaster import audit, kvstore, user_rules
 from trainmaster.access import Credential, UserRecord, require_cluster_admin
 from trainmaster.auth.users_signer import InvalidSigner, UsersSigner, load_signer
 from trainmaster.decoding import decode_as
-from trainmaster.identity import Directory, token_hash
+from trainmaster.identity import Directory, credential_id, new_token
 from trainmaster.messages import encode
 from trainmaster.user_messages import (
     IssuedCredential,
@@ -61,16 +59,6 @@ def load_users_signer(path: Path | None) -> UsersSigner | None:
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         log.warning("the users signing key file is readable by others: chmod 600 it", path=str(path))
     return signer
-
-
-def new_token() -> tuple[str, str]:
-    """(token, its hash): ``tmu_`` and 32 random URL-safe characters (192 bits)."""
-    token = user_rules.TOKEN_PREFIX + secrets.token_urlsafe(24)
-    return token, token_hash(token)
-
-
-def credential_id() -> str:
-    return f"cred-{uuid.uuid4().hex[:12]}"
 
 
 class Users:

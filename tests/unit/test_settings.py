@@ -22,6 +22,7 @@ ALLOWED = {
     "scheduler": SHARED | {"scheduler"},
     "executor_agent": SHARED | {"agent"},
     "notifier": SHARED | {"notifier"},
+    "api_gateway": SHARED | {"http"},
 }
 # ``settings.<group>``, ``ctx.settings.<group>``, ``self.settings.<group>``, ``s.<group>.``
 GROUP_READ = re.compile(r"\b(?:settings|s)\.(" + "|".join(GROUPS) + r")\b")

@@ -92,7 +92,7 @@ def up(
     tls: Annotated[bool, typer.Option("--tls", help="serve the bus over TLS with a CA the stack makes "
                                       "(TM_EMBEDDED_TLS)")] = False,
 ) -> None:
-    """Start nats-server, the five services and local agents; Ctrl-C stops everything."""
+    """Start nats-server, the services (the HTTP API too) and local agents; Ctrl-C stops everything."""
     from trainmaster.supervisor import AgentConf, Stack
 
     settings = with_tls(get_settings()) if tls else get_settings()
@@ -105,9 +105,18 @@ def up(
         if stack.ca_file is not None:
             console.print(f"TLS is on: clients trust the CA {stack.ca_file} (the CLI run from here finds it; "
                           "elsewhere set TM_NATS_CA_FILE to it)")
+        show_http_api(stack)
         console.print(f"service logs in {stack.data_dir / 'logs'}; Ctrl-C stops the stack")
 
     _run_stack(stack, ready)
+
+
+def show_http_api(stack: Any) -> None:
+    """Where the HTTP API answers and how to log in to it."""
+    console.print(f"HTTP API at {stack.http_url} (OpenAPI: {stack.http_url}/openapi.json)")
+    if stack.admin_token_file.exists():
+        console.print(f"  token: in {stack.admin_token_file} (the cluster admin `admin`; send it as "
+                      "`Authorization: Bearer <token>`)")
 
 
 def with_tls(settings: Settings) -> Settings:
@@ -140,6 +149,7 @@ def demo(
 
     async def run_sample(url: str) -> None:
         console.print(f"trainmaster is up: NATS at {url}, data in {stack.data_dir}")
+        show_http_api(stack)
         spec = load_job_file(job_file)
         if job_file == SAMPLE_JOB:
             # under this stack's default storage root, wherever TM_DATA_DIR points
@@ -195,6 +205,7 @@ SERVICE_MODULES = {
     "scheduler": "services.scheduler.app",
     "notifier": "services.notifier.app",
     "executor-agent": "services.executor_agent.app",
+    "api-gateway": "services.api_gateway.server",
 }
 
 
@@ -208,7 +219,11 @@ def service(name: Annotated[str, typer.Argument(help=", ".join(SERVICE_MODULES))
     if name not in SERVICE_MODULES:
         err_console.print(f"[red]error[/red]: unknown service {name!r}; choose one of {', '.join(SERVICE_MODULES)}")
         raise typer.Exit(2)
-    run_service(name, importlib.import_module(SERVICE_MODULES[name]).setup)
+    module = importlib.import_module(SERVICE_MODULES[name])
+    if name == "api-gateway":  # an HTTP server (uvicorn), not a bus service's setup
+        module.main()
+        return
+    run_service(name, module.setup)
 
 
 @app.command("nats-health")
