@@ -16,6 +16,7 @@ Subjects, streams and consumers come from ``trainmaster.topology`` only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from trainmaster.natsd import NatsServer
 from trainmaster.topology import Topology
 
 TOPO = Topology()
+# every embedded stack a test starts serves its HTTP API on a free port (not 8080): tests run beside
+# each other, and beside a developer's `make run`
+os.environ.setdefault("TM_HTTP_PORT", "0")
 
 
 def start_nats(store_dir: Path) -> NatsServer:

@@ -102,8 +102,10 @@ class Up:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
+        # the HTTP API on a free port (TM_HTTP_PORT=0): stacks of tests run beside each other
         env.update(TM_DATA_DIR=str(self.data_dir), TM_NATS_PORT=str(self.port), TM_LOG_LEVEL="INFO",
-                   COLUMNS="200", **self.env)
+                   TM_HTTP_PORT="0", COLUMNS="200")
+        env.update(self.env)
         with self.out_path.open("ab") as out:
             self.proc = subprocess.Popen([CLI, "up", "--agents", str(self.agents)], cwd=REPO, env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
