@@ -41,7 +41,7 @@ lock-upgrade:
 wheelhouse: | $(PY)
 	$(PY) -m pip download -q --require-hashes --no-deps -r requirements-test.lock -d wheelhouse
 
-## run: start nats-server, the five services and one agent, run the sample job, stay up until Ctrl-C
+## run: start nats-server, the services (the HTTP API too) and one agent, run the sample job, stay up until Ctrl-C
 run: $(RUNTIME_STAMP)
 	$(VENV)/bin/trainmaster demo
 
@@ -70,6 +70,7 @@ bench: $(TEST_STAMP)
 	$(PY) -m bench.notify_throughput --json .trainmaster/bench/notify_throughput.json
 	$(PY) -m bench.scheduler_throughput --out .trainmaster/bench/scheduler_throughput.json
 	$(PY) -m bench.scheduler_throughput --rate 1000 --out .trainmaster/bench/scheduler_paced.json
+	$(PY) -m bench.api --creates 200 --seconds 5 --out .trainmaster/bench/api.json
 
 ## chaos: the fault-injection suite (every fault, hundreds of jobs; ~15 min): table in docs/reliability.md
 chaos: $(TEST_STAMP)
