@@ -91,6 +91,18 @@ class RawHttp:
         return status, await self.reader.readexactly(length)
 
 
+async def wait_for_intake(client: Client, timeout_s: float = 60.0) -> None:
+    """job-intake answers (the gateway may be up before it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            await client.list(limit=1)
+            return
+        except Exception:  # still starting: no responder yet
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"job-intake did not answer within {timeout_s:.0f} s")
+
+
 async def creates(client: Client, http: RawHttp, token: str, root: Path, count: int) -> dict[str, list[float]]:
     """Seconds per create, over the bus and over HTTP, alternating (the same load for both)."""
     assert client.nc is not None
@@ -177,6 +189,7 @@ async def drive(stack: Stack, root: Path, args: argparse.Namespace, pids: list[i
     token = stack.admin_token_file.read_text().strip()
     async with Client(stack.url, timeout=30, creds=stack.auth.admin_creds) as client, \
             RawHttp("127.0.0.1", stack.http_port, token) as http:
+        await wait_for_intake(client)
         await creates(client, http, token, root, 10)  # warm-up: connections, caches, first versions
         watch = CpuWatch(pids)
         took = await creates(client, http, token, root, args.creates)

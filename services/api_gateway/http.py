@@ -22,7 +22,7 @@ _bearer = HTTPBearer(auto_error=False, description="an API token (`tm.users.crea
                      "the embedded stack's admin token is in <data_dir>/auth/admin.token)")
 
 
-def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+async def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """The API token of ``Authorization: Bearer <token>``; 401 when there is none or it is malformed.
     Whether it is anyone's, the service that answers decides (it resolves ``Tm-Token``)."""
     if credentials is None:
@@ -65,7 +65,9 @@ class Gateway:
         return json_response(await self.upstream.ask(subject, body, token, headers), status)
 
 
-def gateway(request: Request) -> Gateway:
+async def gateway(request: Request) -> Gateway:
+    # async, as every dependency here: FastAPI runs a plain function in a worker thread, which
+    # cost about a third of a request's time
     return request.app.state.gateway
 
 
