@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 
 from bench._common import REPO, machine, print_table, summarize, trivial_job_files, write_result
 from trainmaster.bus import provision
-from trainmaster.messages import Algorithm, Assign, DataSource, JobRequest, NodeReport, encode
+from trainmaster.messages import Algorithm, Assign, DataSource, JobRequest, NodeReport
 from trainmaster.natsd import NatsServer
 from trainmaster.topology import Topology
 
@@ -48,6 +48,14 @@ def start_agent(checkout: Path, agent_id: str, nats_url: str, data_dir: Path) ->
                             stdout=log, stderr=subprocess.STDOUT)
 
 
+def body(command: Assign) -> bytes:
+    """The Assign, without the fields older agents do not know (when they hold nothing)."""
+    data = msgspec.to_builtins(command)
+    if not data["spec"].get("env"):
+        data["spec"].pop("env", None)
+    return msgspec.json.encode(data)
+
+
 async def measure(runs: int, checkouts: dict[str, Path], work: Path) -> dict[str, list[float]]:
     server = NatsServer(store_dir=work / "nats", port=-1)
     url = server.start()
@@ -57,10 +65,12 @@ async def measure(runs: int, checkouts: dict[str, Path], work: Path) -> dict[str
         js = nc.jetstream()
         await provision(js, TOPO)
         reports: dict[tuple[str, str], asyncio.Future[float]] = {}
+        report_of: dict[str, NodeReport] = {}
         beating: set[str] = set()
 
         async def on_report(msg: Msg) -> None:
             report = msgspec.json.decode(msg.data, type=NodeReport)
+            report_of[report.job_id] = report
             waiter = reports.get((report.job_id, report.state))
             if waiter is not None and not waiter.done():
                 waiter.set_result(time.perf_counter())
@@ -90,8 +100,11 @@ async def measure(runs: int, checkouts: dict[str, Path], work: Path) -> dict[str
                 command = Assign(job_id=job_id, attempt=1, node=0, node_count=1, spec=spec, name="noop",
                                  version="V001")
                 started = time.perf_counter()
-                await js.publish(TOPO.agent_control(f"bench-{name}"), encode(command), stream=TOPO.stream_agent.name)
-                seen = await asyncio.wait_for(running, 60)
+                await js.publish(TOPO.agent_control(f"bench-{name}"), body(command), stream=TOPO.stream_agent.name)
+                await asyncio.wait([running, exited], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                if not running.done():
+                    raise SystemExit(f"{job_id} did not start: {report_of.get(job_id)}; see the logs in {work}")
+                seen = running.result()
                 await asyncio.wait_for(exited, 60)
                 if i >= WARMUP:
                     times[name].append(seen - started)
