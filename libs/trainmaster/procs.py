@@ -11,7 +11,7 @@ import ctypes.util
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1
@@ -64,10 +64,12 @@ def preexec_steps(*steps: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def job_preexec(identity: JobIdentity | None, umask: int) -> Callable[[], None]:
-    """A job's pre-exec: its identity (None: keep the agent's), no_new_privs, the death signal."""
+def job_preexec(identity: JobIdentity | None, umask: int,
+                as_root: Sequence[Callable[[], None]] = ()) -> Callable[[], None]:
+    """A job's pre-exec: ``as_root`` (steps that need the agent's privileges), its identity (None:
+    keep the agent's), no_new_privs, the death signal."""
     steps = [become(identity, umask)] if identity is not None else [lambda: os.umask(umask)]
-    return preexec_steps(*steps, no_new_privs, child_preexec)
+    return preexec_steps(*as_root, *steps, no_new_privs, child_preexec)
 
 
 async def run_captured(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -4,13 +4,16 @@ the job user's rules (executor_agent.jobuser) and the pre-exec that drops a job'
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from services.executor_agent.jobuser import identity_problem
 from trainmaster.jobenv import SAFE_PATH, check_env, job_environment
-from trainmaster.procs import job_preexec
+from trainmaster.procs import JobIdentity, job_preexec
 
 JOB = {"TM_JOB_ID": "j", "TM_JOB_NAME": "n", "TM_JOB_VERSION": "V001", "TM_ATTEMPT": "1"}
 
@@ -71,3 +74,16 @@ def test_the_job_preexec_sets_no_new_privs_and_the_umask() -> None:
     done = subprocess.run(["sh", "-c", "grep NoNewPrivs /proc/self/status; umask"], capture_output=True, text=True,
                           preexec_fn=job_preexec(None, 0o022), check=True)
     assert done.stdout.split() == ["NoNewPrivs:", "1", "0022"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can change its user")
+def test_the_job_preexec_becomes_the_user_without_groups_and_keeps_the_earlier_steps(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    marker = tmp_path / "as-root"
+    preexec = job_preexec(JobIdentity("nobody", nobody.pw_uid, nobody.pw_gid), 0o077,
+                          as_root=[lambda: marker.write_text(str(os.geteuid()))])
+    done = subprocess.run(["sh", "-c", "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status; umask"],
+                          capture_output=True, text=True, preexec_fn=preexec, check=True, cwd="/")
+    assert done.stdout.split() == [str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid), "NoNewPrivs:", "1",
+                                   "0077"]
+    assert marker.read_text() == "0"  # the steps given first ran before the user changed
