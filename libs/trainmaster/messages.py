@@ -87,6 +87,8 @@ class JobRequest(Struct, frozen=True, forbid_unknown_fields=True):
     # an attempt running longer than this is stopped and the job ends Failed (timeout)
     max_run_time_s: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None
     retry: RetryPolicy = RetryPolicy()
+    # environment variables for every node (checked by the validator: trainmaster.jobenv)
+    env: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------- errors (public)

@@ -234,6 +234,12 @@ class AgentSettings(_Group):
     runtime_pip_timeout_s: float = Field(1800.0, gt=0, description="longest a runtime's pip install may take")
     container_network: str = Field("none", description="podman network of single-node custom-image jobs "
                                    "(multi-node jobs use the host's network to reach each other)")
+    container_read_only: bool = Field(False, description="custom-image jobs run with a read-only root file "
+                                      "system (podman --read-only: tmpfs on /tmp, /var/tmp and /run; /output "
+                                      "stays writable)")
+    agent_job_user: str = Field("tm-job", description="the user framework jobs (and the commands of custom "
+                                "images) run as when the agent runs as root; created at start when missing; "
+                                "never root.  An agent that is not root runs jobs as itself")
     rendezvous_timeout_s: float = Field(600.0, gt=0, description="how long a node of a distributed job "
                                         "waits for the others to be ready to start")
     job_log_limit_bytes: int = Field(100 * 1024**2, ge=1024, description="log bytes kept per job (shared "

@@ -18,6 +18,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from services.executor_agent import destinations
+from services.executor_agent.jobuser import JOB_UMASK, cross_only, give_folders
 from services.executor_agent.launch import (
     HostFacts,
     Launch,
@@ -25,7 +26,6 @@ from services.executor_agent.launch import (
     Refused,
     RunKey,
     distributed_env,
-    host_environment,
     local_path,
     node_log_limit,
     outcome,
@@ -44,6 +44,7 @@ from services.executor_agent.staging import (
 from trainmaster.catalog import CatalogError, load_engines, load_resources
 from trainmaster.containers import find_podman, podman_env, write_containers_conf
 from trainmaster.messages import Assign
+from trainmaster.procs import JobIdentity, child_preexec, job_preexec
 from trainmaster.runtimes import RuntimeBuildFailed, RuntimeCache, RuntimeSpec, read_requirements
 from trainmaster.settings import Settings
 from trainmaster.storage import Storage
@@ -61,6 +62,12 @@ def local_destinations(launch: Launch) -> list[tuple[str, Path]]:
     return out
 
 
+def virtual_env_of(python: str) -> str | None:
+    """The virtual environment ``python`` belongs to (its folder holds ``pyvenv.cfg``), or None."""
+    folder = Path(python).parent.parent
+    return str(folder) if (folder / "pyvenv.cfg").is_file() else None
+
+
 @dataclass(frozen=True)
 class NodeExit:
     """How a node ended: what its exit report says."""
@@ -71,8 +78,9 @@ class NodeExit:
 
 class NodeExecutor:
     def __init__(self, settings: Settings, workdir: Path, js: JetStreamContext, topo: Topology, publish_log: Publish,
-                 log: structlog.stdlib.BoundLogger) -> None:
+                 log: structlog.stdlib.BoundLogger, identity: JobIdentity | None = None) -> None:
         self.settings = settings
+        self.identity = identity  # who jobs run as (None: the agent's own user; jobuser.py)
         self.workdir = workdir
         self.topo = topo
         self.publish_log = publish_log
@@ -124,16 +132,22 @@ class NodeExecutor:
         runtime = self.runtime_spec(cmd)
         python = str(self.runtimes.python_of(runtime)) if runtime else sys.executable
         cpus, memory_mb = self.flavor_limits(cmd)
-        host = HostFacts(environ=host_environment(os.environ), python=python,
+        identity = self.identity
+        host = HostFacts(python=python, virtual_env=virtual_env_of(python),
                          podman=self.podman, container_network=self.settings.agent.container_network,
                          stage_local="copy" if self.settings.agent.stage_local == "copy" else "link",
-                         cpus=cpus, memory_mb=memory_mb, now=time.time())
+                         cpus=cpus, memory_mb=memory_mb, now=time.time(),
+                         container_user=f"{identity.uid}:{identity.gid}" if identity else None,
+                         container_read_only=self.settings.agent.container_read_only)
         launch = plan_launch(cmd, run_dir, host)
         preflight(launch)
         try:
             prepare_run_dir(run_dir, launch)
             destinations.claim_destinations(local_destinations(launch), destinations.owner_of(cmd),
                                             self.roots(cmd.spec.account))
+            # the job may cross its run folder, not list it; it writes only its own folders
+            cross_only((run_dir.parent, run_dir))
+            give_folders(launch.job_dirs, identity)
         except OSError as exc:
             raise Refused(f"cannot prepare the run's folders: {exc}") from exc
         return launch, runtime
@@ -205,13 +219,20 @@ class NodeExecutor:
         extra_env = run.preparing.result()
         try:
             await run.start(sink, launch.process_argv(extra_env), launch.process_env(
-                podman_env(self.containers_conf), extra_env))
+                podman_env(self.containers_conf), extra_env), preexec=self.preexec(launch))
         except OSError as exc:
             await sink.close(self.settings.bus.publish_timeout_s)
             return NodeExit(2, f"cannot start the node: {exc}")
         on_started(run)
         returncode = await run.wait()
         return await self.finish(run, sink, returncode, owner)
+
+    def preexec(self, launch: Launch) -> Callable[[], None]:
+        """The process's pre-exec: a framework job becomes the job user with no_new_privs; podman
+        itself stays root (the container's command gets the job user through ``--user``)."""
+        if launch.container is not None:
+            return child_preexec
+        return job_preexec(self.identity, JOB_UMASK)
 
     def _prepare_failure(self, exc: BaseException) -> NodeExit:
         if isinstance(exc, Refused | StagingFailed):

@@ -303,14 +303,16 @@ class Run:
     def last_error_line(self) -> str | None:
         return self._stderr_tail[-1] if self._stderr_tail else None
 
-    async def start(self, sink: LogSink, argv: list[str], env: dict[str, str]) -> None:
+    async def start(self, sink: LogSink, argv: list[str], env: dict[str, str],
+                    preexec: Callable[[], None] = child_preexec) -> None:
         self._sink = sink
         self.proc = await asyncio.create_subprocess_exec(
             *argv, cwd=self.launch.cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             # own session = own process group: a stop signals the script and everything it forked;
-            # the death signal stops the script should the agent itself be killed
-            start_new_session=True, preexec_fn=child_preexec,
+            # the death signal stops the script should the agent itself be killed; ``preexec``
+            # (procs.job_preexec) also drops the job to its user with no_new_privs
+            start_new_session=True, preexec_fn=preexec,
         )
         self._readers = [
             asyncio.create_task(self._read(self.proc.stdout, "stdout"), name=f"stdout-{self.key.label}"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 # the facts model lives in model.py; re-exported here because the rules and their tests read it
 from services.validator.model import MISSING, Facts, PathFact, PathFacts, as_facts
+from trainmaster.jobenv import check_env
 from trainmaster.locations import locate
 from trainmaster.messages import JobRequest, Violation
 from trainmaster.names import NAME_RE, PARAMETER_NAME_RE
@@ -103,6 +104,7 @@ def check(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
     out += _check_roots(spec, facts)
     out += _check_parameters(spec)
     out += _check_resources(spec)
+    out += check_env(spec.env)
     out += catalog_rules.check(spec, facts)
     out += check_subscription(spec, facts.topic_exists, facts.topic_project)
     return out

@@ -1,10 +1,13 @@
 """Custom-image jobs through the agent process, with podman and a tiny image built here from
 busybox (no registry): the command's exit code, the data and output mounts, no network, the
-flavor's memory limit (137), a prompt stop, and no container left behind by a killed agent."""
+flavor's memory limit (137), a prompt stop, no container left behind by a killed agent, and the
+command running as the job user with no capabilities (and a read-only root file system when the
+agent says so)."""
 
 from __future__ import annotations
 
 import contextlib
+import pwd
 import shutil
 import subprocess
 import time
@@ -55,6 +58,7 @@ def image(work: Path, conf: Path) -> str:
     (rootfs / "bin").mkdir(parents=True)
     (rootfs / "etc").mkdir()
     (rootfs / "tmp").mkdir()
+    (rootfs / "tmp").chmod(0o1777)  # as in every image: the command does not run as root
     shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
     for applet in applets:
@@ -188,3 +192,44 @@ async def test_a_killed_agent_leaves_no_container_behind(nats_url: str, work: Pa
                 handle.terminate()
         with contextlib.suppress(Exception):
             podman(conf, "rm", "-f", "--ignore", "tm-job-ghost-a1-n0")
+
+
+async def test_the_command_runs_as_the_job_user_without_capabilities(bus: Bus, tmp_path: Path) -> None:
+    script = """
+        echo "ids: $(id -u):$(id -g)"
+        grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status
+        touch /etc/planted 2>/dev/null && echo "root fs is writable" || echo "root fs is read-only"
+        echo done > /output/done.txt && echo "output written"
+    """
+    await bus.send(assign("job-nocaps", container_job(tmp_path, script)))
+    exited = await bus.report("job-nocaps", "exited", timeout_s=60)
+    assert exited.exit_code == 0, exited.reason
+    lines = [m.data.decode() for m in await bus.log_lines("job-nocaps", until="output written")]
+    job_user = pwd.getpwnam("tm-job")
+    assert f"ids: {job_user.pw_uid}:{job_user.pw_gid}" in lines
+    status = dict(line.split(":\t") for line in lines if line.startswith(("Cap", "NoNewPrivs")))
+    assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0000000000000000", status
+    assert status["NoNewPrivs"] == "1"
+    assert "root fs is read-only" in lines, "not root: the image's files are not the job user's"
+    assert (tmp_path / "out" / "done.txt").read_text() == "done\n"
+
+
+async def test_a_read_only_root_still_has_tmp_and_output(nats_url: str, work: Path, catalog: Path,
+                                                         tmp_path: Path) -> None:
+    handle = start_agent(nats_url, work, name="agent-ro", agent_id="it-agent-ro",
+                         env={"TM_CATALOG_DIR": str(catalog), "TM_CONTAINER_READ_ONLY": "true"})
+    script = """
+        mount | grep -E ' on / ' | grep -q '(ro' && echo "root: ro" || echo "root: rw"
+        echo x > /tmp/scratch && echo "tmp: writable"
+        echo kept > /output/kept.txt && echo "output: writable"
+    """
+    try:
+        async with open_bus(nats_url, handle, agent_id="it-agent-ro") as bus:
+            await bus.send(assign("job-ro", container_job(tmp_path, script)))
+            exited = await bus.report("job-ro", "exited", timeout_s=60)
+            assert exited.exit_code == 0, exited.reason
+            lines = [m.data.decode() for m in await bus.log_lines("job-ro", until="output: writable")]
+    finally:
+        handle.terminate()
+    assert "root: ro" in lines and "tmp: writable" in lines
+    assert (tmp_path / "out" / "kept.txt").read_text() == "kept\n"
