@@ -10,6 +10,7 @@ import ctypes.util
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 # loaded once here: loading a library in a forked child of a threaded parent can deadlock
@@ -21,6 +22,17 @@ def child_preexec() -> None:
     """``preexec_fn`` for Popen: deliver SIGTERM to the child if its parent dies (Linux)."""
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def preexec_steps(*steps: Callable[[], None] | None) -> Callable[[], None]:
+    """One ``preexec_fn`` that runs ``steps`` in order (None: skipped).  Order matters: whatever
+    needs root (joining the node's cgroup) comes before whatever drops it."""
+    chosen = [step for step in steps if step is not None]
+
+    def run_steps() -> None:
+        for step in chosen:
+            step()
+    return run_steps
 
 
 async def run_captured(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> tuple[int, str]:
