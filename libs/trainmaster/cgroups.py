@@ -241,7 +241,9 @@ def parse_pids(text: str) -> list[int]:
 
 # ------------------------------------------------------------------------------ writes
 def _write(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
+    # a group's files are the kernel's (O_CREAT changes nothing there); in a plain folder tree
+    # standing in for cgroupfs they are made by the write
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.write(fd, value.encode())
     finally:
@@ -407,6 +409,12 @@ class CgroupHost:
             with contextlib.suppress(OSError):
                 names.update(entry.name for entry in os.scandir(folder) if entry.is_dir())
         return sorted(names)
+
+    def close(self) -> None:
+        """At the agent's stop: remove its (then empty) tree; one still busy stays for the next start."""
+        for folder in agent_tree(self.layout, self.tree).values():
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     @property
     def describe(self) -> str:

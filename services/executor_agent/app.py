@@ -257,6 +257,8 @@ class Agent:
             _, pending = await asyncio.wait(set(self.watchers), timeout=self.settings.bus.shutdown_grace_s)
             if pending:
                 self.log.error("some nodes were not reported before the agent stopped", count=len(pending))
+        if self.executor.cgroups is not None:
+            self.executor.cgroups.close()
 
     async def reconcile(self) -> None:
         """After a restart: report what ended unreported, and nodes lost with the previous agent."""
