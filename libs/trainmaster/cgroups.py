@@ -20,8 +20,8 @@ uses its parent.  v1 has no such rule: the agent stays where it is.
 
 The node's process joins its group in the pre-exec of its spawn (``join``): before ``exec`` and
 before it can fork, so no child is ever born outside it, and while the child is still root (a
-later pre-exec step may drop to the job's user).  Writing ``0`` to ``cgroup.procs`` moves the
-writer itself (v1 and v2).
+later pre-exec step may drop to the job's user).  Writing ``0`` moves the writer itself (v1
+``tasks``, v2 ``cgroup.procs``; see ``NodeGroup.join_files``).
 
 The parsing of ``/proc`` and the paths, limits and file contents are pure functions; ``CgroupHost``
 and ``NodeGroup`` do the writes.
@@ -250,10 +250,10 @@ def _write(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def join_preexec(procs_files: list[str]) -> Callable[[], None]:
+def join_preexec(files: list[str]) -> Callable[[], None]:
     """A pre-exec step that moves the child into its groups.  Plain ``os`` calls only: it runs
     between fork and exec in a copy of a threaded process."""
-    encoded = [os.fsencode(path) for path in procs_files]
+    encoded = [os.fsencode(path) for path in files]
 
     def join() -> None:
         for path in encoded:
@@ -278,11 +278,16 @@ class NodeGroup:
         return list(dict.fromkeys(self.dirs.values()))
 
     @property
-    def procs_files(self) -> list[str]:
-        return [str(folder / "cgroup.procs") for folder in self.folders]
+    def join_files(self) -> list[str]:
+        """Where the child writes ``0`` to join.  v1: ``tasks`` (this one thread, which is all of a
+        freshly forked child): the kernel then skips the lock that makes every ``cgroup.procs``
+        write wait for an RCU grace period (~15 ms a spawn on a busy host).  v2 refuses to move a
+        thread alone between domain groups: ``cgroup.procs``."""
+        name = "tasks" if self.version == 1 else "cgroup.procs"
+        return [str(folder / name) for folder in self.folders]
 
     def preexec(self) -> Callable[[], None]:
-        return join_preexec(self.procs_files)
+        return join_preexec(self.join_files)
 
     def create(self) -> None:
         for folder in self.folders:

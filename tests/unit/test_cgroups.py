@@ -193,8 +193,8 @@ def test_v1_group_gets_its_limits_and_skips_what_the_kernel_lacks(tmp_path: Path
     assert group.read("cpu", "cpu.cfs_quota_us") == "100000" and group.read("pids", "pids.max") == "64"
     assert group.read("memory", "memory.limit_in_bytes") == str(1024**3)
     assert not (group.dirs["memory"] / "memory.memsw.limit_in_bytes").exists()  # no swap accounting
-    assert group.procs_files == [str(tmp_path / c / ("sandbox" if c == "memory" else "") / "trainmaster/a1-x/job-a1-n0"
-                                     / "cgroup.procs").replace("//", "/") for c in ("cpu", "memory", "pids", "freezer")]
+    assert group.join_files == [str(tmp_path / c / ("sandbox" if c == "memory" else "") / "trainmaster/a1-x/job-a1-n0"
+                                    / "tasks") for c in ("cpu", "memory", "pids", "freezer")]
     assert host.leftovers() == ["job-a1-n0"]
     # the real kernel makes these files itself; here they are created empty and removed by hand
     for folder in group.folders:
@@ -241,6 +241,7 @@ def test_v2_tree_moves_the_agent_and_hands_down_the_controllers(tmp_path: Path) 
     group.create()
     assert group.read("cpu", "cpu.max") == "200000 100000" and group.read("memory", "memory.swap.max") == "0"
     assert group.folders == [tmp_path / "s/trainmaster/a1-x/job-a1-n0"]
+    assert group.join_files == [str(tmp_path / "s/trainmaster/a1-x/job-a1-n0/cgroup.procs")]
 
 
 def test_an_empty_group_is_killed_at_once(tmp_path: Path) -> None:
