@@ -158,7 +158,7 @@ def detect_layout(mountinfo: str, proc_cgroup: str, read_controllers: Callable[[
 def agent_base(hierarchy: Hierarchy, version: int) -> tuple[str, str | None]:
     """(the group the agent's tree hangs from, the leaf the agent must move into or None)."""
     own = hierarchy.own
-    if version == 1:
+    if version == 1 or not own:  # v1, or v2's root, which may hold processes and hand down controllers
         return own, None
     parent, _, leaf = own.rpartition("/")
     if leaf == AGENT_LEAF:  # started again inside the leaf of an earlier life

@@ -239,9 +239,13 @@ class NodeExecutor:
         (its staged inputs, which the data cache bounds, left out)."""
         limit = self.settings.agent.agent_node_disk_max_bytes
         run_dir = run.launch.output_dir.parent
+        pause = self.settings.agent.agent_node_disk_check_s
         while True:
-            await asyncio.sleep(self.settings.agent.agent_node_disk_check_s)
+            await asyncio.sleep(pause)
+            started = time.monotonic()
             used = await asyncio.to_thread(folder_bytes, run_dir, frozenset({"input"}))
+            # a folder of very many files: look less often, so the walk never takes over the disk
+            pause = max(self.settings.agent.agent_node_disk_check_s, 20 * (time.monotonic() - started))
             if used > limit:
                 self.log.warning("node over its disk limit; stopping it", used_bytes=used, limit_bytes=limit)
                 run.stop(f"disk limit exceeded: the run folder holds {human_bytes(used)}, more than "

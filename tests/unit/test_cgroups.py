@@ -125,6 +125,7 @@ def test_v2_agent_moves_into_a_leaf_once() -> None:
     assert agent_base(Hierarchy(Path("/c"), f"system.slice/a.service/{AGENT_LEAF}"), 2) == (
         "system.slice/a.service", None)
     assert agent_base(Hierarchy(Path("/c"), "x"), 1) == ("x", None)
+    assert agent_base(Hierarchy(Path("/c"), ""), 2) == ("", None)
 
 
 def test_node_groups_sit_in_the_agents_tree_under_its_own_group() -> None:
