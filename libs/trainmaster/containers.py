@@ -66,7 +66,8 @@ def container_name(job_id: str, attempt: int, node: int) -> str:
 def podman_run_argv(*, podman: str, name: str, image: str, command: Sequence[str],
                     mounts: Sequence[tuple[Path, str, bool]], env: Mapping[str, str], cpus: float | None,
                     memory_mb: int | None, network: str,
-                    workdir: str | None = None, user: str | None = None, read_only: bool = False) -> list[str]:
+                    workdir: str | None = None, user: str | None = None, read_only: bool = False,
+                    pids_limit: int | None = None) -> list[str]:
     """``podman run`` for one node.  ``mounts``: (host path, container path, read-only).
 
     ``--rm``: the container is removed when it ends; podman itself (not the docker CLI through the
@@ -86,6 +87,8 @@ def podman_run_argv(*, podman: str, name: str, image: str, command: Sequence[str
         argv += ["--cpus", f"{cpus:g}"]
     if memory_mb:
         argv += ["--memory", f"{memory_mb}m", "--memory-swap", f"{memory_mb}m"]
+    if pids_limit:
+        argv += ["--pids-limit", str(pids_limit)]
     for host, inside, mount_read_only in mounts:
         argv += ["-v", f"{host}:{inside}:{'ro' if mount_read_only else 'rw'}"]
     for key, value in sorted(env.items()):

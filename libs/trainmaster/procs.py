@@ -54,18 +54,20 @@ def become(identity: JobIdentity, umask: int) -> Callable[[], None]:
     return step
 
 
-def preexec_steps(*steps: Callable[[], None]) -> Callable[[], None]:
-    """One ``preexec_fn`` running ``steps`` in order in the child, between fork and exec.  Steps
-    that need root go before ``become``; the death signal goes after it, since a change of
-    credentials clears it."""
+def preexec_steps(*steps: Callable[[], None] | None) -> Callable[[], None]:
+    """One ``preexec_fn`` running ``steps`` in order in the child, between fork and exec (None:
+    skipped).  Steps that need root (joining the node's cgroup) go before ``become``; the death
+    signal goes after it, since a change of credentials clears it."""
+    chosen = [step for step in steps if step is not None]
+
     def run() -> None:
-        for step in steps:
+        for step in chosen:
             step()
     return run
 
 
 def job_preexec(identity: JobIdentity | None, umask: int,
-                as_root: Sequence[Callable[[], None]] = ()) -> Callable[[], None]:
+                as_root: Sequence[Callable[[], None] | None] = ()) -> Callable[[], None]:
     """A job's pre-exec: ``as_root`` (steps that need the agent's privileges), its identity (None:
     keep the agent's), no_new_privs, the death signal."""
     steps = [become(identity, umask)] if identity is not None else [lambda: os.umask(umask)]

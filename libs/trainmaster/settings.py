@@ -244,6 +244,16 @@ class AgentSettings(_Group):
                                         "waits for the others to be ready to start")
     job_log_limit_bytes: int = Field(100 * 1024**2, ge=1024, description="log bytes kept per job (shared "
                                      "equally by its nodes); past it, lines are dropped with a marker")
+    agent_cgroups: str = Field(
+        "auto", pattern="^(auto|required|off)$", description="a cgroup per node with its flavor's CPUs and "
+        "memory and a process limit, killed whole on stop: auto = when the host allows (else a warning), "
+        "required = refuse to start without, off = never")
+    agent_node_pids_max: int = Field(4096, ge=16, description="processes and threads one node may have "
+                                     "(its cgroup's pids.max; podman's --pids-limit)")
+    agent_node_disk_max_bytes: int = Field(50 * 1024**3, ge=1024, description="bytes a node may write into "
+                                           "its run folder (outputs, scratch; not its staged inputs); past it "
+                                           "the node is stopped")
+    agent_node_disk_check_s: float = Field(5.0, gt=0, description="how often the run folder's size is summed")
 
 
 class ObservabilitySettings(_Group):

@@ -41,6 +41,7 @@ from services.executor_agent.runstate import (
 )
 from trainmaster.auth.permissions import agent_inbox
 from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js, wait_for_streams
+from trainmaster.cgroups import Limits
 from trainmaster.containers import podman
 from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
 from trainmaster.names import TOKEN_RE
@@ -269,9 +270,12 @@ class Agent:
             _, pending = await asyncio.wait(set(self.watchers), timeout=self.settings.bus.shutdown_grace_s)
             if pending:
                 self.log.error("some nodes were not reported before the agent stopped", count=len(pending))
+        if self.executor.cgroups is not None:
+            self.executor.cgroups.close()
 
     async def reconcile(self) -> None:
         """After a restart: report what ended unreported, and nodes lost with the previous agent."""
+        await self.clear_leftover_groups()
         for folder in RunFolder.all(self.workdir):
             try:
                 action = on_recovery(folder.state())
@@ -289,6 +293,19 @@ class Agent:
                 folder.record_reported()
                 self.log.info("reported a node that ended before this start", job_id=report.job_id,
                               exit_code=report.exit_code, reason=report.reason)
+
+    async def clear_leftover_groups(self) -> None:
+        """Kill and remove the node cgroups of this agent's previous life (nothing runs yet): what a
+        lost node started outside its process group (setsid, a daemon) is in there."""
+        cgroups = self.executor.cgroups
+        if cgroups is None:
+            return
+        for name in cgroups.leftovers():
+            group = cgroups.group(name, Limits(None, None, 0))
+            killed = await group.kill()
+            removed = group.remove()
+            self.log.warning("cleared the cgroup of a node of the previous agent", group=name, killed=killed[:20],
+                             removed=removed)
 
     async def record_lost(self, folder: RunFolder) -> NodeReport:
         """Kill what is left of a node the previous agent ran, and record its exit as lost."""

@@ -87,6 +87,7 @@ class ContainerPlan:
     network: str
     user: str | None = None  # "uid:gid" inside the container (the job user)
     read_only: bool = False  # a read-only root file system (with a tmpfs /tmp)
+    pids_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class Launch:
     container: ContainerPlan | None = None
     node_count: int = 1
     job_dirs: tuple[Path, ...] = ()  # the folders the job writes: made anew, owned by the job user
+    cpus: float | None = None  # the flavor's: the node's cgroup limits
+    memory_mb: int | None = None
 
     def process_argv(self, extra_env: Mapping[str, str]) -> list[str]:
         """The command the agent starts, with the distributed environment known at start time."""
@@ -115,7 +118,7 @@ class Launch:
         c = self.container
         return podman_run_argv(podman=c.podman, name=c.name, image=c.image, command=self.argv, mounts=c.mounts,
                                env={**self.env, **extra_env}, cpus=c.cpus, memory_mb=c.memory_mb, network=c.network,
-                               user=c.user, read_only=c.read_only)
+                               user=c.user, read_only=c.read_only, pids_limit=c.pids_limit)
 
     def process_env(self, environ: Mapping[str, str], extra_env: Mapping[str, str]) -> dict[str, str]:
         if self.container is None:
@@ -134,6 +137,7 @@ class HostFacts:
     stage_local: Literal["link", "copy"] = "link"
     cpus: float | None = None  # the flavor's, for container limits
     memory_mb: int | None = None
+    pids_max: int | None = None  # processes one node may have
     now: float = 0.0
     container_user: str | None = None  # "uid:gid" of the job user (None: the image's user)
     container_read_only: bool = False
@@ -292,17 +296,17 @@ def plan_launch(assign: Assign, run_dir: Path, host: HostFacts) -> Launch:
         network = "host" if assign.node_count > 1 else host.container_network
         container = ContainerPlan(host.podman, container_name(assign.job_id, assign.attempt, assign.node),
                                   algo.image, argv, mounts, host.cpus, host.memory_mb, network,
-                                  host.container_user, host.container_read_only)
+                                  host.container_user, host.container_read_only, host.pids_max)
         shown = podman_run_argv(podman=host.podman, name=container.name, image=algo.image, command=argv,
                                 mounts=mounts, env={}, cpus=host.cpus, memory_mb=host.memory_mb, network=network,
-                                user=container.user, read_only=container.read_only)
+                                user=container.user, read_only=container.read_only, pids_limit=host.pids_max)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(host.now))
     header = (f"# trainmaster job {assign.job_id} ({assign.name} {assign.version}) attempt {assign.attempt} "
               f"node {assign.node}/{assign.node_count} at {stamp}: {shlex.join(shown)}")
     return Launch(kind=algo.source, argv=argv, cwd=cwd, env=env, sources=sources, data_dir=data_dir,
                   data_links=links, output_dir=output_dir, output_url=output_url, log_file=log_file,
                   log_url=log_url, header=header, boot_file=boot_file, container=container,
-                  node_count=assign.node_count, job_dirs=job_dirs)
+                  node_count=assign.node_count, job_dirs=job_dirs, cpus=host.cpus, memory_mb=host.memory_mb)
 
 
 def exit_code_of(returncode: int) -> int:
@@ -311,12 +315,17 @@ def exit_code_of(returncode: int) -> int:
 
 
 def outcome(returncode: int, stop_reason: str | None, copy_error: str | None,
-            last_error_line: str | None, container: bool = False) -> tuple[int, str | None]:
-    """The exit code and reason to report for a finished node."""
+            last_error_line: str | None, container: bool = False,
+            out_of_memory: str | None = None) -> tuple[int, str | None]:
+    """The exit code and reason to report for a finished node.  ``out_of_memory``: the reason to
+    give when the node's cgroup had a process OOM-killed; a node that failed then is reported as
+    killed (137), whichever of its processes the kernel chose."""
     code = exit_code_of(returncode)
     what = "the container" if container else "the boot file"
     if stop_reason is not None:
         reason: str | None = stop_reason
+    elif out_of_memory is not None and returncode != 0:
+        code, reason = 137, out_of_memory
     elif returncode < 0:
         reason = f"{what} was killed by signal {signal.Signals(-returncode).name}"
     elif container and code == 137:
