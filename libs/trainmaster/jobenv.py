@@ -8,8 +8,10 @@ A node gets exactly:
   ``PYTHONUNBUFFERED=1`` (lines reach the log stream as they are printed);
 - the job variables (the ``TM_JOB_*`` family and ``TM_ATTEMPT``) and the distributed variables
   (``WORLD_SIZE``, ``RANK``, ... ``TF_CONFIG``);
+- the storage credentials of the job's project, when the agent has them (``AWS_ACCESS_KEY_ID``,
+  ... : services/executor_agent/credentials.py);
 - the spec's ``env``, checked here (``check_env``, used by the validator): it may not set a ``TM_``
-  name or one of the names the agent sets itself (``RESERVED``).
+  or ``AWS_`` name or one of the names the agent sets itself (``RESERVED``).
 
 No agent setting (``TM_*``: the bus address and credentials, storage and mail secrets) and nothing
 else of the agent's environment reaches a job.  Pure: no I/O.
@@ -45,6 +47,11 @@ def env_problem(name: str, value: str) -> str | None:
                 "letters, digits and '_'")
     if name.upper().startswith("TM_"):
         return f"{name} is not allowed: TM_ names belong to trainmaster (the job variables and its settings)"
+    if name.upper().startswith("AWS_"):
+        # the project's storage credentials (and what would change how S3 clients read them:
+        # AWS_PROFILE, AWS_ENDPOINT_URL_S3, ...) come from the agent, never from the job's spec
+        return (f"{name} is not allowed: AWS_ names are set by the agent from the job's project (its storage "
+                "credentials) and cannot be given in env")
     if name in RESERVED:
         return f"{name} is set by the agent for every node and cannot be given in env"
     if "\x00" in value:

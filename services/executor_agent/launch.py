@@ -111,19 +111,25 @@ class Launch:
     cpus: float | None = None  # the flavor's: the node's cgroup limits
     memory_mb: int | None = None
 
-    def process_argv(self, extra_env: Mapping[str, str]) -> list[str]:
-        """The command the agent starts, with the distributed environment known at start time."""
+    def process_argv(self, extra_env: Mapping[str, str], credentials: Mapping[str, str] | None = None) -> list[str]:
+        """The command the agent starts, with the distributed environment known at start time.
+        ``credentials`` (the project's ``AWS_*``) are named on podman's command line, never
+        valued: a command line is readable by every user of the host and goes to the agent's log."""
         if self.container is None:
             return self.argv
         c = self.container
         return podman_run_argv(podman=c.podman, name=c.name, image=c.image, command=self.argv, mounts=c.mounts,
                                env={**self.env, **extra_env}, cpus=c.cpus, memory_mb=c.memory_mb, network=c.network,
-                               user=c.user, read_only=c.read_only, pids_limit=c.pids_limit)
+                               user=c.user, read_only=c.read_only, pids_limit=c.pids_limit,
+                               inherited=sorted(credentials or {}))
 
-    def process_env(self, environ: Mapping[str, str], extra_env: Mapping[str, str]) -> dict[str, str]:
+    def process_env(self, environ: Mapping[str, str], extra_env: Mapping[str, str],
+                    credentials: Mapping[str, str] | None = None) -> dict[str, str]:
         if self.container is None:
-            return {**self.env, **extra_env}
-        return dict(environ)  # podman's own environment (CONTAINERS_CONF); the job's goes in with -e
+            return {**self.env, **extra_env, **(credentials or {})}
+        # podman's own environment (CONTAINERS_CONF), and the values of the credentials it passes
+        # on by name; the rest of the job's goes in with -e NAME=value
+        return {**environ, **(credentials or {})}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 from nats.js import JetStreamContext
 
-from services.executor_agent import destinations
+from services.executor_agent import credentials, destinations
 from services.executor_agent.jobuser import JOB_UMASK, cross_only, give_folders
 from services.executor_agent.launch import (
     HostFacts,
@@ -236,6 +236,22 @@ class NodeExecutor:
             sink.note(f"all {launch.node_count} nodes ready; master {peers[0].addr}:{peers[0].port}")
         return distributed_env(run.key.node, launch.node_count, peers)
 
+    def project_credentials(self, project: str, sink: LogSink) -> dict[str, str]:
+        """The ``AWS_*`` variables of ``project``'s storage credentials (read now: a file the admin
+        rotated is used by the next node), or nothing; the values are never logged."""
+        loaded = credentials.load(self.settings.agent.agent_project_secrets_dir, project)
+        if loaded.problem is not None:
+            self.log.warning("the project's storage credentials are not given to the node", project=project,
+                             reason=loaded.problem)
+            sink.note(f"no storage credentials for project {project}: the agent's file for it is not usable "
+                      "(the agent's log says why)")
+            return {}
+        if loaded.credentials is None:
+            return {}
+        env = loaded.credentials.environment()
+        self.log.info("the node gets its project's storage credentials", project=project, variables=sorted(env))
+        return env
+
     # ------------------------------------------------------------------------------ the whole node
     async def execute(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink,
                       on_started: Callable[[Run], None], owner: Owner) -> NodeExit:
@@ -255,10 +271,11 @@ class NodeExecutor:
             clean_inputs(launch.output_dir.parent)
             return failure
         extra_env = run.preparing.result()
+        secrets = self.project_credentials(owner.project, sink)
         try:
             run.cgroup = self.node_group(run)
-            await run.start(sink, launch.process_argv(extra_env), launch.process_env(
-                podman_env(self.containers_conf), extra_env), preexec=self.preexec(launch, run))
+            await run.start(sink, launch.process_argv(extra_env, secrets), launch.process_env(
+                podman_env(self.containers_conf), extra_env, secrets), preexec=self.preexec(launch, run))
         except (OSError, subprocess.SubprocessError) as exc:
             if run.cgroup is not None:
                 run.cgroup.remove()
