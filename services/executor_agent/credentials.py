@@ -16,7 +16,6 @@ reads the file.  The values never reach a log line: the dataclass does not show 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -119,7 +118,7 @@ def load(folder: Path | None, project: str, agent_uid: int | None = None) -> Loa
     try:
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        why = "it is a symbolic link: name the folder itself" if exc.errno == errno.ELOOP else exc.strerror
+        why = "it is a symbolic link: name the folder itself" if os.path.islink(folder) else exc.strerror
         return Loaded(problem=f"the secrets folder {folder} cannot be opened: {why}")
     try:
         info = os.fstat(dir_fd)
