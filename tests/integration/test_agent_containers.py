@@ -7,6 +7,7 @@ agent says so)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import pwd
 import shutil
 import subprocess
@@ -92,8 +93,22 @@ def nats_url(work: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def agent(nats_url: str, work: Path, catalog: Path, image: str) -> Iterator[AgentProcess]:
-    handle = start_agent(nats_url, work, env={"TM_CATALOG_DIR": str(catalog)})
+def project_secrets(work: Path) -> Path:
+    """The storage credentials of project ``default`` (the jobs' here)."""
+    folder = work / "project-secrets"
+    folder.mkdir(mode=0o700)
+    path = folder / "default.json"
+    path.write_text(json.dumps({"s3": {"access_key_id": "AKIA-DEFAULT", "secret_access_key": "default-secret-value",
+                                       "endpoint_url": "http://s3.example:9000"}}))
+    path.chmod(0o600)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def agent(nats_url: str, work: Path, catalog: Path, image: str, project_secrets: Path) -> Iterator[AgentProcess]:
+    handle = start_agent(nats_url, work, env={"TM_CATALOG_DIR": str(catalog),
+                                              "TM_AGENT_PROJECT_SECRETS_DIR": str(project_secrets),
+                                              "TM_S3_SECRET_ACCESS_KEY": "the-agents-own-key"})
     yield handle
     handle.terminate()
 
@@ -142,6 +157,25 @@ async def test_a_custom_image_runs_with_mounts_env_no_network_and_its_exit_code(
     assert containers(conf, "job-box") == [], "--rm removed the container"
     header = (tmp_path / "logs" / "t-V001-node0.log").read_text().splitlines()[0]
     assert "podman run --rm --name tm-job-box-a1-n0 --init --network none" in header
+
+
+async def test_a_container_gets_its_project_s_credentials_by_name_only(bus: Bus, agent: AgentProcess,
+                                                                       tmp_path: Path) -> None:
+    script = """
+        echo "aws: $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $AWS_ENDPOINT_URL"
+        echo "tm_s3: $(env | grep -c '^TM_S3')"
+    """
+    await bus.send(assign("job-keys", container_job(tmp_path, script)))
+    exited = await bus.report("job-keys", "exited", timeout_s=60)
+    assert (exited.exit_code, exited.reason) == (0, None)
+    lines = [m.data.decode() for m in await bus.log_lines("job-keys", until="tm_s3: ")]
+    assert "aws: AKIA-DEFAULT default-secret-value http://s3.example:9000" in lines
+    assert "tm_s3: 0" in lines, "the agent's own TM_S3_* stay out"
+    header = (tmp_path / "logs" / "t-V001-node0.log").read_text().splitlines()[0]
+    started = next(line for line in agent.output().splitlines() if "node started" in line and "job-keys" in line)
+    assert "AWS_SECRET_ACCESS_KEY" in started, "named on podman's command line (-e NAME)"
+    for shown in (header, started, agent.output()):
+        assert "default-secret-value" not in shown and "AKIA-DEFAULT" not in shown
 
 
 async def test_the_flavor_s_memory_limit_holds(bus: Bus, tmp_path: Path) -> None:
