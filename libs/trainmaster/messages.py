@@ -326,6 +326,9 @@ class Assign(Struct, frozen=True, tag="assign"):
     spec: JobRequest
     name: str
     version: str
+    # the agent of each node of the attempt (index = node): a distributed launch believes only
+    # their rendezvous entries, and each agent may write only its own
+    agents: list[str] = []
 
 
 class Cancel(Struct, frozen=True, tag="cancel"):

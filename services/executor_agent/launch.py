@@ -107,6 +107,7 @@ class Launch:
     boot_file: Path | None = None
     container: ContainerPlan | None = None
     node_count: int = 1
+    agents: tuple[str, ...] = ()  # the agent of each node (the Assign's): whose rendezvous entries count
     job_dirs: tuple[Path, ...] = ()  # the folders the job writes: made anew, owned by the job user
     cpus: float | None = None  # the flavor's: the node's cgroup limits
     memory_mb: int | None = None
@@ -312,7 +313,8 @@ def plan_launch(assign: Assign, run_dir: Path, host: HostFacts) -> Launch:
     return Launch(kind=algo.source, argv=argv, cwd=cwd, env=env, sources=sources, data_dir=data_dir,
                   data_links=links, output_dir=output_dir, output_url=output_url, log_file=log_file,
                   log_url=log_url, header=header, boot_file=boot_file, container=container,
-                  node_count=assign.node_count, job_dirs=job_dirs, cpus=host.cpus, memory_mb=host.memory_mb)
+                  node_count=assign.node_count, agents=tuple(assign.agents), job_dirs=job_dirs, cpus=host.cpus,
+                  memory_mb=host.memory_mb)
 
 
 def exit_code_of(returncode: int) -> int:

@@ -232,7 +232,7 @@ class NodeExecutor:
         else:
             me = Peer(self.addr, free_port(), self.settings.agent.agent_id)
             sink.note(f"waiting for the other {launch.node_count - 1} nodes (this node: {me.addr}:{me.port})")
-            peers = await self.rendezvous.meet(run.key, launch.node_count, me)
+            peers = await self.rendezvous.meet(run.key, launch.agents, me)
             sink.note(f"all {launch.node_count} nodes ready; master {peers[0].addr}:{peers[0].port}")
         return distributed_env(run.key.node, launch.node_count, peers)
 
