@@ -71,6 +71,7 @@ bench: $(TEST_STAMP)
 	$(PY) -m bench.scheduler_throughput --out .trainmaster/bench/scheduler_throughput.json
 	$(PY) -m bench.scheduler_throughput --rate 1000 --out .trainmaster/bench/scheduler_paced.json
 	$(PY) -m bench.api --creates 200 --seconds 5 --out .trainmaster/bench/api.json
+	$(PY) -m bench.node_start --runs 20 --out .trainmaster/bench/node_start.json
 
 ## chaos: the fault-injection suite (every fault, hundreds of jobs; ~15 min): table in docs/reliability.md
 chaos: $(TEST_STAMP)

@@ -218,6 +218,7 @@ async def main_async(args: argparse.Namespace) -> int:
     cancel_on_signals()
     info = machine()
     root = Path(tempfile.mkdtemp(prefix="tm-bench-latency-"))
+    os.chmod(root, 0o711)  # the agent's job user crosses it to the jobs' files
     settings = Settings(data_dir=root / "stack", nats_port=-1)
     stack = Stack(settings, [AgentConf("bench-1")], echo=lambda line: print(line, file=sys.stderr))
     pids: list[int] = []

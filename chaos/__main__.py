@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -40,6 +41,7 @@ async def main(args: argparse.Namespace) -> list[Row]:
         raise SystemExit(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
     groups = [tuple(names)] if args.together else [(n,) for n in names]
     base = Path(args.root or tempfile.mkdtemp(prefix="tm-chaos-"))
+    os.chmod(base, 0o711)  # the agents' job user crosses it to the jobs' files
     rows = []
     for group in groups:
         t0 = time.monotonic()

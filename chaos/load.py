@@ -85,6 +85,8 @@ def prepare(root: Path) -> tuple[Path, Path, Path]:
     code, data, runs = root / "code", root / "input", root / "runs"
     for folder in (code, data, runs):
         folder.mkdir(parents=True, exist_ok=True)
+    # the jobs leave their records here, running as the agents' job user: anyone may add a file
+    runs.chmod(0o1777)
     (code / "boot.py").write_text(BOOT_FILE)
     (data / "rows.csv").write_text("x,y\n1,2\n")
     return code, data, runs

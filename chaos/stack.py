@@ -60,7 +60,10 @@ class Stack:
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TM_")}
-        key_file = self.root / "data" / "secrets.key"  # the notifier's key for signing secrets at rest
+        # the notifier's key for signing secrets at rest, in a folder of its own (made 0700) as
+        # `trainmaster up` keeps it: the data folder itself holds the agents' work folders, which
+        # their job user must be able to cross
+        key_file = self.root / "data" / "auth" / "secrets.key"
         ensure_key_file(key_file)
         env.update(SUITE_ENV, TM_NATS_URL=self.url, TM_DATA_DIR=str(self.root / "data"),
                    TM_STREAM_REPLICAS=str(self.topo.replicas), TM_SECRETS_KEY_FILE=str(key_file))

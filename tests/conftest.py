@@ -10,6 +10,8 @@
 - ``s3_server``: a real S3-compatible server (moto's server mode) per module; ``.settings()``
   gives Settings that reach it, ``.env()`` the environment a service process needs.
 - a failed test shows the tail of the log of every service that ran during it.
+- run as root, the session's temporary folders and the Python are made reachable by the job user
+  the agents run jobs as (``jobaccess``).
 
 Subjects, streams and consumers come from ``trainmaster.topology`` only.
 """
@@ -20,6 +22,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import jobaccess
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -138,3 +141,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             state = "running" if svc.alive() else f"exited with {svc.proc.returncode if svc.proc else None}"
             report.sections.append((f"{svc.name} ({state}), last log lines of {svc.log_path}", svc.tail(60)))
     return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if jobaccess.needed():
+        jobaccess.let_others_reach_python()
+        jobaccess.use_reachable_basetemp(config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if jobaccess.needed():
+        jobaccess.make_created_folders_crossable(session.config)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if jobaccess.needed():
+        jobaccess.forget_passed_session(session, exitstatus)

@@ -66,22 +66,36 @@ def container_name(job_id: str, attempt: int, node: int) -> str:
 def podman_run_argv(*, podman: str, name: str, image: str, command: Sequence[str],
                     mounts: Sequence[tuple[Path, str, bool]], env: Mapping[str, str], cpus: float | None,
                     memory_mb: int | None, network: str,
-                    workdir: str | None = None) -> list[str]:
+                    workdir: str | None = None, user: str | None = None, read_only: bool = False,
+                    pids_limit: int | None = None, inherited: Sequence[str] = ()) -> list[str]:
     """``podman run`` for one node.  ``mounts``: (host path, container path, read-only).
 
     ``--rm``: the container is removed when it ends; podman itself (not the docker CLI through the
     podman service, which always says 0) returns the command's exit code.  ``--init``: a small init
     forwards SIGTERM to the command, so a stop ends it at once (143) instead of after the grace.
-    ``--memory-swap`` equal to ``--memory``: the limit is the limit, not the limit plus as much swap."""
-    argv = [podman, "run", "--rm", "--name", name, "--init", "--network", network, "--pull", "never"]
+    ``--memory-swap`` equal to ``--memory``: the limit is the limit, not the limit plus as much swap.
+    No capabilities and ``no-new-privileges`` always; ``user`` ("uid:gid", the job user) runs the
+    command as that user; ``read_only`` makes the image's file system read-only (with tmpfs folders
+    on /tmp, /var/tmp and /run).  ``inherited``: variables named without a value (``-e NAME``):
+    podman passes its own value on, which keeps secrets off the command line."""
+    argv = [podman, "run", "--rm", "--name", name, "--init", "--network", network, "--pull", "never",
+            "--cap-drop=ALL", "--security-opt=no-new-privileges"]
+    if user:
+        argv += ["--user", user]
+    if read_only:
+        argv += ["--read-only", "--read-only-tmpfs=true"]
     if cpus:
         argv += ["--cpus", f"{cpus:g}"]
     if memory_mb:
         argv += ["--memory", f"{memory_mb}m", "--memory-swap", f"{memory_mb}m"]
-    for host, inside, read_only in mounts:
-        argv += ["-v", f"{host}:{inside}:{'ro' if read_only else 'rw'}"]
+    if pids_limit:
+        argv += ["--pids-limit", str(pids_limit)]
+    for host, inside, mount_read_only in mounts:
+        argv += ["-v", f"{host}:{inside}:{'ro' if mount_read_only else 'rw'}"]
     for key, value in sorted(env.items()):
         argv += ["-e", f"{key}={value}"]
+    for key in inherited:
+        argv += ["-e", key]
     if workdir:
         argv += ["-w", workdir]
     return [*argv, image, *command]

@@ -88,6 +88,8 @@ class JobRequest(Struct, frozen=True, forbid_unknown_fields=True):
     # an attempt running longer than this is stopped and the job ends Failed (timeout)
     max_run_time_s: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None
     retry: RetryPolicy = RetryPolicy()
+    # environment variables for every node (checked by the validator: trainmaster.jobenv)
+    env: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------- errors (public)
@@ -325,6 +327,9 @@ class Assign(Struct, frozen=True, tag="assign"):
     spec: JobRequest
     name: str
     version: str
+    # the agent of each node of the attempt (index = node): a distributed launch believes only
+    # their rendezvous entries, and each agent may write only its own
+    agents: list[str] = []
 
 
 class Cancel(Struct, frozen=True, tag="cancel"):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trainmaster.names import ACCOUNT_NAME_RE
-from trainmaster.storage_roots import EVERY_PROJECT, roots_of
+from trainmaster.storage_roots import EVERY_PROJECT, is_s3, roots_of, s3_root
 
 # The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h
 # (each delay counts from the failure of the attempt before).
@@ -129,8 +129,10 @@ class StorageSettings(_Group):
     AWS, OBS, MinIO, moto."""
 
     storage_roots: dict[str, list[str]] | None = Field(
-        None, description="JSON {project: [folder, ...]}: the only local folders a project's jobs may read and "
-        "write (data, code, outputs, logs); \"*\" applies to every project, a project's own list adds to it. "
+        None, description="JSON {project: [folder or s3://bucket/prefix, ...]}: the only local folders a "
+        "project's jobs may read and write (data, code, outputs, logs), and, once a project has an s3:// root, "
+        "the only object-storage prefixes its jobs may use; \"*\" applies to every project, a project's own "
+        "list adds to it. "
         "Unset = <TM_DATA_DIR>/storage, the system's temporary folder and a checkout's examples/ (for make run "
         "and the tests: production sets this)")
 
@@ -155,9 +157,16 @@ class StorageSettings(_Group):
             if project != EVERY_PROJECT and not ACCOUNT_NAME_RE.match(project):
                 raise ValueError(f"storage_roots: {project!r} is neither \"*\" nor a project name")
             for root in roots:
-                if not root.startswith("/") or "\x00" in root:
-                    raise ValueError(f"storage_roots: {root!r} (project {project}) is not an absolute path")
-        return {project: [os.path.normpath(root) for root in roots] for project, roots in value.items()}
+                if is_s3(root):
+                    try:
+                        s3_root(root)
+                    except ValueError as exc:
+                        raise ValueError(f"storage_roots: {exc} (project {project})") from None
+                elif not root.startswith("/") or "\x00" in root:
+                    raise ValueError(f"storage_roots: {root!r} (project {project}) is neither an absolute path "
+                                     "nor s3://bucket/prefix")
+        return {project: [s3_root(root) if is_s3(root) else os.path.normpath(root) for root in roots]
+                for project, roots in value.items()}
 
     @model_validator(mode="after")
     def _secret_file(self) -> StorageSettings:
@@ -245,10 +254,37 @@ class AgentSettings(_Group):
     runtime_pip_timeout_s: float = Field(1800.0, gt=0, description="longest a runtime's pip install may take")
     container_network: str = Field("none", description="podman network of single-node custom-image jobs "
                                    "(multi-node jobs use the host's network to reach each other)")
+    container_read_only: bool = Field(False, description="custom-image jobs run with a read-only root file "
+                                      "system (podman --read-only: tmpfs on /tmp, /var/tmp and /run; /output "
+                                      "stays writable)")
+    agent_job_user: str = Field("tm-job", description="the user framework jobs (and the commands of custom "
+                                "images) run as when the agent runs as root; created at start when missing; "
+                                "never root.  An agent that is not root runs jobs as itself")
     rendezvous_timeout_s: float = Field(600.0, gt=0, description="how long a node of a distributed job "
                                         "waits for the others to be ready to start")
     job_log_limit_bytes: int = Field(100 * 1024**2, ge=1024, description="log bytes kept per job (shared "
                                      "equally by its nodes); past it, lines are dropped with a marker")
+    agent_cgroups: str = Field(
+        "auto", pattern="^(auto|required|off)$", description="a cgroup per node with its flavor's CPUs and "
+        "memory and a process limit, killed whole on stop: auto = when the host allows (else a warning), "
+        "required = refuse to start without, off = never")
+    agent_node_pids_max: int = Field(4096, ge=16, description="processes and threads one node may have "
+                                     "(its cgroup's pids.max; podman's --pids-limit)")
+    agent_node_disk_max_bytes: int = Field(50 * 1024**3, ge=1024, description="bytes a node may write into "
+                                           "its run folder (outputs, scratch; not its staged inputs); past it "
+                                           "the node is stopped")
+    agent_node_disk_check_s: float = Field(5.0, gt=0, description="how often the run folder's size is summed")
+    agent_project_secrets_dir: Path | None = Field(
+        None, description="a folder (the agent's user's, 0700) of <project>.json files (0600) holding a project's "
+        "S3 credentials, {\"s3\": {\"access_key_id\", \"secret_access_key\", \"session_token\"?, "
+        "\"endpoint_url\"?, \"region\"?}}: a node of that project gets them as AWS_ACCESS_KEY_ID, ... "
+        "(make them with a policy limited to the project's prefixes); a file others may read gives nothing. "
+        "Unset = jobs get no storage credentials")
+
+    @field_validator("agent_project_secrets_dir", mode="before")
+    @classmethod
+    def _no_secrets_dir_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class ObservabilitySettings(_Group):

@@ -27,6 +27,7 @@ from trainmaster.auth.local import LocalAuth
 from trainmaster.auth.localtls import LocalTls, ServerTls
 from trainmaster.auth.revocations import RevocationPusher
 from trainmaster.bus import provision
+from trainmaster.hostaccess import open_the_way, python_paths
 from trainmaster.identity import Directory, credential_id, new_token, token_hash
 from trainmaster.messages import encode
 from trainmaster.nats_health import needs_restart
@@ -214,6 +215,8 @@ class Stack:
                        TM_NATS_CREDS=str(self.auth.creds_of(f"agent-{agent.agent_id}")))
             self.children.append(Child(f"agent {agent.agent_id}", "services.executor_agent", env,
                                        self.data_dir / "logs" / f"executor-agent-{agent.agent_id}.log"))
+        if self.agents:
+            await asyncio.to_thread(self.open_the_way_for_jobs)
         for child in self.children:
             child.start()
         return self.url
@@ -239,6 +242,19 @@ class Stack:
             return
         if changed.written:
             write_private(self.admin_token_file, token + "\n")
+
+    def open_the_way_for_jobs(self) -> None:
+        """Jobs run as an unprivileged user, which must reach this Python and the agents' work
+        folders: on a development machine (pyenv under /root) make the folders on the way crossable
+        (o+x, not listable), saying so.  Nothing to do when not root (jobs then run as this user)."""
+        if os.geteuid() != 0:
+            return
+        workdirs = [self.data_dir / "agents" / agent.agent_id for agent in self.agents]
+        for folder in workdirs:
+            folder.mkdir(parents=True, exist_ok=True)
+        for folder in open_the_way([*python_paths(), *workdirs]):
+            self.echo(f"made {folder} crossable by other users (o+x, not listable): jobs run as "
+                      f"{self.settings.agent.agent_job_user} and start the Python under it")
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Restart nats-server or a child that died (reaping it), at most CRASH_LIMIT times a

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,7 @@ from services.executor_agent.cancels import RememberedCancel, remember, stops
 from services.executor_agent.destinations import check_inputs, owner_of
 from services.executor_agent.fingerprint import HostFacts, parse_labels, probe_host
 from services.executor_agent.inputs import Inputs
+from services.executor_agent.jobuser import JobUserError, guard_workdir, job_identity, probe
 from services.executor_agent.launch import Refused, RunKey
 from services.executor_agent.node import NodeExecutor, NodeExit
 from services.executor_agent.runfolder import RunFolder
@@ -39,9 +41,11 @@ from services.executor_agent.runstate import (
 )
 from trainmaster.auth.permissions import agent_inbox
 from trainmaster.bus import UNDECODABLE, Poison, durable_subscriber, ensure_consumer, publish_js, wait_for_streams
+from trainmaster.cgroups import Limits
 from trainmaster.containers import podman
 from trainmaster.messages import AgentCommand, AgentHeartbeat, Assign, Cancel, NodeReport, encode
 from trainmaster.names import TOKEN_RE
+from trainmaster.procs import JobIdentity
 from trainmaster.runtimes import RuntimeSpec
 from trainmaster.service import ServiceContext
 from trainmaster.settings import Settings
@@ -51,7 +55,8 @@ _decode_command = msgspec.json.Decoder(AgentCommand).decode
 
 
 class Agent:
-    def __init__(self, ctx: ServiceContext, facts: HostFacts, labels: dict[str, str]) -> None:
+    def __init__(self, ctx: ServiceContext, facts: HostFacts, labels: dict[str, str],
+                 identity: JobIdentity | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.topo = ctx.topo
@@ -68,7 +73,8 @@ class Agent:
         # job id -> its latest Cancel, for Assigns published before it but handled after (cancels.py)
         self.cancels: dict[str, RememberedCancel] = {}
         self.stopping = False
-        self.executor = NodeExecutor(ctx.settings, self.workdir, ctx.js, ctx.topo, self._publish_log, ctx.log)
+        self.executor = NodeExecutor(ctx.settings, self.workdir, ctx.js, ctx.topo, self._publish_log, ctx.log,
+                                     identity)
 
     # ------------------------------------------------------------------------------ reports
     def report(self, key: RunKey, state: Literal["running", "exited"], exit_code: int | None = None,
@@ -264,9 +270,12 @@ class Agent:
             _, pending = await asyncio.wait(set(self.watchers), timeout=self.settings.bus.shutdown_grace_s)
             if pending:
                 self.log.error("some nodes were not reported before the agent stopped", count=len(pending))
+        if self.executor.cgroups is not None:
+            self.executor.cgroups.close()
 
     async def reconcile(self) -> None:
         """After a restart: report what ended unreported, and nodes lost with the previous agent."""
+        await self.clear_leftover_groups()
         for folder in RunFolder.all(self.workdir):
             try:
                 action = on_recovery(folder.state())
@@ -284,6 +293,19 @@ class Agent:
                 folder.record_reported()
                 self.log.info("reported a node that ended before this start", job_id=report.job_id,
                               exit_code=report.exit_code, reason=report.reason)
+
+    async def clear_leftover_groups(self) -> None:
+        """Kill and remove the node cgroups of this agent's previous life (nothing runs yet): what a
+        lost node started outside its process group (setsid, a daemon) is in there."""
+        cgroups = self.executor.cgroups
+        if cgroups is None:
+            return
+        for name in cgroups.leftovers():
+            group = cgroups.group(name, Limits(None, None, 0))
+            killed = await group.kill()
+            removed = group.remove()
+            self.log.warning("cleared the cgroup of a node of the previous agent", group=name, killed=killed[:20],
+                             removed=removed)
 
     async def record_lost(self, folder: RunFolder) -> NodeReport:
         """Kill what is left of a node the previous agent ran, and record its exit as lost."""
@@ -308,6 +330,30 @@ class Agent:
                                   stream=self.topo.stream_logs.name, headers=headers)
 
 
+async def job_user(ctx: ServiceContext) -> JobIdentity | None:
+    """Who jobs run as (jobuser.py); the agent does not start when that cannot work."""
+    def prepare() -> tuple[JobIdentity | None, Path]:
+        workdir = Path(os.path.abspath(ctx.settings.agent_workdir_path))
+        identity = job_identity(ctx.settings.agent.agent_job_user)
+        guard_workdir(workdir)
+        return identity, workdir
+
+    try:
+        identity, workdir = await asyncio.to_thread(prepare)
+        if identity is not None:
+            await probe(identity, sys.executable, workdir)
+    except (JobUserError, OSError) as exc:
+        ctx.log.error("jobs cannot run as their user; the agent does not start", error=str(exc))
+        raise SystemExit(2) from exc
+    if identity is None:
+        ctx.log.warning("the agent is not root: jobs run as its own user, which can read what the agent reads "
+                        "(its credentials included); run the agent as root to run them as TM_AGENT_JOB_USER",
+                        uid=os.geteuid())
+    else:
+        ctx.log.info("jobs run as the job user", user=identity.name, uid=identity.uid, gid=identity.gid)
+    return identity
+
+
 def inbox_of(settings: Settings) -> str:
     """The inbox prefix of this agent's connection: its credentials allow it only its own."""
     return agent_inbox(settings.agent.agent_id)
@@ -319,7 +365,8 @@ async def setup(ctx: ServiceContext) -> None:
         raise ValueError(f"TM_AGENT_ID {agent_id!r}: use 1-128 letters, digits, '-' or '_'")
     structlog.contextvars.bind_contextvars(agent_id=agent_id)
     facts = await asyncio.to_thread(probe_host, ctx.log)
-    agent = Agent(ctx, facts, parse_labels(ctx.settings.agent.agent_labels))
+    identity = await job_user(ctx)
+    agent = Agent(ctx, facts, parse_labels(ctx.settings.agent.agent_labels), identity)
     ctx.log.info("agent ready", pool=ctx.settings.agent.agent_pool, labels=agent.labels, cpus=facts.cpus,
                  memory_mb=facts.memory_mb, gpus=len(facts.gpus), workdir=str(agent.workdir))
     # the services provision the topology (an agent may not): wait for what it uses, the bucket

@@ -4,7 +4,8 @@ else's (blocking; the caller picks the thread).
 The validator checked the paths when the job was created; symbolic links may have changed since,
 so the agent checks again when it uses them:
 
-- ``check_inputs``: the data paths, the code folder and the boot file (resolved) lie under a root;
+- ``check_inputs``: the data paths, the code folder and the boot file (resolved) lie under a root,
+  and ``s3://`` locations under an ``s3://`` root when the project has one;
 - ``open_folder``: a destination folder is reached from its root through folders only (``openat``
   with ``O_NOFOLLOW``, made where missing), so no link planted on the way is followed;
 - ``claim``: a destination is empty, or holds trainmaster's marker for the same job name in the
@@ -33,16 +34,19 @@ from trainmaster.storage_roots import (
     MARKER_MAX_BYTES,
     Owner,
     claim_of,
+    is_s3,
     not_allowed,
     read_marker,
     root_of,
+    s3_root_of,
+    s3_roots,
 )
 
 LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def resolve_roots(roots: Sequence[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(os.path.realpath(root) for root in roots))
+    return tuple(dict.fromkeys(root if is_s3(root) else os.path.realpath(root) for root in roots))
 
 
 def owner_of(cmd: Assign) -> Owner:
@@ -57,11 +61,24 @@ def check_path(path: str, what: str, project: str, roots: Sequence[str]) -> str:
     return real
 
 
+def check_s3(url: str, what: str, project: str, roots: Sequence[str]) -> None:
+    """``Refused`` when the project has ``s3://`` roots and ``url`` is under none of them (a
+    project without any is not held to a prefix: see ``storage_roots``)."""
+    if s3_roots(roots) and s3_root_of(url, roots) is None:
+        raise Refused(not_allowed(what, url, url, project, roots))
+
+
 def check_inputs(spec: JobRequest, roots: Sequence[str]) -> None:
-    """The job's local inputs as given (before presets and datasets are turned into folders of
-    the agent's own): data paths, code folder, boot file."""
+    """The job's locations as given (before presets and datasets are turned into folders of the
+    agent's own): local data paths, code folder and boot file resolved under a local root;
+    ``s3://`` data, output and log locations under an ``s3://`` root when the project has one."""
     project = spec.account
+    for field, value in (("output_path", spec.output_path), ("log_path", spec.log_path)):
+        if value and is_s3(value):
+            check_s3(value, field, project, roots)
     for i, source in enumerate(spec.data):
+        if source.path and is_s3(source.path):
+            check_s3(source.path, f"data[{i}].path", project, roots)
         if source.path and (loc := locate(source.path)).kind == "local":
             check_path(os.path.normpath(loc.path), f"data[{i}].path", project, roots)
     algo = spec.algorithm

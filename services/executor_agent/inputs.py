@@ -24,7 +24,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from services.executor_agent.destinations import check_path
+from services.executor_agent.destinations import check_path, check_s3
 from services.executor_agent.launch import Refused
 from trainmaster.algorithms import as_framework, load_presets
 from trainmaster.locations import locate
@@ -101,7 +101,7 @@ class Inputs:
 
     async def prepare(self, cmd: Assign, run_dir: Path, roots: Sequence[str] | None = None) -> Assign:
         """The assignment with presets mapped and dataset sources staged (or ``Refused``); with
-        ``roots``, a local dataset must lie under the storage roots of the job's project."""
+        ``roots``, a dataset must lie under the storage roots of the job's project."""
         spec = cmd.spec
         if spec.algorithm.source == "preset":
             try:
@@ -124,6 +124,8 @@ class Inputs:
                 if loc.kind == "local":
                     await asyncio.to_thread(link_local, Path(loc.path), files, dest, spec.account, roots)
                 else:
+                    if roots is not None:
+                        check_s3(manifest.location, "dataset location", spec.account, roots)
                     await fetch_s3(self.storage, manifest.location, files, dest)
                 data.append(DataSource(path=str(dest)))
             spec = msgspec.structs.replace(spec, data=data)

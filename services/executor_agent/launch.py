@@ -1,7 +1,7 @@
 """How one node is launched, as plain data: where its inputs come from and land, its command line
 (the boot file under the engine's runtime, or the custom image under podman), its environment
-(job facts, ranks, the distributed rendezvous), its output and log locations, and how its exit
-turns into a report.  Everything here is pure: what it needs to know about the host is passed in.
+(an allowlist: ``trainmaster.jobenv``), its output and log locations, and how its exit turns into
+a report.  Everything here is pure: what it needs to know about the host is passed in.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from trainmaster.containers import DATA_MOUNT, OUTPUT_MOUNT, PODMAN_ERRORS, container_name, podman_run_argv
+from trainmaster.jobenv import allowed, job_environment
 from trainmaster.locations import locate
 from trainmaster.messages import Assign, ParamValue
 
@@ -84,6 +85,9 @@ class ContainerPlan:
     cpus: float | None
     memory_mb: int | None
     network: str
+    user: str | None = None  # "uid:gid" inside the container (the job user)
+    read_only: bool = False  # a read-only root file system (with a tmpfs /tmp)
+    pids_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,33 +107,47 @@ class Launch:
     boot_file: Path | None = None
     container: ContainerPlan | None = None
     node_count: int = 1
+    agents: tuple[str, ...] = ()  # the agent of each node (the Assign's): whose rendezvous entries count
+    job_dirs: tuple[Path, ...] = ()  # the folders the job writes: made anew, owned by the job user
+    cpus: float | None = None  # the flavor's: the node's cgroup limits
+    memory_mb: int | None = None
 
-    def process_argv(self, extra_env: Mapping[str, str]) -> list[str]:
-        """The command the agent starts, with the distributed environment known at start time."""
+    def process_argv(self, extra_env: Mapping[str, str], credentials: Mapping[str, str] | None = None) -> list[str]:
+        """The command the agent starts, with the distributed environment known at start time.
+        ``credentials`` (the project's ``AWS_*``) are named on podman's command line, never
+        valued: a command line is readable by every user of the host and goes to the agent's log."""
         if self.container is None:
             return self.argv
         c = self.container
         return podman_run_argv(podman=c.podman, name=c.name, image=c.image, command=self.argv, mounts=c.mounts,
-                               env={**self.env, **extra_env}, cpus=c.cpus, memory_mb=c.memory_mb, network=c.network)
+                               env={**self.env, **extra_env}, cpus=c.cpus, memory_mb=c.memory_mb, network=c.network,
+                               user=c.user, read_only=c.read_only, pids_limit=c.pids_limit,
+                               inherited=sorted(credentials or {}))
 
-    def process_env(self, environ: Mapping[str, str], extra_env: Mapping[str, str]) -> dict[str, str]:
+    def process_env(self, environ: Mapping[str, str], extra_env: Mapping[str, str],
+                    credentials: Mapping[str, str] | None = None) -> dict[str, str]:
         if self.container is None:
-            return {**self.env, **extra_env}
-        return dict(environ)  # podman's own environment (CONTAINERS_CONF); the job's goes in with -e
+            return {**self.env, **extra_env, **(credentials or {})}
+        # podman's own environment (CONTAINERS_CONF), and the values of the credentials it passes
+        # on by name; the rest of the job's goes in with -e NAME=value
+        return {**environ, **(credentials or {})}
 
 
 @dataclass(frozen=True)
 class HostFacts:
     """What the plan needs to know about this agent and this job's resources (passed in)."""
 
-    environ: Mapping[str, str]
     python: str  # interpreter of framework jobs: the engine's runtime
+    virtual_env: str | None = None  # the runtime's folder, when it is a virtual environment
     podman: str | None = None
     container_network: str = "none"
     stage_local: Literal["link", "copy"] = "link"
     cpus: float | None = None  # the flavor's, for container limits
     memory_mb: int | None = None
+    pids_max: int | None = None  # processes one node may have
     now: float = 0.0
+    container_user: str | None = None  # "uid:gid" of the job user (None: the image's user)
+    container_read_only: bool = False
 
 
 # ------------------------------------------------------------------------------ pure planning
@@ -171,15 +189,9 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text) or "job"
 
 
-def host_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """What of the agent's own environment a job may see: not the agent's settings (``TM_*``:
-    its bus credentials, storage and mail secrets among them)."""
-    return {name: value for name, value in environ.items() if not name.startswith("TM_")}
-
-
 def job_env(assign: Assign) -> dict[str, str]:
+    """The job variables (the documented ``TM_JOB_*`` family and ``TM_ATTEMPT``)."""
     return {
-        "PYTHONUNBUFFERED": "1",  # lines reach the log stream as they are printed
         "TM_JOB_ID": assign.job_id,
         "TM_JOB_NAME": assign.name,
         "TM_JOB_VERSION": assign.version,
@@ -252,7 +264,7 @@ def plan_launch(assign: Assign, run_dir: Path, host: HostFacts) -> Launch:
     log_file = log_dir / log_name
     output_dir = run_dir / "output"
     params = [f"--{name}={format_param(value)}" for name, value in spec.parameters.items()]
-    env = job_env(assign)
+    job_dirs: tuple[Path, ...] = (output_dir,)
 
     container: ContainerPlan | None = None
     boot_file: Path | None = None
@@ -267,7 +279,10 @@ def plan_launch(assign: Assign, run_dir: Path, host: HostFacts) -> Launch:
         else:
             boot_file = local_path(algo.boot_file, "algorithm.boot_file")
         argv = [host.python, str(boot_file), f"--data_url={data_dir}", f"--train_url={output_dir}", *params]
-        env = {**host.environ, **env}
+        home, tmp = run_dir / "home", run_dir / "tmp"
+        job_dirs = (output_dir, home, tmp)
+        env = job_environment(job=job_env(assign), spec_env=spec.env, home=str(home), tmpdir=str(tmp),
+                              runtime_bin=os.path.dirname(host.python) or None, virtual_env=host.virtual_env)
         shown = argv
     else:
         if not algo.image or not algo.command:
@@ -281,20 +296,25 @@ def plan_launch(assign: Assign, run_dir: Path, host: HostFacts) -> Launch:
             [(s.host_path, f"{DATA_MOUNT}/{s.index}", True) for s in sources] if len(sources) > 1
             else [(data_dir, DATA_MOUNT, True)])
         mounts.append((output_dir, OUTPUT_MOUNT, False))
-        env.update(TM_DATA_URL=DATA_MOUNT, TM_TRAIN_URL=OUTPUT_MOUNT)
+        # the image's own PATH and HOME stay; what the spec may set and the job variables go in
+        env = {"PYTHONUNBUFFERED": "1", **allowed(spec.env), **job_env(assign),
+               "TM_DATA_URL": DATA_MOUNT, "TM_TRAIN_URL": OUTPUT_MOUNT}
         # a distributed job's containers must reach each other: they share the host's network
         network = "host" if assign.node_count > 1 else host.container_network
         container = ContainerPlan(host.podman, container_name(assign.job_id, assign.attempt, assign.node),
-                                  algo.image, argv, mounts, host.cpus, host.memory_mb, network)
+                                  algo.image, argv, mounts, host.cpus, host.memory_mb, network,
+                                  host.container_user, host.container_read_only, host.pids_max)
         shown = podman_run_argv(podman=host.podman, name=container.name, image=algo.image, command=argv,
-                                mounts=mounts, env={}, cpus=host.cpus, memory_mb=host.memory_mb, network=network)
+                                mounts=mounts, env={}, cpus=host.cpus, memory_mb=host.memory_mb, network=network,
+                                user=container.user, read_only=container.read_only, pids_limit=host.pids_max)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(host.now))
     header = (f"# trainmaster job {assign.job_id} ({assign.name} {assign.version}) attempt {assign.attempt} "
               f"node {assign.node}/{assign.node_count} at {stamp}: {shlex.join(shown)}")
     return Launch(kind=algo.source, argv=argv, cwd=cwd, env=env, sources=sources, data_dir=data_dir,
                   data_links=links, output_dir=output_dir, output_url=output_url, log_file=log_file,
                   log_url=log_url, header=header, boot_file=boot_file, container=container,
-                  node_count=assign.node_count)
+                  node_count=assign.node_count, agents=tuple(assign.agents), job_dirs=job_dirs, cpus=host.cpus,
+                  memory_mb=host.memory_mb)
 
 
 def exit_code_of(returncode: int) -> int:
@@ -303,12 +323,17 @@ def exit_code_of(returncode: int) -> int:
 
 
 def outcome(returncode: int, stop_reason: str | None, copy_error: str | None,
-            last_error_line: str | None, container: bool = False) -> tuple[int, str | None]:
-    """The exit code and reason to report for a finished node."""
+            last_error_line: str | None, container: bool = False,
+            out_of_memory: str | None = None) -> tuple[int, str | None]:
+    """The exit code and reason to report for a finished node.  ``out_of_memory``: the reason to
+    give when the node's cgroup had a process OOM-killed; a node that failed then is reported as
+    killed (137), whichever of its processes the kernel chose."""
     code = exit_code_of(returncode)
     what = "the container" if container else "the boot file"
     if stop_reason is not None:
         reason: str | None = stop_reason
+    elif out_of_memory is not None and returncode != 0:
+        code, reason = 137, out_of_memory
     elif returncode < 0:
         reason = f"{what} was killed by signal {signal.Signals(-returncode).name}"
     elif container and code == 137:

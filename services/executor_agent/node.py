@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,8 @@ from pathlib import Path
 import structlog
 from nats.js import JetStreamContext
 
-from services.executor_agent import destinations
+from services.executor_agent import credentials, destinations
+from services.executor_agent.jobuser import JOB_UMASK, cross_only, give_folders
 from services.executor_agent.launch import (
     HostFacts,
     Launch,
@@ -25,7 +27,6 @@ from services.executor_agent.launch import (
     Refused,
     RunKey,
     distributed_env,
-    host_environment,
     local_path,
     node_log_limit,
     outcome,
@@ -33,7 +34,15 @@ from services.executor_agent.launch import (
     storage_location,
 )
 from services.executor_agent.rendezvous import Rendezvous, RendezvousFailed, advertised_addr, free_port
-from services.executor_agent.runner import LogSink, Publish, Run, clean_inputs, preflight, prepare_run_dir
+from services.executor_agent.runner import (
+    LogSink,
+    Publish,
+    Run,
+    clean_inputs,
+    folder_bytes,
+    preflight,
+    prepare_run_dir,
+)
 from services.executor_agent.staging import (
     DataCache,
     StagingFailed,
@@ -42,8 +51,18 @@ from services.executor_agent.staging import (
     upload_outputs,
 )
 from trainmaster.catalog import CatalogError, load_engines, load_resources
+from trainmaster.cgroups import (
+    CgroupHost,
+    CgroupsUnavailable,
+    NodeGroup,
+    node_limits,
+    node_name,
+    oom_reason,
+    tree_name,
+)
 from trainmaster.containers import find_podman, podman_env, write_containers_conf
 from trainmaster.messages import Assign
+from trainmaster.procs import JobIdentity, child_preexec, job_preexec, preexec_steps
 from trainmaster.runtimes import RuntimeBuildFailed, RuntimeCache, RuntimeSpec, read_requirements
 from trainmaster.settings import Settings
 from trainmaster.storage import Storage
@@ -61,6 +80,12 @@ def local_destinations(launch: Launch) -> list[tuple[str, Path]]:
     return out
 
 
+def virtual_env_of(python: str) -> str | None:
+    """The virtual environment ``python`` belongs to (its folder holds ``pyvenv.cfg``), or None."""
+    folder = Path(python).parent.parent
+    return str(folder) if (folder / "pyvenv.cfg").is_file() else None
+
+
 @dataclass(frozen=True)
 class NodeExit:
     """How a node ended: what its exit report says."""
@@ -71,8 +96,9 @@ class NodeExit:
 
 class NodeExecutor:
     def __init__(self, settings: Settings, workdir: Path, js: JetStreamContext, topo: Topology, publish_log: Publish,
-                 log: structlog.stdlib.BoundLogger) -> None:
+                 log: structlog.stdlib.BoundLogger, identity: JobIdentity | None = None) -> None:
         self.settings = settings
+        self.identity = identity  # who jobs run as (None: the agent's own user; jobuser.py)
         self.workdir = workdir
         self.topo = topo
         self.publish_log = publish_log
@@ -87,6 +113,25 @@ class NodeExecutor:
         self.addr = advertised_addr(settings.bus.nats_url, settings.agent.agent_addr)
         self.podman = find_podman()
         self.containers_conf = write_containers_conf(workdir / "containers.conf")
+        self.cgroups = self.setup_cgroups()
+
+    def setup_cgroups(self) -> CgroupHost | None:
+        """The agent's cgroups as ``TM_AGENT_CGROUPS`` says (auto: when the host allows)."""
+        mode = self.settings.agent.agent_cgroups
+        if mode == "off":
+            self.log.warning("nodes run without cgroups (TM_AGENT_CGROUPS=off): no CPU, memory or process "
+                             "limits, and what a node starts outside its process group survives a stop")
+            return None
+        try:
+            host = CgroupHost.detect(tree_name(self.settings.agent.agent_id, self.workdir))
+        except CgroupsUnavailable as exc:
+            if mode == "required":
+                raise RuntimeError(f"TM_AGENT_CGROUPS=required, and cgroups cannot be used here: {exc}") from exc
+            self.log.warning("nodes run without cgroups: this host does not allow them (TM_AGENT_CGROUPS=auto)",
+                             why=str(exc))
+            return None
+        self.log.info("nodes run in cgroups", layout=host.describe)
+        return host
 
     # ------------------------------------------------------------------------------ plan
     def runtime_spec(self, cmd: Assign) -> RuntimeSpec | None:
@@ -124,16 +169,23 @@ class NodeExecutor:
         runtime = self.runtime_spec(cmd)
         python = str(self.runtimes.python_of(runtime)) if runtime else sys.executable
         cpus, memory_mb = self.flavor_limits(cmd)
-        host = HostFacts(environ=host_environment(os.environ), python=python,
+        identity = self.identity
+        host = HostFacts(python=python, virtual_env=virtual_env_of(python),
                          podman=self.podman, container_network=self.settings.agent.container_network,
                          stage_local="copy" if self.settings.agent.stage_local == "copy" else "link",
-                         cpus=cpus, memory_mb=memory_mb, now=time.time())
+                         cpus=cpus, memory_mb=memory_mb, pids_max=self.settings.agent.agent_node_pids_max,
+                         now=time.time(),
+                         container_user=f"{identity.uid}:{identity.gid}" if identity else None,
+                         container_read_only=self.settings.agent.container_read_only)
         launch = plan_launch(cmd, run_dir, host)
         preflight(launch)
         try:
             prepare_run_dir(run_dir, launch)
             destinations.claim_destinations(local_destinations(launch), destinations.owner_of(cmd),
                                             self.roots(cmd.spec.account))
+            # the job may cross its run folder, not list it; it writes only its own folders
+            cross_only((run_dir.parent, run_dir))
+            give_folders(launch.job_dirs, identity)
         except OSError as exc:
             raise Refused(f"cannot prepare the run's folders: {exc}") from exc
         return launch, runtime
@@ -180,9 +232,25 @@ class NodeExecutor:
         else:
             me = Peer(self.addr, free_port(), self.settings.agent.agent_id)
             sink.note(f"waiting for the other {launch.node_count - 1} nodes (this node: {me.addr}:{me.port})")
-            peers = await self.rendezvous.meet(run.key, launch.node_count, me)
+            peers = await self.rendezvous.meet(run.key, launch.agents, me)
             sink.note(f"all {launch.node_count} nodes ready; master {peers[0].addr}:{peers[0].port}")
         return distributed_env(run.key.node, launch.node_count, peers)
+
+    def project_credentials(self, project: str, sink: LogSink) -> dict[str, str]:
+        """The ``AWS_*`` variables of ``project``'s storage credentials (read now: a file the admin
+        rotated is used by the next node), or nothing; the values are never logged."""
+        loaded = credentials.load(self.settings.agent.agent_project_secrets_dir, project)
+        if loaded.problem is not None:
+            self.log.warning("the project's storage credentials are not given to the node", project=project,
+                             reason=loaded.problem)
+            sink.note(f"no storage credentials for project {project}: the agent's file for it is not usable "
+                      "(the agent's log says why)")
+            return {}
+        if loaded.credentials is None:
+            return {}
+        env = loaded.credentials.environment()
+        self.log.info("the node gets its project's storage credentials", project=project, variables=sorted(env))
+        return env
 
     # ------------------------------------------------------------------------------ the whole node
     async def execute(self, run: Run, runtime: RuntimeSpec | None, sink: LogSink,
@@ -203,15 +271,61 @@ class NodeExecutor:
             clean_inputs(launch.output_dir.parent)
             return failure
         extra_env = run.preparing.result()
+        secrets = self.project_credentials(owner.project, sink)
         try:
-            await run.start(sink, launch.process_argv(extra_env), launch.process_env(
-                podman_env(self.containers_conf), extra_env))
-        except OSError as exc:
+            run.cgroup = self.node_group(run)
+            await run.start(sink, launch.process_argv(extra_env, secrets), launch.process_env(
+                podman_env(self.containers_conf), extra_env, secrets), preexec=self.preexec(launch, run))
+        except (OSError, subprocess.SubprocessError) as exc:
+            if run.cgroup is not None:
+                run.cgroup.remove()
             await sink.close(self.settings.bus.publish_timeout_s)
             return NodeExit(2, f"cannot start the node: {exc}")
         on_started(run)
-        returncode = await run.wait()
+        watchdog = asyncio.create_task(self.watch_disk(run), name=f"disk-{run.key.label}")
+        try:
+            returncode = await run.wait()
+        finally:
+            watchdog.cancel()
         return await self.finish(run, sink, returncode, owner)
+
+    def preexec(self, launch: Launch, run: Run) -> Callable[[], None]:
+        """The process's pre-exec: it joins the node's cgroup first (still root, before it can
+        fork); then a framework job becomes the job user with no_new_privs, while podman itself
+        stays root (the container's command gets the job user through ``--user``)."""
+        join = run.cgroup.preexec() if run.cgroup is not None else None
+        if launch.container is not None:
+            return preexec_steps(join, child_preexec)
+        return job_preexec(self.identity, JOB_UMASK, as_root=[join])
+
+    def node_group(self, run: Run) -> NodeGroup | None:
+        """The node's cgroup with its flavor's limits, made before its process starts."""
+        if self.cgroups is None:
+            return None
+        launch = run.launch
+        limits = node_limits(launch.cpus, launch.memory_mb, self.settings.agent.agent_node_pids_max)
+        group = self.cgroups.group(node_name(run.key.job_id, run.key.attempt, run.key.node), limits)
+        group.remove()  # a leftover of an earlier start of this very run
+        group.create()
+        return group
+
+    async def watch_disk(self, run: Run) -> None:
+        """Stop the node once its run folder holds more than ``TM_AGENT_NODE_DISK_MAX_BYTES``
+        (its staged inputs, which the data cache bounds, left out)."""
+        limit = self.settings.agent.agent_node_disk_max_bytes
+        run_dir = run.launch.output_dir.parent
+        pause = self.settings.agent.agent_node_disk_check_s
+        while True:
+            await asyncio.sleep(pause)
+            started = time.monotonic()
+            used = await asyncio.to_thread(folder_bytes, run_dir, frozenset({"input"}))
+            # a folder of very many files: look less often, so the walk never takes over the disk
+            pause = max(self.settings.agent.agent_node_disk_check_s, 20 * (time.monotonic() - started))
+            if used > limit:
+                self.log.warning("node over its disk limit; stopping it", used_bytes=used, limit_bytes=limit)
+                run.stop(f"disk limit exceeded: the run folder holds {human_bytes(used)}, more than "
+                         f"{human_bytes(limit)} (TM_AGENT_NODE_DISK_MAX_BYTES)", self.settings.agent.stop_grace_s)
+                return
 
     def _prepare_failure(self, exc: BaseException) -> NodeExit:
         if isinstance(exc, Refused | StagingFailed):
@@ -245,7 +359,9 @@ class NodeExecutor:
             self.log.error("log upload failed", error=log_error)
             problems.append(log_error)
         clean_inputs(launch.output_dir.parent)
+        memory = run.cgroup.limits.memory_bytes if run.cgroup is not None else None
         code, reason = outcome(returncode, run.stop_reason, "; ".join(problems) or None, run.last_error_line,
-                               container=run.container is not None)
+                               container=run.container is not None,
+                               out_of_memory=oom_reason(memory) if run.out_of_memory and memory else None)
         self.log.info("node exited", returncode=returncode, exit_code=code, reason=reason, log_lines=sink.lines)
         return NodeExit(code, reason)

@@ -1,6 +1,11 @@
 """The rendezvous of a distributed job: before any node starts, each node's agent picks a free port
-on its host and writes ``{"addr", "port", "agent_id"}`` under ``<job>.<attempt>.<node>`` in the KV
-bucket ``tm_rendezvous``; then it waits until every node of the attempt has written its entry.
+on its host and writes ``{"addr", "port", "agent_id"}`` under ``<job>.<attempt>.<node>.<agent>`` in
+the KV bucket ``tm_rendezvous``; then it waits until every node of the attempt has written its entry.
+
+Whose entries count: the Assign names the agent placed on each node, and a node reads node *n*'s
+entry only under that agent's key (and only with that agent id inside).  An agent's credentials let
+it write only keys ending in its own id (auth/permissions.py), so a compromised host cannot point
+another job's nodes at an address of its choosing.
 
 Why this way: rank 0's port must be known to every node *before* they start, and only rank 0's
 agent can pick a port that is free on its host.  A port derived from the job id would collide
@@ -59,8 +64,19 @@ def advertised_addr(nats_url: str, configured: str | None) -> str:
         return "127.0.0.1"
 
 
-def entry_key(key: RunKey, node: int | None = None) -> str:
-    return f"{key.job_id}.{key.attempt}.{key.node if node is None else node}"
+def entry_key(key: RunKey, node: int, agent_id: str) -> str:
+    return f"{key.job_id}.{key.attempt}.{node}.{agent_id}"
+
+
+def believed(value: bytes | None, agent_id: str) -> Peer | None:
+    """A node's entry, if it is one and names the agent placed there (else: not there yet)."""
+    if not value:
+        return None
+    try:
+        peer = msgspec.json.decode(value, type=Peer)
+    except msgspec.DecodeError:
+        return None
+    return peer if peer.agent_id == agent_id else None
 
 
 class Rendezvous:
@@ -69,10 +85,15 @@ class Rendezvous:
         self.bucket = bucket
         self.timeout_s = timeout_s
 
-    async def meet(self, key: RunKey, node_count: int, me: Peer) -> list[Peer]:
-        """Publish this node's entry and return every node's, in node order (a stop cancels the wait)."""
+    async def meet(self, key: RunKey, agents: tuple[str, ...], me: Peer) -> list[Peer]:
+        """Publish this node's entry and return every node's, in node order (a stop cancels the wait).
+        ``agents``: the agent placed on each node (the Assign's)."""
+        node_count = len(agents)
+        if node_count < 2 or agents[key.node] != me.agent_id:
+            raise RendezvousFailed(f"the assignment names no agent for each of the job's nodes, or not this one "
+                                   f"for node {key.node}: {list(agents)} (a scheduler older than this agent?)")
         kv = await self.js.key_value(self.bucket)
-        await kv.put(entry_key(key), msgspec.json.encode(me))
+        await kv.put(entry_key(key, key.node, me.agent_id), msgspec.json.encode(me))
         peers: dict[int, Peer] = {key.node: me}
         deadline = time.monotonic() + self.timeout_s
         while len(peers) < node_count:
@@ -80,9 +101,10 @@ class Rendezvous:
                 if node in peers:
                     continue
                 with contextlib.suppress(KeyNotFoundError):
-                    entry = await kv.get(entry_key(key, node))
-                    if entry.value:
-                        peers[node] = msgspec.json.decode(entry.value, type=Peer)
+                    entry = await kv.get(entry_key(key, node, agents[node]))
+                    peer = believed(entry.value, agents[node])
+                    if peer is not None:
+                        peers[node] = peer
             if len(peers) == node_count:
                 break
             if time.monotonic() > deadline:

@@ -35,8 +35,12 @@ _decode_assign = msgspec.json.Decoder(Assign).decode
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Readable by the agent alone: the assignment holds the job's ``env``, and jobs may cross the
+    run folders (their user is the same for every job)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
     os.replace(tmp, path)
 
 

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import structlog
 
 from services.executor_agent.launch import Launch, Refused, RunKey
+from trainmaster.cgroups import NodeGroup
 from trainmaster.containers import podman
 from trainmaster.procs import child_preexec
 
@@ -103,6 +104,30 @@ def kill_leftovers(pgid: int, job_id: str) -> list[int]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
     return members
+
+
+def folder_bytes(root: Path, skip: frozenset[str] = frozenset()) -> int:
+    """Disk space the files under ``root`` take (allocated blocks: a sparse file counts what it
+    holds), without following links; top-level entries named in ``skip`` are left out."""
+    total = 0
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # removed meanwhile, or not readable
+            continue
+        for entry in entries:
+            if folder == root and entry.name in skip:
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
 
 
 def split_lines(pending: bytes) -> tuple[list[bytes], bytes]:
@@ -285,6 +310,8 @@ class Run:
         self.assign_seq = assign_seq  # stream sequence of the Assign (orders it against Cancels)
         self.containers_conf = containers_conf
         self.proc: asyncio.subprocess.Process | None = None
+        self.cgroup: NodeGroup | None = None  # set before start where the agent uses cgroups
+        self.out_of_memory = False  # the group's OOM killer fired (read before the group is removed)
         self.preparing: asyncio.Task | None = None
         self.stop_reason: str | None = None
         self.report_lock = asyncio.Lock()
@@ -303,14 +330,16 @@ class Run:
     def last_error_line(self) -> str | None:
         return self._stderr_tail[-1] if self._stderr_tail else None
 
-    async def start(self, sink: LogSink, argv: list[str], env: dict[str, str]) -> None:
+    async def start(self, sink: LogSink, argv: list[str], env: dict[str, str],
+                    preexec: Callable[[], None] = child_preexec) -> None:
         self._sink = sink
         self.proc = await asyncio.create_subprocess_exec(
             *argv, cwd=self.launch.cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             # own session = own process group: a stop signals the script and everything it forked;
-            # the death signal stops the script should the agent itself be killed
-            start_new_session=True, preexec_fn=child_preexec,
+            # the death signal stops the script should the agent itself be killed; ``preexec``
+            # (procs.job_preexec) also drops the job to its user with no_new_privs
+            start_new_session=True, preexec_fn=preexec,
         )
         self._readers = [
             asyncio.create_task(self._read(self.proc.stdout, "stdout"), name=f"stdout-{self.key.label}"),
@@ -340,11 +369,20 @@ class Run:
     async def wait(self) -> int:
         """Wait for the process and drain its output; returns its return code."""
         assert self.proc is not None and self._sink is not None
-        returncode = await self.proc.wait()
+        # Process.wait() also waits for the output pipes to close, and what the script left running
+        # holds them open: the exit itself is watched for, then the leftovers are killed
+        closed = asyncio.ensure_future(self.proc.wait())
+        while not closed.done() and self.proc.returncode is None:
+            await asyncio.wait({closed}, timeout=0.1)
+        returncode = self.proc.returncode
+        assert returncode is not None
         if self._killer is not None:
             self._killer.cancel()
         # whatever the script left running in its group goes with it: no orphans on the host
         self._signal_group(signal.SIGKILL)
+        await self._end_cgroup()
+        await asyncio.wait({closed}, timeout=READ_DRAIN_S)
+        closed.cancel()  # still open: a process outside the node's reach holds a pipe
         if self.container and self.containers_conf:
             # normally gone already (--rm); not so if the podman client itself was killed
             await podman(["rm", "-f", "--ignore", self.container], self.containers_conf)
@@ -380,6 +418,19 @@ class Run:
             if self.container and self.containers_conf:
                 await podman(["rm", "-f", "--ignore", self.container], self.containers_conf)
             self._signal_group(signal.SIGKILL)
+            if self.cgroup is not None:  # what left the process group (setsid, a daemon) too
+                await self.cgroup.kill()
+
+    async def _end_cgroup(self) -> None:
+        """Kill what is left in the node's cgroup, note an OOM kill, and remove the group."""
+        if self.cgroup is None:
+            return
+        leftovers = await self.cgroup.kill()
+        if leftovers:
+            self.log.info("killed what the node left running", pids=leftovers[:20], count=len(leftovers))
+        self.out_of_memory = self.cgroup.oom_killed()
+        if not self.cgroup.remove():
+            self.log.warning("the node's cgroup could not be removed", folders=[str(f) for f in self.cgroup.folders])
 
     async def _read(self, stream: asyncio.StreamReader | None, name: str) -> None:
         assert stream is not None and self._sink is not None

@@ -41,9 +41,10 @@ class AgentCommands:
     async def assign(self, record: JobRecord) -> None:
         """One ``Assign`` per node of the record's attempt; their acks are awaited by ``settle``."""
         node_count = record.spec.resources.node_count
+        agents = [p.agent_id for p in sorted(record.placements, key=lambda p: p.node)]
         for p in record.placements:
             body = encode(Assign(job_id=record.id, attempt=record.attempt, node=p.node, node_count=node_count,
-                                 spec=record.spec, name=record.name, version=record.version))
+                                 spec=record.spec, name=record.name, version=record.version, agents=agents))
             headers = {MSG_ID: f"{record.id}.{record.attempt}.{p.node}.assign"}
             if get_current_span().get_span_context().is_valid:
                 propagate.inject(headers)

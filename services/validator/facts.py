@@ -24,7 +24,7 @@ from trainmaster.catalog import load_engines, load_resources
 from trainmaster.locations import locate
 from trainmaster.messages import Account, Dataset, DatasetVersion, JobRequest
 from trainmaster.storage import Storage, StorageError
-from trainmaster.storage_roots import MARKER, MARKER_MAX_BYTES, read_marker
+from trainmaster.storage_roots import MARKER, MARKER_MAX_BYTES, is_s3, read_marker
 
 NAME_MAX = 255  # R7: longer file names are skipped
 
@@ -84,8 +84,8 @@ def _read_small(path: str) -> bytes | None:
 
 
 def resolve_roots(roots: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The storage roots as the rules compare them: resolved like the paths (realpath)."""
-    return tuple(dict.fromkeys(os.path.realpath(root) for root in roots))
+    """The storage roots as the rules compare them: local ones resolved like the paths (realpath)."""
+    return tuple(dict.fromkeys(root if is_s3(root) else os.path.realpath(root) for root in roots))
 
 
 def _why(exc: BaseException) -> str:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 # the facts model lives in model.py; re-exported here because the rules and their tests read it
 from services.validator.model import MISSING, Facts, PathFact, PathFacts, as_facts
+from trainmaster.jobenv import check_env
 from trainmaster.locations import locate
 from trainmaster.messages import JobRequest, Violation
 from trainmaster.names import NAME_RE, PARAMETER_NAME_RE
-from trainmaster.storage_roots import MARKER, Owner, not_allowed, root_of
+from trainmaster.storage_roots import MARKER, Owner, not_allowed, root_of, s3_root_of, s3_roots
 
 _BAD_VALUE_CHARS = ("\x00", "\n", "\r")
 
@@ -103,6 +104,7 @@ def check(spec: JobRequest, facts: Facts | PathFacts) -> list[Violation]:
     out += _check_roots(spec, facts)
     out += _check_parameters(spec)
     out += _check_resources(spec)
+    out += check_env(spec.env)
     out += catalog_rules.check(spec, facts)
     out += check_subscription(spec, facts.topic_exists, facts.topic_project)
     return out
@@ -353,7 +355,8 @@ _NOUNS = {"path": "data path", "dataset": "dataset location", "code_dir": "code 
 
 
 def _check_roots(spec: JobRequest, facts: Facts) -> list[Violation]:
-    """Every local path (resolved) must lie under a storage root of the job's project."""
+    """Every local path (resolved) must lie under a storage root of the job's project, and every
+    s3:// location under an s3:// root when the project has one."""
     if facts.roots is None:
         return []
     located = list(_locations(spec))
@@ -362,8 +365,12 @@ def _check_roots(spec: JobRequest, facts: Facts) -> list[Violation]:
         if dataset is not None:
             located.append((f"data[{i}].dataset", dataset.location))
     out: list[Violation] = []
+    held_to_s3 = bool(s3_roots(facts.roots))  # without an s3:// root, s3:// is not held to a prefix
     for field, raw in located:
         loc = locate(raw)
+        if held_to_s3 and is_remote(raw) and s3_root_of(raw, facts.roots) is None:
+            what = _NOUNS[field.rsplit(".", 1)[-1]]
+            out.append(Violation(field, "path_not_allowed", not_allowed(what, raw, raw, spec.account, facts.roots)))
         if loc.kind != "local":
             continue
         path = posixpath.normpath(loc.path)

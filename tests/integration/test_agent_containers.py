@@ -1,10 +1,14 @@
 """Custom-image jobs through the agent process, with podman and a tiny image built here from
 busybox (no registry): the command's exit code, the data and output mounts, no network, the
-flavor's memory limit (137), a prompt stop, and no container left behind by a killed agent."""
+flavor's memory limit (137), a prompt stop, no container left behind by a killed agent, and the
+command running as the job user with no capabilities (and a read-only root file system when the
+agent says so)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import pwd
 import shutil
 import subprocess
 import time
@@ -55,6 +59,7 @@ def image(work: Path, conf: Path) -> str:
     (rootfs / "bin").mkdir(parents=True)
     (rootfs / "etc").mkdir()
     (rootfs / "tmp").mkdir()
+    (rootfs / "tmp").chmod(0o1777)  # as in every image: the command does not run as root
     shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
     for applet in applets:
@@ -88,8 +93,22 @@ def nats_url(work: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def agent(nats_url: str, work: Path, catalog: Path, image: str) -> Iterator[AgentProcess]:
-    handle = start_agent(nats_url, work, env={"TM_CATALOG_DIR": str(catalog)})
+def project_secrets(work: Path) -> Path:
+    """The storage credentials of project ``default`` (the jobs' here)."""
+    folder = work / "project-secrets"
+    folder.mkdir(mode=0o700)
+    path = folder / "default.json"
+    path.write_text(json.dumps({"s3": {"access_key_id": "AKIA-DEFAULT", "secret_access_key": "default-secret-value",
+                                       "endpoint_url": "http://s3.example:9000"}}))
+    path.chmod(0o600)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def agent(nats_url: str, work: Path, catalog: Path, image: str, project_secrets: Path) -> Iterator[AgentProcess]:
+    handle = start_agent(nats_url, work, env={"TM_CATALOG_DIR": str(catalog),
+                                              "TM_AGENT_PROJECT_SECRETS_DIR": str(project_secrets),
+                                              "TM_S3_SECRET_ACCESS_KEY": "the-agents-own-key"})
     yield handle
     handle.terminate()
 
@@ -140,6 +159,25 @@ async def test_a_custom_image_runs_with_mounts_env_no_network_and_its_exit_code(
     assert "podman run --rm --name tm-job-box-a1-n0 --init --network none" in header
 
 
+async def test_a_container_gets_its_project_s_credentials_by_name_only(bus: Bus, agent: AgentProcess,
+                                                                       tmp_path: Path) -> None:
+    script = """
+        echo "aws: $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $AWS_ENDPOINT_URL"
+        echo "tm_s3: $(env | grep -c '^TM_S3')"
+    """
+    await bus.send(assign("job-keys", container_job(tmp_path, script)))
+    exited = await bus.report("job-keys", "exited", timeout_s=60)
+    assert (exited.exit_code, exited.reason) == (0, None)
+    lines = [m.data.decode() for m in await bus.log_lines("job-keys", until="tm_s3: ")]
+    assert "aws: AKIA-DEFAULT default-secret-value http://s3.example:9000" in lines
+    assert "tm_s3: 0" in lines, "the agent's own TM_S3_* stay out"
+    header = (tmp_path / "logs" / "t-V001-node0.log").read_text().splitlines()[0]
+    started = next(line for line in agent.output().splitlines() if "node started" in line and "job-keys" in line)
+    assert "AWS_SECRET_ACCESS_KEY" in started, "named on podman's command line (-e NAME)"
+    for shown in (header, started, agent.output()):
+        assert "default-secret-value" not in shown and "AKIA-DEFAULT" not in shown
+
+
 async def test_the_flavor_s_memory_limit_holds(bus: Bus, tmp_path: Path) -> None:
     await bus.send(assign("job-greedy", container_job(tmp_path, "dd if=/dev/zero of=/dev/null bs=200M count=1",
                                                        pool="tiny")))
@@ -188,3 +226,44 @@ async def test_a_killed_agent_leaves_no_container_behind(nats_url: str, work: Pa
                 handle.terminate()
         with contextlib.suppress(Exception):
             podman(conf, "rm", "-f", "--ignore", "tm-job-ghost-a1-n0")
+
+
+async def test_the_command_runs_as_the_job_user_without_capabilities(bus: Bus, tmp_path: Path) -> None:
+    script = """
+        echo "ids: $(id -u):$(id -g)"
+        grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status
+        touch /etc/planted 2>/dev/null && echo "root fs is writable" || echo "root fs is read-only"
+        echo done > /output/done.txt && echo "output written"
+    """
+    await bus.send(assign("job-nocaps", container_job(tmp_path, script)))
+    exited = await bus.report("job-nocaps", "exited", timeout_s=60)
+    assert exited.exit_code == 0, exited.reason
+    lines = [m.data.decode() for m in await bus.log_lines("job-nocaps", until="output written")]
+    job_user = pwd.getpwnam("tm-job")
+    assert f"ids: {job_user.pw_uid}:{job_user.pw_gid}" in lines
+    status = dict(line.split(":\t") for line in lines if line.startswith(("Cap", "NoNewPrivs")))
+    assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0000000000000000", status
+    assert status["NoNewPrivs"] == "1"
+    assert "root fs is read-only" in lines, "not root: the image's files are not the job user's"
+    assert (tmp_path / "out" / "done.txt").read_text() == "done\n"
+
+
+async def test_a_read_only_root_still_has_tmp_and_output(nats_url: str, work: Path, catalog: Path,
+                                                         tmp_path: Path) -> None:
+    handle = start_agent(nats_url, work, name="agent-ro", agent_id="it-agent-ro",
+                         env={"TM_CATALOG_DIR": str(catalog), "TM_CONTAINER_READ_ONLY": "true"})
+    script = """
+        mount | grep -E ' on / ' | grep -q '(ro' && echo "root: ro" || echo "root: rw"
+        echo x > /tmp/scratch && echo "tmp: writable"
+        echo kept > /output/kept.txt && echo "output: writable"
+    """
+    try:
+        async with open_bus(nats_url, handle, agent_id="it-agent-ro") as bus:
+            await bus.send(assign("job-ro", container_job(tmp_path, script)))
+            exited = await bus.report("job-ro", "exited", timeout_s=60)
+            assert exited.exit_code == 0, exited.reason
+            lines = [m.data.decode() for m in await bus.log_lines("job-ro", until="output: writable")]
+    finally:
+        handle.terminate()
+    assert "root: ro" in lines and "tmp: writable" in lines
+    assert (tmp_path / "out" / "kept.txt").read_text() == "kept\n"

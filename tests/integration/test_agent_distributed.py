@@ -44,8 +44,9 @@ async def bus(nats_url: str, agent: AgentProcess) -> AsyncIterator[Bus]:
         yield connected
 
 
-def node(job_id: str, spec: JobRequest, node: int, count: int) -> Assign:
-    return Assign(job_id=job_id, attempt=1, node=node, node_count=count, spec=spec, name="t", version="V001")
+def node(job_id: str, spec: JobRequest, node: int, count: int, agents: list[str] | None = None) -> Assign:
+    return Assign(job_id=job_id, attempt=1, node=node, node_count=count, spec=spec, name="t", version="V001",
+                  agents=agents or ["it-agent"] * count)
 
 
 async def test_the_nodes_meet_and_share_one_master(bus: Bus, tmp_path: Path) -> None:
@@ -70,7 +71,20 @@ async def test_the_nodes_meet_and_share_one_master(bus: Bus, tmp_path: Path) -> 
     assert tf[0]["cluster"]["worker"][0] == f"127.0.0.1:{envs[0]['MASTER_PORT']}"
     assert (tf[0]["task"], tf[1]["task"]) == ({"type": "worker", "index": 0}, {"type": "worker", "index": 1})
     kv = await bus.js.key_value(TOPO.bucket_rendezvous.name)
-    assert json.loads((await kv.get("job-pair.1.1")).value)["agent_id"] == "it-agent"
+    assert json.loads((await kv.get("job-pair.1.1.it-agent")).value)["agent_id"] == "it-agent"
+
+
+async def test_only_the_placed_agents_entries_count(bus: Bus, tmp_path: Path) -> None:
+    """Node 1 is placed on agent "other": an entry under this agent's key for node 1, or one under
+    "other"'s key that names another agent, is not believed; the node waits, then fails."""
+    kv = await bus.js.key_value(TOPO.bucket_rendezvous.name)
+    forged = json.dumps({"addr": "10.66.6.6", "port": 6666, "agent_id": "it-agent"}).encode()
+    await kv.put("job-forged.1.1.it-agent", forged)  # node 1 is not this agent's
+    await kv.put("job-forged.1.1.other", forged)  # "other"'s key, naming someone else
+    await bus.send(node("job-forged", script_job(tmp_path, "print('never')\n"), 0, 2, ["it-agent", "other"]))
+    exited = await bus.report("job-forged", "exited", timeout_s=30)
+    assert exited.exit_code == 1
+    assert "node(s) 1 never got ready" in exited.reason
 
 
 async def test_a_node_whose_peers_never_come_fails_with_a_reason(bus: Bus, tmp_path: Path) -> None:

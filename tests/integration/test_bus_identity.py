@@ -179,7 +179,7 @@ async def test_two_agents_meet_for_a_distributed_job(secured_nats: SecuredNats, 
             spec = script_job(tmp_path, ENV_SCRIPT)
             for node, agent_id in ((1, OTHER), (0, AGENT)):
                 command = Assign(job_id="job-pair", attempt=1, node=node, node_count=2, spec=spec, name="t",
-                                 version="V001")
+                                 version="V001", agents=[AGENT, OTHER])
                 await bus_.js.publish(TOPO.agent_control(agent_id), encode(command), stream=TOPO.stream_agent.name)
             reports = [await bus_.report("job-pair", "exited", timeout_s=60) for _ in range(2)]
             assert sorted((r.node, r.agent_id, r.exit_code) for r in reports) == [(0, AGENT, 0), (1, OTHER, 0)], [
@@ -208,6 +208,19 @@ async def test_an_agent_cannot_speak_for_another(intruder: Intruder, service: NA
     with pytest.raises((TimeoutError, NatsTimeoutError)):
         await heard.next_msg(timeout=0.5)
     assert await subject_count(service, TOPO.stream_agent.name, TOPO.agent_status(OTHER)) == 0
+
+
+async def test_an_agent_cannot_write_another_agents_rendezvous_entry(intruder: Intruder, service: NATS) -> None:
+    """A compromised host cannot point another job's nodes at an address of its choosing: it may
+    write only rendezvous keys that end in its own id (and a node believes only the placed agent's)."""
+    assert intruder.nc is not None
+    bucket = TOPO.bucket_rendezvous.name
+    forged = json.dumps({"addr": "10.66.6.6", "port": 6666, "agent_id": OTHER}).encode()
+    kv = await intruder.nc.jetstream(timeout=REQUEST_S).key_value(bucket)
+    await intruder.request_refused(f"$KV.{bucket}.job-x.1.0.{OTHER}", lambda: kv.put(f"job-x.1.0.{OTHER}", forged))
+    own = await kv.put(f"job-x.1.1.{AGENT}", forged)  # its own key: allowed (and not believed for OTHER's node)
+    assert own > 0  # the revision
+    assert await subject_count(service, f"KV_{bucket}", f"$KV.{bucket}.job-x.1.0.>") == 0
 
 
 async def test_an_agent_cannot_command_any_agent(intruder: Intruder, service: NATS) -> None:

@@ -13,7 +13,6 @@ from services.executor_agent.launch import (
     Peer,
     Refused,
     distributed_env,
-    host_environment,
     node_log_limit,
     outcome,
     plan_launch,
@@ -24,7 +23,7 @@ from trainmaster.messages import Algorithm, Assign, DataSource, JobRequest
 from trainmaster.runtimes import RuntimeSpec, runtime_key
 
 RUN = Path("/w/runs/job-1/a1-n0")
-HOST = HostFacts(environ={"PATH": "/bin", "HOME": "/root"}, python="/w/runtimes/k/bin/python",
+HOST = HostFacts(python="/w/runtimes/k/bin/python", virtual_env="/w/runtimes/k",
                  podman="/usr/bin/podman", cpus=2.0, memory_mb=4096, now=0.0)
 
 
@@ -44,14 +43,26 @@ def custom(**kw) -> JobRequest:
     return JobRequest(**{**fields, **kw})
 
 
-def test_a_job_sees_none_of_the_agents_settings() -> None:
-    agent_env = {"PATH": "/bin", "HOME": "/root", "TM_NATS_CREDS": "/etc/tm/agent.creds",
-                 "TM_S3_SECRET_ACCESS_KEY": "s3cr3t", "TM_SMTP_PASSWORD": "pw"}
-    host = HostFacts(environ=host_environment(agent_env), python="/p", now=0.0)
-    launch = plan_launch(assign(framework()), RUN, host)
-    assert launch.env["PATH"] == "/bin" and launch.env["TM_JOB_ID"] == "job-1"
-    assert not {"TM_NATS_CREDS", "TM_S3_SECRET_ACCESS_KEY", "TM_SMTP_PASSWORD"} & set(launch.env)
-    assert "s3cr3t" not in json.dumps(launch.env)
+def test_a_job_sees_an_allowlist_and_nothing_of_the_agents_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"TM_NATS_CREDS": "/etc/tm/agent.creds", "TM_S3_SECRET_ACCESS_KEY": "s3cr3t",
+                        "AWS_SECRET_ACCESS_KEY": "aws", "LD_PRELOAD": "/x.so"}.items():
+        monkeypatch.setenv(name, value)
+    spec = framework(env={"OMP_NUM_THREADS": "2", "LANG": "de_DE.UTF-8"})
+    launch = plan_launch(assign(spec), RUN, HOST)
+    assert launch.env == {
+        "PATH": "/w/runtimes/k/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(RUN / "home"), "TMPDIR": str(RUN / "tmp"), "VIRTUAL_ENV": "/w/runtimes/k",
+        "LANG": "de_DE.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2",
+        "TM_JOB_ID": "job-1", "TM_JOB_NAME": "n", "TM_JOB_VERSION": "V002", "TM_ATTEMPT": "1"}
+    assert launch.job_dirs == (RUN / "output", RUN / "home", RUN / "tmp")
+
+
+def test_the_agent_drops_what_the_validator_would_have_refused() -> None:
+    spec = framework(env={"TM_NATS_URL": "nats://x", "PATH": "/evil", "LD_PRELOAD": "/x.so", "RANK": "7", "OK": "1"})
+    env = plan_launch(assign(spec), RUN, HostFacts(python="/usr/bin/python3")).env
+    assert env["OK"] == "1" and "TM_NATS_URL" not in env and "LD_PRELOAD" not in env and "RANK" not in env
+    assert env["PATH"] == "/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert "VIRTUAL_ENV" not in env
 
 
 def test_distributed_env_names_the_master_ranks_and_tf_config() -> None:
@@ -72,7 +83,7 @@ def test_a_framework_node_runs_its_boot_file_under_the_runtime() -> None:
     assert launch.argv == ["/w/runtimes/k/bin/python", "/c/train.py", "--data_url=/d/one",
                            f"--train_url={RUN / 'output'}", "--lr=0.1"]
     assert launch.cwd == Path("/c") and launch.container is None
-    assert launch.env["TM_JOB_VERSION"] == "V002" and launch.env["HOME"] == "/root"
+    assert launch.env["TM_JOB_VERSION"] == "V002" and launch.env["HOME"] == str(RUN / "home")
     assert launch.log_file == RUN / "logs" / "n-V002-node0.log" and launch.log_url is None
     extra = {"RANK": "0"}
     assert launch.process_argv(extra) == launch.argv and launch.process_env({}, extra)["RANK"] == "0"
@@ -85,7 +96,7 @@ def test_sources_are_used_in_place_or_staged() -> None:
     assert mixed.data_dir == RUN / "input"
     assert [(s.host_path, s.staged) for s in mixed.sources] == [(Path("/d/one"), False), (RUN / "input" / "1", True)]
     assert mixed.data_links == [(RUN / "input" / "0", Path("/d/one"))]
-    copied = plan_launch(assign(framework()), RUN, HostFacts(environ={}, python="p", stage_local="copy"))
+    copied = plan_launch(assign(framework()), RUN, HostFacts(python="p", stage_local="copy"))
     assert copied.sources[0].staged and copied.data_dir == RUN / "input"
     with pytest.raises(Refused, match="relative path"):
         plan_launch(assign(framework(data=[DataSource(path="data")])), RUN, HOST)
@@ -99,6 +110,8 @@ def test_a_custom_image_node_runs_under_podman_with_limits_mounts_and_no_network
     assert launch.log_file == RUN / "logs" / "n-V002-node0.log" and launch.log_url == "s3://b/logs"
     argv = launch.process_argv({"RANK": "0"})
     assert argv[:4] == ["/usr/bin/podman", "run", "--rm", "--name"] and argv[4] == "tm-job-1-a1-n0"
+    assert "--cap-drop=ALL" in argv and "--security-opt=no-new-privileges" in argv
+    assert "--user" not in argv and "--read-only" not in argv
     assert argv[argv.index("--network") + 1] == "none"
     assert argv[argv.index("--cpus") + 1] == "2" and argv[argv.index("--memory") + 1] == "4096m"
     assert "/d/one:/data:ro" in argv and f"{RUN / 'output'}:/output:rw" in argv
@@ -111,14 +124,19 @@ def test_a_custom_image_node_runs_under_podman_with_limits_mounts_and_no_network
     assert "/d/one:/data/0:ro" in several and f"{RUN / 'input' / '1'}:/data/1:ro" in several
     assert several[several.index("--network") + 1] == "host"  # the nodes must reach each other
     with pytest.raises(Refused, match="need podman"):
-        plan_launch(assign(custom()), RUN, HostFacts(environ={}, python="p", podman=None))
+        plan_launch(assign(custom()), RUN, HostFacts(python="p", podman=None))
 
 
 def test_podman_argv_and_configuration() -> None:
     argv = podman_run_argv(podman="podman", name="x", image="img", command=["true"], mounts=[],
                            env={"B": "2", "A": "1"}, cpus=None, memory_mb=64, network="none", workdir="/w")
     assert argv == ["podman", "run", "--rm", "--name", "x", "--init", "--network", "none", "--pull", "never",
+                    "--cap-drop=ALL", "--security-opt=no-new-privileges",
                     "--memory", "64m", "--memory-swap", "64m", "-e", "A=1", "-e", "B=2", "-w", "/w", "img", "true"]
+    hardened = podman_run_argv(podman="podman", name="x", image="img", command=["true"], mounts=[], env={},
+                               cpus=None, memory_mb=None, network="none", user="999:998", read_only=True)
+    assert hardened[10:16] == ["--cap-drop=ALL", "--security-opt=no-new-privileges", "--user", "999:998",
+                               "--read-only", "--read-only-tmpfs=true"]
     conf = containers_conf(nofile_hard=20000, nproc_hard=10**7, pid_max=32768)
     assert 'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]' in conf
     for line in ('runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"', 'pull_policy = "never"'):
@@ -159,3 +177,13 @@ def test_the_log_limit_is_shared_by_the_nodes() -> None:
     assert node_log_limit(100 * 1024**2, 1) == 100 * 1024**2
     assert node_log_limit(90_000, 3) == 30_000
     assert node_log_limit(100, 4) == 1024  # never less than a few lines
+
+
+def test_a_container_gets_the_job_user_the_specs_env_and_the_job_variables() -> None:
+    host = HostFacts(python="p", podman="podman", container_user="999:998", container_read_only=True)
+    launch = plan_launch(assign(custom(env={"EPOCHS": "3", "TM_X": "no"})), RUN, host)
+    argv = launch.process_argv({"RANK": "0"})
+    assert argv[argv.index("--user") + 1] == "999:998" and "--read-only" in argv
+    assert "EPOCHS=3" in argv and "TM_JOB_ID=job-1" in argv and "TM_ATTEMPT=1" in argv
+    assert not any(a.startswith(("TM_X=", "PATH=", "HOME=")) for a in argv)
+    assert launch.job_dirs == (RUN / "output",)

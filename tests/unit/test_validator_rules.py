@@ -518,3 +518,9 @@ def test_check_never_raises_on_arbitrary_facts(spec, data):
 def test_a_request_without_a_name_or_data_is_never_accepted(spec):
     if not spec.name or not spec.data:
         assert run(spec) != []
+
+
+def test_the_jobs_env_is_checked_name_by_name(tree: Tree) -> None:
+    spec = tree.spec(env={"OMP_NUM_THREADS": "4", "TM_NATS_URL": "nats://x", "LD_PRELOAD": "/x.so"})
+    assert pairs(run(spec)) == {("env.TM_NATS_URL", "invalid_env_variable"), ("env.LD_PRELOAD", "invalid_env_variable")}
+    assert run(tree.spec(env={"OMP_NUM_THREADS": "4", "LANG": "C.UTF-8"})) == []

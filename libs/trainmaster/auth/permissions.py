@@ -9,7 +9,7 @@ others:
   services/scheduler/trust.py), the log subjects (a node's lines), its own dead letters;
 - its own durable consumer on the agent stream: created with its own filter only (the filter is
   part of the create subject), its info, its next messages, the acks of its messages;
-- the rendezvous bucket of distributed launches (write and read entries) and the dataset
+- the rendezvous bucket of distributed launches (write its own entries, read all) and the dataset
   manifests it stages from (read);
 - replies only to its own inboxes (``agent_inbox``), so it cannot read the answers to anybody
   else's requests.
@@ -62,8 +62,9 @@ def agent(topo: Topology, agent_id: str) -> Permissions:
         f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",
-        # distributed launch: the nodes of an attempt write and read each other's addresses
-        f"$KV.{rendezvous}.>",
+        # distributed launch: it writes its own nodes' addresses only (keys end in its id) and
+        # reads the others'
+        f"$KV.{rendezvous}.*.*.*.{agent_id}",
         *_kv_read(rendezvous),
         # dataset manifests to stage from (read only)
         *_kv_read(topo.bucket_dataset_versions.name),
