@@ -26,7 +26,14 @@ from services.executor_agent.cancels import RememberedCancel, remember, stops
 from services.executor_agent.destinations import check_inputs, owner_of
 from services.executor_agent.fingerprint import HostFacts, parse_labels, probe_host
 from services.executor_agent.inputs import Inputs
-from services.executor_agent.jobuser import JobUserError, JobUsers, guard_workdir, job_identity, probe
+from services.executor_agent.jobuser import (
+    JobUserError,
+    JobUsers,
+    JobUsersMode,
+    guard_workdir,
+    job_identity,
+    probe,
+)
 from services.executor_agent.launch import Refused, RunKey
 from services.executor_agent.node import NodeExecutor, NodeExit
 from services.executor_agent.runfolder import RunFolder
@@ -353,7 +360,7 @@ async def job_user(ctx: ServiceContext) -> JobUsers | None:
                         "(its credentials included); run the agent as root to run them as TM_AGENT_JOB_USER",
                         uid=os.geteuid())
         return None
-    mode = "shared" if ctx.settings.agent.agent_job_users == "shared" else "per-project"
+    mode: JobUsersMode = "shared" if ctx.settings.agent.agent_job_users == "shared" else "per-project"
     if mode == "shared":
         ctx.log.info("jobs run as the job user", user=identity.name, uid=identity.uid, gid=identity.gid)
     else:
