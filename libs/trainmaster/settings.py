@@ -260,6 +260,11 @@ class AgentSettings(_Group):
     agent_job_user: str = Field("tm-job", description="the user framework jobs (and the commands of custom "
                                 "images) run as when the agent runs as root; created at start when missing; "
                                 "never root.  An agent that is not root runs jobs as itself")
+    agent_job_users: str = Field(
+        "per-project", pattern="^(per-project|shared)$", description="per-project: a job of project P runs as "
+        "P's own user, tmj-<12 hex digits of sha256(P)> (created on first use, commented 'trainmaster jobs "
+        "of project P'), so jobs of different projects cannot see each other's processes, environment or "
+        "files; shared: every job runs as TM_AGENT_JOB_USER")
     rendezvous_timeout_s: float = Field(600.0, gt=0, description="how long a node of a distributed job "
                                         "waits for the others to be ready to start")
     job_log_limit_bytes: int = Field(100 * 1024**2, ge=1024, description="log bytes kept per job (shared "

@@ -253,8 +253,8 @@ class Stack:
         for folder in workdirs:
             folder.mkdir(parents=True, exist_ok=True)
         for folder in open_the_way([*python_paths(), *workdirs]):
-            self.echo(f"made {folder} crossable by other users (o+x, not listable): jobs run as "
-                      f"{self.settings.agent.agent_job_user} and start the Python under it")
+            self.echo(f"made {folder} crossable by other users (o+x, not listable): jobs run as unprivileged "
+                      f"users (their project's, or {self.settings.agent.agent_job_user}) and start the Python under it")
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Restart nats-server or a child that died (reaping it), at most CRASH_LIMIT times a

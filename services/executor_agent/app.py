@@ -26,7 +26,14 @@ from services.executor_agent.cancels import RememberedCancel, remember, stops
 from services.executor_agent.destinations import check_inputs, owner_of
 from services.executor_agent.fingerprint import HostFacts, parse_labels, probe_host
 from services.executor_agent.inputs import Inputs
-from services.executor_agent.jobuser import JobUserError, guard_workdir, job_identity, probe
+from services.executor_agent.jobuser import (
+    JobUserError,
+    JobUsers,
+    JobUsersMode,
+    guard_workdir,
+    job_identity,
+    probe,
+)
 from services.executor_agent.launch import Refused, RunKey
 from services.executor_agent.node import NodeExecutor, NodeExit
 from services.executor_agent.runfolder import RunFolder
@@ -56,7 +63,7 @@ _decode_command = msgspec.json.Decoder(AgentCommand).decode
 
 class Agent:
     def __init__(self, ctx: ServiceContext, facts: HostFacts, labels: dict[str, str],
-                 identity: JobIdentity | None = None) -> None:
+                 job_users: JobUsers | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.topo = ctx.topo
@@ -74,7 +81,7 @@ class Agent:
         self.cancels: dict[str, RememberedCancel] = {}
         self.stopping = False
         self.executor = NodeExecutor(ctx.settings, self.workdir, ctx.js, ctx.topo, self._publish_log, ctx.log,
-                                     identity)
+                                     job_users)
 
     # ------------------------------------------------------------------------------ reports
     def report(self, key: RunKey, state: Literal["running", "exited"], exit_code: int | None = None,
@@ -162,6 +169,8 @@ class Agent:
                 check_inputs(cmd.spec, roots)
                 if self.inputs is not None:
                     cmd = await self.inputs.prepare(cmd, folder.path, roots)
+                # its project's user, created off the event loop the first time (plan reads it then)
+                await asyncio.to_thread(self.executor.identity_of, cmd.spec.account)
             except Refused as refused:
                 self.log.warning("assignment refused", reason=refused.reason)
                 await self.finish_run(key, refused.exit_code, refused.reason)
@@ -330,7 +339,7 @@ class Agent:
                                   stream=self.topo.stream_logs.name, headers=headers)
 
 
-async def job_user(ctx: ServiceContext) -> JobIdentity | None:
+async def job_user(ctx: ServiceContext) -> JobUsers | None:
     """Who jobs run as (jobuser.py); the agent does not start when that cannot work."""
     def prepare() -> tuple[JobIdentity | None, Path]:
         workdir = Path(os.path.abspath(ctx.settings.agent_workdir_path))
@@ -341,6 +350,7 @@ async def job_user(ctx: ServiceContext) -> JobIdentity | None:
     try:
         identity, workdir = await asyncio.to_thread(prepare)
         if identity is not None:
+            # a project's user differs from this one in its uid only: what it reaches of the host is the same
             await probe(identity, sys.executable, workdir)
     except (JobUserError, OSError) as exc:
         ctx.log.error("jobs cannot run as their user; the agent does not start", error=str(exc))
@@ -349,9 +359,13 @@ async def job_user(ctx: ServiceContext) -> JobIdentity | None:
         ctx.log.warning("the agent is not root: jobs run as its own user, which can read what the agent reads "
                         "(its credentials included); run the agent as root to run them as TM_AGENT_JOB_USER",
                         uid=os.geteuid())
-    else:
+        return None
+    mode: JobUsersMode = "shared" if ctx.settings.agent.agent_job_users == "shared" else "per-project"
+    if mode == "shared":
         ctx.log.info("jobs run as the job user", user=identity.name, uid=identity.uid, gid=identity.gid)
-    return identity
+    else:
+        ctx.log.info("jobs run as their project's user (tmj-<digest of the project>)", probed_as=identity.name)
+    return JobUsers(mode, identity)
 
 
 def inbox_of(settings: Settings) -> str:
@@ -365,8 +379,8 @@ async def setup(ctx: ServiceContext) -> None:
         raise ValueError(f"TM_AGENT_ID {agent_id!r}: use 1-128 letters, digits, '-' or '_'")
     structlog.contextvars.bind_contextvars(agent_id=agent_id)
     facts = await asyncio.to_thread(probe_host, ctx.log)
-    identity = await job_user(ctx)
-    agent = Agent(ctx, facts, parse_labels(ctx.settings.agent.agent_labels), identity)
+    job_users = await job_user(ctx)
+    agent = Agent(ctx, facts, parse_labels(ctx.settings.agent.agent_labels), job_users)
     ctx.log.info("agent ready", pool=ctx.settings.agent.agent_pool, labels=agent.labels, cpus=facts.cpus,
                  memory_mb=facts.memory_mb, gpus=len(facts.gpus), workdir=str(agent.workdir))
     # the services provision the topology (an agent may not): wait for what it uses, the bucket

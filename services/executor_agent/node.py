@@ -19,7 +19,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from services.executor_agent import credentials, destinations
-from services.executor_agent.jobuser import JOB_UMASK, cross_only, give_folders
+from services.executor_agent.jobuser import JOB_UMASK, JobUserError, JobUsers, cross_only, give_folders
 from services.executor_agent.launch import (
     HostFacts,
     Launch,
@@ -96,9 +96,9 @@ class NodeExit:
 
 class NodeExecutor:
     def __init__(self, settings: Settings, workdir: Path, js: JetStreamContext, topo: Topology, publish_log: Publish,
-                 log: structlog.stdlib.BoundLogger, identity: JobIdentity | None = None) -> None:
+                 log: structlog.stdlib.BoundLogger, job_users: JobUsers | None = None) -> None:
         self.settings = settings
-        self.identity = identity  # who jobs run as (None: the agent's own user; jobuser.py)
+        self.job_users = job_users  # who jobs run as (None: the agent's own user; jobuser.py)
         self.workdir = workdir
         self.topo = topo
         self.publish_log = publish_log
@@ -132,6 +132,16 @@ class NodeExecutor:
             return None
         self.log.info("nodes run in cgroups", layout=host.describe)
         return host
+
+    def identity_of(self, project: str) -> JobIdentity | None:
+        """Who a node of ``project`` runs as (None: the agent's own user); its project's user is
+        created the first time (``Agent.assign`` asks off the event loop first); raises ``Refused``."""
+        if self.job_users is None:
+            return None
+        try:
+            return self.job_users.for_project(project)
+        except JobUserError as exc:
+            raise Refused(f"the agent cannot run jobs of project {project} as their own user: {exc}", 1) from exc
 
     # ------------------------------------------------------------------------------ plan
     def runtime_spec(self, cmd: Assign) -> RuntimeSpec | None:
@@ -169,7 +179,7 @@ class NodeExecutor:
         runtime = self.runtime_spec(cmd)
         python = str(self.runtimes.python_of(runtime)) if runtime else sys.executable
         cpus, memory_mb = self.flavor_limits(cmd)
-        identity = self.identity
+        identity = self.identity_of(cmd.spec.account)
         host = HostFacts(python=python, virtual_env=virtual_env_of(python),
                          podman=self.podman, container_network=self.settings.agent.container_network,
                          stage_local="copy" if self.settings.agent.stage_local == "copy" else "link",
@@ -274,9 +284,10 @@ class NodeExecutor:
         secrets = self.project_credentials(owner.project, sink)
         try:
             run.cgroup = self.node_group(run)
+            preexec = self.preexec(launch, run, self.identity_of(owner.project))
             await run.start(sink, launch.process_argv(extra_env, secrets), launch.process_env(
-                podman_env(self.containers_conf), extra_env, secrets), preexec=self.preexec(launch, run))
-        except (OSError, subprocess.SubprocessError) as exc:
+                podman_env(self.containers_conf), extra_env, secrets), preexec=preexec)
+        except (OSError, subprocess.SubprocessError, Refused) as exc:
             if run.cgroup is not None:
                 run.cgroup.remove()
             await sink.close(self.settings.bus.publish_timeout_s)
@@ -289,14 +300,14 @@ class NodeExecutor:
             watchdog.cancel()
         return await self.finish(run, sink, returncode, owner)
 
-    def preexec(self, launch: Launch, run: Run) -> Callable[[], None]:
+    def preexec(self, launch: Launch, run: Run, identity: JobIdentity | None) -> Callable[[], None]:
         """The process's pre-exec: it joins the node's cgroup first (still root, before it can
-        fork); then a framework job becomes the job user with no_new_privs, while podman itself
-        stays root (the container's command gets the job user through ``--user``)."""
+        fork); then a framework job becomes its user (``identity``) with no_new_privs, while podman
+        itself stays root (the container's command gets that user through ``--user``)."""
         join = run.cgroup.preexec() if run.cgroup is not None else None
         if launch.container is not None:
             return preexec_steps(join, child_preexec)
-        return job_preexec(self.identity, JOB_UMASK, as_root=[join])
+        return job_preexec(identity, JOB_UMASK, as_root=[join])
 
     def node_group(self, run: Run) -> NodeGroup | None:
         """The node's cgroup with its flavor's limits, made before its process starts."""

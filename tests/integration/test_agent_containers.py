@@ -20,6 +20,7 @@ import yaml
 from agent_harness import AgentProcess, Bus, assign, open_bus, start_agent
 from support import require_container_tools
 
+from services.executor_agent.jobuser import project_user_name
 from trainmaster.catalog import SHIPPED
 from trainmaster.containers import write_containers_conf
 from trainmaster.messages import Algorithm, Cancel, DataSource, JobRequest, Resources
@@ -239,7 +240,7 @@ async def test_the_command_runs_as_the_job_user_without_capabilities(bus: Bus, t
     exited = await bus.report("job-nocaps", "exited", timeout_s=60)
     assert exited.exit_code == 0, exited.reason
     lines = [m.data.decode() for m in await bus.log_lines("job-nocaps", until="output written")]
-    job_user = pwd.getpwnam("tm-job")
+    job_user = pwd.getpwnam(project_user_name("default"))  # its project's user (the job names no project)
     assert f"ids: {job_user.pw_uid}:{job_user.pw_gid}" in lines
     status = dict(line.split(":\t") for line in lines if line.startswith(("Cap", "NoNewPrivs")))
     assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0000000000000000", status

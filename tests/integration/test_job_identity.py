@@ -1,5 +1,5 @@
 """What a job can and cannot do on its agent's host, tried by a real job run by a real agent (as
-root, on a bus with authentication): it runs as the job user, never root, with no_new_privs; its
+root, on a bus with authentication): it runs as its project's user, never root, with no_new_privs; its
 environment is the allowlist plus its spec's ``env``, with nothing of the agent's settings; it
 cannot read the agent's credentials, write into the agent's work folder outside its own folders,
 or connect to the bus without credentials.  The validator's side (an ``env`` naming ``TM_*`` or a
@@ -17,6 +17,7 @@ import pytest
 from agent_harness import TOPO, assign, open_bus, script_job, start_agent
 from support import SecuredNats
 
+from services.executor_agent.jobuser import project_user_name
 from trainmaster import bus
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,7 @@ async def test_a_job_runs_unprivileged_with_an_allowlist_environment(secured_nat
         agent.terminate()
     facts = json.loads(next(m.data.decode() for m in lines if m.data.startswith(b"FACTS "))[6:])
 
-    job_user = pwd.getpwnam("tm-job")
+    job_user = pwd.getpwnam(project_user_name("default"))  # the project of a job that names none
     assert (facts["uid"], facts["euid"]) == (job_user.pw_uid, job_user.pw_uid) != (0, 0)
     assert facts["groups"] in ([], [job_user.pw_gid])  # no supplementary group of the agent's
     assert facts["no_new_privs"] == "1"
