@@ -179,7 +179,7 @@ class Topology:
     @cached_property
     def consumer_intake_submit(self) -> ConsumerSpec:
         return ConsumerSpec(
-            "job-intake-submit", self.stream_requests.name, self.jobs_submit, 30, 5, batch_size=64
+            "job-intake-submit", self.stream_requests.name, self.jobs_submit, 30, 5, batch_size=256
         )
 
     @cached_property
