@@ -6,7 +6,7 @@ compare-and-set that lost (``wrong last sequence``), leaves its future pending f
 that sends a whole batch of creates and compare-and-sets at once needs each refusal as an answer.
 
 ``read_puback`` is pure (the server's reply -> a stream sequence, or the error to raise);
-``PubAcks`` is the shell: one wildcard inbox subscription, a future per publish.
+``PubAcks`` is the shell: one wildcard inbox subscription, the answers of a batch collected together.
 """
 
 from __future__ import annotations
@@ -90,53 +90,65 @@ async def settled(waits: Iterable[Awaitable[T]], timeout_s: float) -> list[T | B
     return results
 
 
+class _Batch:
+    """The answers of one ``publish_all``: a slot per message, filled as the answers come."""
+
+    __slots__ = ("answers", "done", "left")
+
+    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.answers: list[int | BaseException | None] = [None] * size
+        self.left = size
+        self.done = done
+
+
 class PubAcks:
-    """Publishes to JetStream and hands back a future of each one's PubAck."""
+    """Publishes batches of messages to JetStream and collects each one's PubAck.  A batch's
+    answers fill slots of one list and wake its sender once (no future per message: at thousands
+    of writes a second, a future and its callbacks per message cost more than the publish)."""
 
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self._prefix = ""
         self._numbers = itertools.count()
-        self._waiting: dict[str, asyncio.Future[int]] = {}
+        self._waiting: dict[str, tuple[_Batch, int]] = {}  # reply token -> (batch, slot)
 
     async def start(self) -> PubAcks:
         self._prefix = f"{self.nc.new_inbox()}."
         await self.nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
         return self
 
-    async def publish(self, subject: str, body: bytes, headers: dict[str, str] | None = None) -> asyncio.Future[int]:
-        """Send; the future resolves to the stream sequence or fails with ``read_puback``'s error.
-        An answer that never comes is the caller's to time out (``settled``)."""
-        assert self._prefix, "start() first"
-        token = str(next(self._numbers))
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = future
-        future.add_done_callback(lambda _: self._waiting.pop(token, None))
-        try:
-            await self.nc.publish(subject, body, reply=self._prefix + token, headers=headers)
-        except BaseException:
-            future.cancel()
-            raise
-        return future
-
     async def publish_all(self, messages: Iterable[tuple[str, bytes, dict[str, str] | None]],
                           timeout_s: float = 10.0) -> list[int | BaseException]:
-        """Send every message, then wait for all the answers together."""
-        futures: list[Awaitable[int]] = []
-        for subject, body, headers in messages:
-            futures.append(await self.publish(subject, body, headers))
-        return await settled(futures, timeout_s)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._waiting)
+        """Send every message (subject, body, headers), then wait for all the answers together: in
+        order, each the stream sequence the message was stored at or the error ``read_puback``
+        made of its refusal; a ``TimeoutError`` for one unanswered after ``timeout_s``."""
+        assert self._prefix, "start() first"
+        messages = list(messages)
+        if not messages:
+            return []
+        batch = _Batch(len(messages), asyncio.get_running_loop().create_future())
+        tokens = []
+        try:
+            for slot, (subject, body, headers) in enumerate(messages):
+                token = str(next(self._numbers))
+                tokens.append(token)
+                self._waiting[token] = (batch, slot)
+                await self.nc.publish(subject, body, reply=self._prefix + token, headers=headers)
+            await asyncio.wait_for(asyncio.shield(batch.done), timeout_s)
+        except TimeoutError:
+            pass  # the unanswered ones read as timed out
+        finally:
+            for token in tokens:
+                self._waiting.pop(token, None)
+        timed_out = TimeoutError(f"no PubAck within {timeout_s} s")
+        return [timed_out if answer is None else answer for answer in batch.answers]
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject[len(self._prefix):])
-        if future is None or future.done():
+        waiting = self._waiting.pop(msg.subject[len(self._prefix):], None)
+        if waiting is None:
             return
-        result = read_puback(msg.data, (msg.headers or {}).get("Status"))
-        if isinstance(result, Exception):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        batch, slot = waiting
+        batch.answers[slot] = read_puback(msg.data, (msg.headers or {}).get("Status"))
+        batch.left -= 1
+        if batch.left == 0 and not batch.done.done():
+            batch.done.set_result(None)

@@ -31,7 +31,7 @@ from trainmaster.service import ServiceContext
 from trainmaster.storage import Storage
 
 # submission batches accepted at once: one fetched while others wait on the server's answers
-SUBMIT_BATCHES_IN_FLIGHT = 3
+SUBMIT_BATCHES_IN_FLIGHT = 2
 
 
 async def setup(ctx: ServiceContext) -> None:

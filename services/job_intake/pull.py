@@ -11,6 +11,7 @@ consumer shares (``trainmaster.delivery_policy``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -24,6 +25,7 @@ from trainmaster.topology import ConsumerSpec
 
 log = structlog.get_logger()
 BatchHandler = Callable[[list[Msg]], Awaitable[None]]
+STOP_GRACE_S = 1.0  # well within a service's whole stop (trainmaster.service)
 
 
 async def pull_batches(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHandler, *, batch_size: int,
@@ -44,8 +46,15 @@ async def pull_batches(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHa
                 running.add(task)
                 task.add_done_callback(running.discard)
     finally:
+        # a stop: the batches under way may finish for a moment (what they leave unacked comes
+        # again after the ack wait), and the subscription goes, so that draining the connection
+        # does not wait on messages fetched for nobody
+        if running:
+            await asyncio.wait(running, timeout=STOP_GRACE_S)
         for task in running:
             task.cancel()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def fetch(sub: JetStreamContext.PullSubscription, batch_size: int, durable: str) -> list[Msg]:

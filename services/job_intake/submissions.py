@@ -216,7 +216,7 @@ class Submissions:
             elif isinstance(stored, BaseException):
                 s.record, s.failed = None, stored
             else:
-                self.intake.index.put(s.record)  # type: ignore[arg-type]
+                self.intake.index.put(s.record, stored)  # type: ignore[arg-type]
 
     async def _announce(self, batch: list[Submission]) -> None:
         """The events, hand-offs and audit entries of the batch's new jobs, and the rejections."""
