@@ -90,7 +90,7 @@ def check_records(records: list[_Stored], request_ids: list[str], accepted: dict
     wrong_job = [rid for rid, job in accepted.items() if rid in by_request and by_request[rid][0].id != job]
     not_consecutive = [
         name for name, versions in by_name.items()
-        if sorted(versions) != [f"V{n:03d}" for n in range(1, len(versions) + 1)]
+        if sorted(versions, key=lambda v: int(v[1:])) != [f"V{n:03d}" for n in range(1, len(versions) + 1)]
     ]
     return {
         "records": len(records),
