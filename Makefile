@@ -66,7 +66,7 @@ e2e: $(TEST_STAMP)
 ## bench: the figures of docs/benchmarks.md (JSON results in .trainmaster/bench/)
 bench: $(TEST_STAMP)
 	$(PY) -m bench.latency --jobs 30 --out .trainmaster/bench/latency.json
-	$(PY) -m bench.submit_throughput --requests 10000 --out .trainmaster/bench/submit_throughput.json
+	$(PY) -m bench.submit_throughput --requests 20000 --out .trainmaster/bench/submit_throughput.json
 	$(PY) -m bench.notify_throughput --json .trainmaster/bench/notify_throughput.json
 	$(PY) -m bench.scheduler_throughput --out .trainmaster/bench/scheduler_throughput.json
 	$(PY) -m bench.scheduler_throughput --rate 1000 --out .trainmaster/bench/scheduler_paced.json

@@ -18,6 +18,7 @@ from faststream.nats import NatsBroker
 
 from trainmaster import names
 from trainmaster.bus import publish_js
+from trainmaster.delivery_policy import MSG_ID
 from trainmaster.messages import AuditEntry, encode
 from trainmaster.topology import Topology
 
@@ -93,7 +94,17 @@ async def record(broker: NatsBroker, topo: Topology, item: AuditEntry, key: str)
         await publish_js(broker, topo.audit(item.project, item.action), encode(item),
                          stream=topo.stream_audit.name, msg_id=entry_id(item, key))
     except Exception as exc:  # any failure: the action stands, the entry is logged
-        log.error("audit entry not recorded", entry=msgspec_dict(item), error=f"{type(exc).__name__}: {exc}")
+        not_recorded(item, exc)
+
+
+def publication(topo: Topology, item: AuditEntry, key: str) -> tuple[str, bytes, dict[str, str]]:
+    """``item`` as a JetStream publish (subject, body, headers), for a writer that sends many at
+    once; one that fails is ``not_recorded``."""
+    return topo.audit(item.project, item.action), encode(item), {MSG_ID: entry_id(item, key)}
+
+
+def not_recorded(item: AuditEntry, exc: BaseException) -> None:
+    log.error("audit entry not recorded", entry=msgspec_dict(item), error=f"{type(exc).__name__}: {exc}")
 
 
 def msgspec_dict(item: AuditEntry) -> dict[str, Any]:

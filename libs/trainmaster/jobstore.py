@@ -204,6 +204,16 @@ class JobStore:
                 propagate.inject(headers)
             await self.js.publish(self.topo.job_events(record.id), encode(event), stream=self.topo.stream_events.name,
                                   headers=headers, timeout=10.0)
-        self._published[event.id] = None
+        self.note_published(event.id)
+
+    def event_message(self, record: JobRecord, entry: HistoryEntry) -> tuple[str, bytes, dict[str, str]]:
+        """The event of ``entry`` as a JetStream publish (subject, body, headers with its id), for a
+        writer that sends many at once; ``note_published`` it once stored."""
+        event = cloud_event(record, entry, self.source)
+        headers = {"Tm-Event-Type": event.type, "Tm-Job-Status": entry.status.value, MSG_ID: event.id}
+        return self.topo.job_events(record.id), encode(event), headers
+
+    def note_published(self, event_id: str) -> None:
+        self._published[event_id] = None
         if len(self._published) > self.published_memory:
             self._published.popitem(last=False)

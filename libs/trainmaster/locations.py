@@ -44,5 +44,7 @@ def locate(raw: str) -> Location:
 
 def local_path(raw: str) -> str:
     """The filesystem path of a local location (``file:///x`` -> ``/x``); other strings unchanged."""
+    if raw[:1] == "/" and "\x00" not in raw:  # a plain absolute path, the common case: itself
+        return raw
     loc = locate(raw)
     return loc.path if loc.kind == "local" else raw

@@ -116,7 +116,12 @@ def configure_tracing(service: str, settings: Settings) -> TracerProvider | None
 
 
 def current_traceparent() -> str | None:
-    ctx = trace.get_current_span().get_span_context()
+    return traceparent_of(trace.get_current_span())
+
+
+def traceparent_of(span: trace.Span) -> str | None:
+    """The W3C ``traceparent`` of ``span``; None for a span that records nothing."""
+    ctx = span.get_span_context()
     if not ctx.is_valid:
         return None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

@@ -183,8 +183,12 @@ class Topology:
     # ---- consumers -----------------------------------------------------------------------
     @cached_property
     def consumer_intake_submit(self) -> ConsumerSpec:
+        # accepted a batch at a time (services/job_intake/submissions.py): a batch of 512 shares its
+        # per-batch costs (a counter raise per name) among more jobs, and two batches in flight
+        # hold up to 1,024 unacked requests, more than the default 1,000 allows
         return ConsumerSpec(
-            "job-intake-submit", self.stream_requests.name, self.jobs_submit, 30, 5, batch_size=64
+            "job-intake-submit", self.stream_requests.name, self.jobs_submit, 30, 5, batch_size=512,
+            max_ack_pending=4096,
         )
 
     @cached_property

@@ -1,6 +1,7 @@
-"""Accepting a job, from ``tm.jobs.create`` (request/reply) or ``tm.jobs.submit`` (durable, fire
-and forget): read and normalise the request, claim its request id, take a job id and the name's
-next version, store the record, save it as a template when asked, hand it to the validator."""
+"""Accepting a job, from ``tm.jobs.create`` (request/reply), or one of ``tm.jobs.submit`` (durable,
+fire and forget; submissions.py accepts those a batch at a time) whose request id was claimed
+before: read and normalise the request, claim its request id, take a job id and the name's next
+version, store the record, save it as a template when asked, hand it to the validator."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from services.job_intake.core import (
     format_version,
     new_job_id,
     read_job_request,
-    request_key,
-    request_token,
 )
 from services.job_intake.index import JobIndex
 from services.job_intake.policy import require_job_account, require_save_as
@@ -31,18 +30,14 @@ from services.job_intake.verdict import await_verdict, verdict_reply
 from services.job_intake.versions import VersionCounter
 from trainmaster import audit, kvstore
 from trainmaster.access import Caller
-from trainmaster.bus import MSG_ID, publish_js
-from trainmaster.decoding import RequestError
+from trainmaster.bus import publish_js
 from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import (
     JobRecord,
     JobRequest,
-    RequestCloudEvent,
-    RequestEventData,
     WorkItem,
     encode,
-    summary_of,
 )
 from trainmaster.settings import Settings
 from trainmaster.statemachine import new_record
@@ -119,34 +114,3 @@ class Intake:
         spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
         await self.authorise(caller, spec)
         return verdict_reply(await self.accept_and_wait(spec, request_id_of(msg, "create"), caller))
-
-    # ---- tm.jobs.submit
-    async def on_submit(self, msg: NatsMessage) -> None:
-        # without a client request id, the stream sequence still makes redeliveries idempotent
-        sequence = msg.raw_message.metadata.sequence.stream
-        request_id = (msg.headers or {}).get(MSG_ID) or f"{self.topo.stream_requests.name}-{sequence}"
-        actor = audit.actor_of(msg.headers)
-        try:
-            spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
-        except RequestError as err:
-            log.info("submission rejected", request_id=request_id, error=err.body.message)
-            await audit.record(self.broker, self.topo, audit.entry(
-                actor, "job_submit", audit.CLUSTER, request_id, reason=err.body.message), request_id)
-            await self._request_event(request_id, "tm.request.rejected", RequestEventData(request_id, error=err.body))
-            return
-        record = await self.accept(spec, request_id)
-        # keyed by the request id: a redelivered submission is one entry
-        await audit.record(self.broker, self.topo, audit.entry(
-            actor, "job_submit", record.spec.account, record.id, at=record.created_at,
-            detail={"name": record.name, "version": record.version, "request_id": request_id}), request_id)
-        await self._request_event(request_id, "tm.request.accepted",
-                                  RequestEventData(request_id, job=summary_of(record)))
-
-    async def _request_event(self, request_id: str, type_: str, data: RequestEventData) -> None:
-        token = request_token(request_id)
-        event = RequestCloudEvent(
-            id=f"request-{request_key(request_id)}", source="trainmaster/job-intake", type=type_, subject=request_id,
-            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), data=data,
-        )
-        await publish_js(self.broker, self.topo.request_events(token), encode(event),
-                         stream=self.topo.stream_events.name, msg_id=event.id)

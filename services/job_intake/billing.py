@@ -1,7 +1,7 @@
 """The biller (R23): charges a job's account once the job ended after running.
 
-Consumes every job event (durable ``billing`` on ``tm.events.job.*``; ack wait 30 s, 10
-deliveries, nak with 1/5/15 s delays, undecodable events dead-lettered).  For an event of an ended
+Consumes every job event (durable ``billing`` on ``tm.events.job.*``, a plain pull loop: pull.py;
+ack wait 30 s, 10 deliveries, nak with 1/5/15 s delays, undecodable events dead-lettered).  For an event of an ended
 job it reads the record and, if the job ran and is not billed yet:
 
 1. charges the account: ledger entry ``charge:<job id>`` of ``-cost`` (compare-and-set; an entry
@@ -18,7 +18,7 @@ import time
 
 import msgspec
 import structlog
-from faststream.nats import NatsMessage
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from trainmaster import accounts
@@ -52,9 +52,9 @@ class Biller:
         self.default_account = default_account
         self.currency = currency
 
-    async def on_event(self, msg: NatsMessage) -> None:
+    async def on_event(self, msg: Msg) -> None:
         try:
-            head = _decode_head(msg.body)
+            head = _decode_head(msg.data)
         except UNDECODABLE as exc:
             raise Poison(f"not a job event: {exc}") from exc
         if head.data.status not in ENDED:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
 from trainmaster.decoding import RequestError, decode_as
+from trainmaster.delivery_policy import MSG_ID
 from trainmaster.locations import local_path, locate
 from trainmaster.messages import (
     Algorithm,
@@ -212,6 +213,23 @@ def claim_version(current: RequestClaim | None, claim: RequestClaim, version: st
     if current is not None and current.version is not None:
         return None
     return msgspec.structs.replace(current or claim, version=version)
+
+
+def submission_request_id(headers: Mapping[str, str] | None, stream: str, sequence: int) -> str:
+    """A submission's request id: the client's ``Nats-Msg-Id``; without one, the stream sequence
+    still makes redeliveries idempotent."""
+    return (headers or {}).get(MSG_ID) or f"{stream}-{sequence}"
+
+
+def number_versions(names: Sequence[str], firsts: Mapping[str, int]) -> list[str]:
+    """The version of each of a batch's new jobs, in order: the jobs named ``name`` get the
+    numbers taken together from ``firsts[name]`` on, one after another (as many as there are)."""
+    following = dict(firsts)
+    versions = []
+    for name in names:
+        versions.append(format_version(following[name]))
+        following[name] += 1
+    return versions
 
 
 # ------------------------------------------------------------------------------ templates

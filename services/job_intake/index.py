@@ -16,6 +16,7 @@ from trainmaster.messages import JobRecord, JobSummary, ListRequest, Resources, 
 # a summary's fields are a record's: decoding a record as a summary skips its spec and history
 _decode_summary = msgspec.json.Decoder(JobSummary).decode
 HOLDS_CAPACITY = frozenset({Status.SCHEDULED, Status.RUNNING, Status.STOPPING})
+MAX_WRITTEN = 100_000  # own writes awaiting their echo; past that, echoes are decoded like any update
 
 
 class _Asks(msgspec.Struct):
@@ -50,6 +51,8 @@ class JobIndex:
         self.placed: dict[str, tuple[str, Resources]] = {}  # job id -> (account, resources), while placed
         self.accounts: dict[str, str] = {}  # job id -> its account (who may see it)
         self._watcher = None
+        # revisions this replica wrote and indexed itself (``put``): their watch echo is skipped
+        self._written: dict[str, int] = {}
 
     async def start(self) -> None:
         """Load every current record (the watch ends its initial values with ``None``)."""
@@ -66,6 +69,8 @@ class JobIndex:
                 self._apply(entry)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
+        if self._written and self._written.pop(entry.key, None) == entry.revision:
+            return  # indexed already, from the record itself
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
             self.jobs.pop(entry.key, None)
             self.placed.pop(entry.key, None)
@@ -81,8 +86,11 @@ class JobIndex:
         else:
             self.placed.pop(entry.key, None)
 
-    def put(self, record: JobRecord) -> None:
-        """Read-your-writes for this replica: index a record before its watch update arrives."""
+    def put(self, record: JobRecord, revision: int | None = None) -> None:
+        """Read-your-writes for this replica: index a record before its watch update arrives.
+        ``revision``: the record's, when known; the watch's echo of it is then not decoded again."""
+        if revision is not None and len(self._written) < MAX_WRITTEN:
+            self._written[record.id] = revision
         self.jobs[record.id] = summary_of(record)
         self.accounts[record.id] = record.spec.account
         if record.status in HOLDS_CAPACITY:
