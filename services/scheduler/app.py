@@ -28,8 +28,10 @@ FETCH_BATCH = 256  # reports / work items fetched, and handled concurrently, at 
 
 async def setup(ctx: ServiceContext) -> None:
     topo = ctx.topo
-    # events through the plain JetStream client, and memory of the events of a whole burst
-    store = await JobStore(ctx.broker, topo, source="scheduler", js=ctx.js, published_memory=100_000).open()
+    # events through the plain JetStream client, and memory of the events of a whole burst;
+    # compare-and-sets and events pipelined (publish_async): thousands of changes a second
+    store = await JobStore(ctx.broker, topo, source="scheduler", js=ctx.js, published_memory=100_000,
+                           pipelined=True).open()
     leases = await ctx.broker.key_value(topo.bucket_scheduler.name, declare=False)
     holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     scheduler = Scheduler(ctx, store)
