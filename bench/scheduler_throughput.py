@@ -412,7 +412,8 @@ async def main_async(args: argparse.Namespace) -> int:
         profile = ["cProfile", "-o", str(root / "scheduler.prof")] if args.profile else []
         children["scheduler"] = spawn([*profile, "-m", "services.scheduler"] if profile else ["services.scheduler"],
                                       env, data_dir / "logs")
-        await wait_agents(url, topo, args.agents, timeout_s=max(60.0, args.jobs / 1000))
+        if not args.queue_first:  # with a queue, placing it is the sign (the list may wait behind it)
+            await wait_agents(url, topo, args.agents)
         print(f"nats-server at {url}, scheduler and {args.agents} simulated agents up; data in {root}",
               file=sys.stderr)
         assert server.proc is not None

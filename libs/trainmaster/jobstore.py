@@ -24,13 +24,14 @@ from datetime import UTC, datetime
 import msgspec
 import structlog
 from faststream.nats import NatsBroker
-from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from opentelemetry import propagate
 from opentelemetry.trace import get_current_span
 
 from trainmaster import kvstore
+from trainmaster.ackpipe import AckPipe
 from trainmaster.bus import MSG_ID, publish_js
 from trainmaster.messages import (
     AnyChange,
@@ -93,16 +94,16 @@ class JobStore:
     def __init__(self, broker: NatsBroker, topo: Topology, source: str,
                  clock: Callable[[], float] = time.time, max_attempts: int = 20,
                  js: JetStreamContext | None = None, published_memory: int = 4096,
-                 pipelined: bool = False) -> None:
+                 pipe: AckPipe | None = None) -> None:
         """``js``: publish events with this plain JetStream client instead of the broker (its
         per-publish middleware costs a busy writer such as the scheduler a share of its CPU worth
         saving: docs/benchmarks.md, "Figures the code relies on"); the trace context still travels
         in the headers.  ``published_memory``: how many event ids this
         store remembers having published (to skip re-publishing them): more than a burst of changes.
-        ``pipelined`` (with ``js``): compare-and-sets and events go out with ``publish_async`` (one
-        reply subscription for all, no request inbox and timer each: a writer of thousands of
-        changes a second spent most of its CPU there), and events are not awaited: one that fails
-        is logged, and the scheduler's record relay publishes what a record lacks."""
+        ``pipe``: compare-and-sets and events go out through it (one reply subscription for all, no
+        request inbox and timer each: a writer of thousands of changes a second spent most of its
+        CPU there), and events are not awaited: one that fails is logged, and the scheduler's
+        record relay publishes what a record lacks."""
         self.broker = broker
         self.topo = topo
         self.source = source
@@ -111,7 +112,7 @@ class JobStore:
         self.js = js
         self.published_memory = published_memory
         self.kv: KeyValue | None = None
-        self.pipelined = pipelined and js is not None
+        self.pipe = pipe
         self._kv_prefix = f"$KV.{topo.bucket_jobs.name}."
         self._published: OrderedDict[str, None] = OrderedDict()  # ids of events published here lately
 
@@ -181,21 +182,10 @@ class JobStore:
     async def _update(self, job_id: str, value: bytes, last: int) -> int:
         """Compare-and-set: write ``value`` if the key's last revision is ``last``; the new revision."""
         assert self.kv is not None
-        if not self.pipelined:
+        if self.pipe is None:
             return await self.kv.update(job_id, value, last=last)
-        assert self.js is not None
-        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
-        future = await self.js.publish_async(self._kv_prefix + job_id, value, headers=headers)
-        try:
-            async with asyncio.timeout(10.0):
-                ack = await future
-        except APIError as err:
-            if err.err_code in (10071, 10164):  # wrong last sequence: somebody else wrote first
-                raise KeyWrongLastSequenceError(description=err.description) from None
-            raise
-        finally:
-            future.cancel()  # no reply in time: the slot is given back
-        return ack.seq
+        # KeyWrongLastSequenceError when somebody else wrote first
+        return await (await self.pipe.publish(self._kv_prefix + job_id, value, last_subject_seq=last))
 
     async def _announce(self, before: JobRecord, after: JobRecord) -> None:
         """The events of a change already written.  The write is what happened: a publish that
@@ -225,14 +215,13 @@ class JobStore:
         if self.js is None:
             await publish_js(self.broker, self.topo.job_events(record.id), encode(event),
                              stream=self.topo.stream_events.name, msg_id=event.id, headers=headers)
-        elif self.pipelined:
+        elif self.pipe is not None:
             headers[MSG_ID] = event.id
             if get_current_span().get_span_context().is_valid:
                 propagate.inject(headers)
-            future = await self.js.publish_async(self.topo.job_events(record.id), encode(event),
-                                                 stream=self.topo.stream_events.name, headers=headers)
+            future = await self.pipe.publish(self.topo.job_events(record.id), encode(event), headers=headers,
+                                             stream=self.topo.stream_events.name)
             future.add_done_callback(_event_settled)
-            asyncio.get_running_loop().call_later(10.0, future.cancel)
         else:
             headers[MSG_ID] = event.id
             if get_current_span().get_span_context().is_valid:
@@ -246,7 +235,5 @@ class JobStore:
 
 def _event_settled(future: asyncio.Future) -> None:
     """A pipelined event's PubAck: a failure is logged (the record relay publishes it later)."""
-    if future.cancelled():
-        log.warning("event not acknowledged in time; the record relay will publish it if it is missing")
-    elif (exc := future.exception()) is not None:
+    if (exc := future.exception()) is not None:
         log.warning("event not published; the record relay will", error=f"{type(exc).__name__}: {exc}")

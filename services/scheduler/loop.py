@@ -21,6 +21,7 @@ from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.view import SchedulerView
 from services.scheduler.view_feed import ViewFeed
 from services.scheduler.wakeup import Wake, Wakeups, blocked_after, pass_due
+from trainmaster.ackpipe import AckPipe
 from trainmaster.catalog import load_resources
 from trainmaster.jobstore import ApplyResult, JobNotFound, JobStore
 from trainmaster.messages import (
@@ -68,13 +69,14 @@ def job_trace(record: JobRecord, name: str, tracing: bool = True) -> Iterator[No
 
 
 class Scheduler:
-    def __init__(self, ctx: ServiceContext, store: JobStore, lease: LeaderLease | None = None) -> None:
+    def __init__(self, ctx: ServiceContext, store: JobStore, lease: LeaderLease | None = None,
+                 pipe: AckPipe | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.topo = ctx.topo
         self.store = store
         self.lease = lease
-        self.commands = AgentCommands(ctx)
+        self.commands = AgentCommands(ctx, pipe)
         catalog = load_resources(self.settings.catalog.catalog_dir)
         self.view = SchedulerView(ShapeCatalog(catalog), self.settings.scheduler.agent_timeout_s,
                                   started_at=time.time())
