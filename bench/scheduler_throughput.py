@@ -469,7 +469,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
     mode = "as fast as written" if args.rate <= 0 else f"paced at {args.rate:,.0f}/s"
     print(f"\nscheduler: {args.jobs} single-node jobs ({mode}), {args.agents} simulated agents, one scheduler; "
           f"{info['nproc']} CPUs, {info['date_utc']}")
-    print(f"  placements/s:        {t['placements_per_second']:>8,.0f}  (first queued to last placed: "
+    print(f"  placements/s:        {t['placements_per_second']:>8,.0f}  (first queued to last placed"
+          f"{', queued before the scheduler started' if t['queue_first'] else ''}: "
           f"{t['seconds_first_queued_to_last_placed']:.2f} s; jobs written in {t['seconds_to_write']:.2f} s)")
     print(f"  steady 10-90 %:      {t['steady_placements_per_second_10_to_90'] or float('nan'):>8,.0f} /s")
     if t["queue_first"]:
