@@ -66,10 +66,13 @@ e2e: $(TEST_STAMP)
 ## bench: the figures of docs/benchmarks.md (JSON results in .trainmaster/bench/)
 bench: $(TEST_STAMP)
 	$(PY) -m bench.latency --jobs 30 --out .trainmaster/bench/latency.json
+	$(PY) -m bench.latency --jobs 30 --gap 0 --out .trainmaster/bench/latency_no_gap.json
 	$(PY) -m bench.submit_throughput --requests 20000 --out .trainmaster/bench/submit_throughput.json
 	$(PY) -m bench.notify_throughput --json .trainmaster/bench/notify_throughput.json
 	$(PY) -m bench.scheduler_throughput --out .trainmaster/bench/scheduler_throughput.json
 	$(PY) -m bench.scheduler_throughput --rate 1000 --out .trainmaster/bench/scheduler_paced.json
+	$(PY) -m bench.scheduler_throughput --agents 10000 --jobs 100000 --queue-first --gang 256 --churn-rate 0 \
+		--out .trainmaster/bench/scheduler_scale.json
 	$(PY) -m bench.api --creates 200 --seconds 5 --out .trainmaster/bench/api.json
 	$(PY) -m bench.node_start --runs 20 --out .trainmaster/bench/node_start.json
 

@@ -1,6 +1,7 @@
 """Placements per second, queued→placed latency, and a 64-node gang on a busy cluster.
 
     python -m bench.scheduler_throughput [--agents 1000] [--jobs 20000] [--rate 0] [--out result.json]
+    python -m bench.scheduler_throughput --agents 10000 --jobs 100000 --queue-first --gang 256
 
 Starts nats-server (JetStream in a temporary directory, free port), provisions the topology, and
 starts two processes: **the scheduler** (one replica, as shipped; ``TM_AGENT_TIMEOUT_S=30``) and
@@ -18,12 +19,17 @@ scheduler); both are read back from the bucket at the end.  Same machine, same c
 1. **Throughput**: ``--jobs`` single-node ``small`` jobs of ``--accounts`` accounts, written as fast
    as the benchmark can (``--rate 0``) or at ``--rate`` jobs/s.  They all fit (1,000 x 32 CPUs) and
    run for an hour, so the cluster fills up.  Reported: placements/s (first queued to last placed,
-   and the steady rate between 10 % and 90 % placed) and queued→placed p50/p99.
+   and the steady rate between 10 % and 90 % placed) and queued→placed p50/p99.  With
+   ``--queue-first`` the jobs are all written *before the scheduler starts* (100,000 queued jobs,
+   not a race between the benchmark's writes and the scheduler): placements/s then counts from
+   the first placement to the last (and from the scheduler's start, load included), and the
+   scheduler's memory (RSS, and its peak) is read from ``/proc``.
 2. **A 64-node gang on a busy cluster**: with those jobs running, a burst of ``--backlog`` more small
    jobs of one account, and right after it a 64-node gang of ``large`` of another account.  Reported:
    the gang's queued→placed time, and where the backlog stood when the gang was placed.
 
-The simulator checks that no agent is ever over-committed and no node assigned twice.
+The simulator checks that no agent is ever over-committed and no node assigned twice; the
+benchmark that every job was placed (nothing lost) and placed once (one ``placed`` entry, attempt 1).
 """
 
 from __future__ import annotations
@@ -237,26 +243,56 @@ async def full_cluster_gang(nc, sub: Submitter, args: argparse.Namespace, before
             "seconds_to_fill": filled, "queued_to_placed_s": p[0] - q[0], "jobs_submitted": sub.count}
 
 
-async def drive(url: str, topo: Topology, args: argparse.Namespace, pids: dict[str, int]) -> dict[str, Any]:
+def scheduler_memory(pid: int) -> dict[str, float]:
+    """The scheduler's resident memory now and at its peak (MiB), from ``/proc``."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out["rss_mib" if line.startswith("VmRSS") else "peak_rss_mib"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def placement_checks(records: dict[str, JobRecord], ids: set[str]) -> dict[str, int]:
+    """Nothing lost (every job read back, and placed), nothing placed twice (one ``placed`` entry,
+    attempt 1)."""
+    return {
+        "jobs_missing": len(ids - set(records)),
+        "jobs_not_placed": sum(1 for r in records.values() if not any(e.change == "placed" for e in r.history)),
+        "jobs_placed_twice": sum(1 for r in records.values()
+                                 if sum(e.change == "placed" for e in r.history) > 1 or r.attempt > 1),
+    }
+
+
+async def drive(url: str, topo: Topology, args: argparse.Namespace, pids: dict[str, int],
+                prewritten: tuple[list[str], float] | None = None, scheduler_started: float = 0.0) -> dict[str, Any]:
     nc = await nats.connect(url, pending_size=512 * 1024 * 1024)
     try:
         sub = Submitter(nc, topo)
         await sub.open()
         accounts = [f"acct-{i:02d}" for i in range(args.accounts)]
         # ---- 1. throughput
-        jobs = [functools.partial(sub.record, random.choice(accounts)) for _ in range(args.jobs)]
         watch = CpuWatch(pids.values())
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        t0 = time.time()
-        ids = await (sub.paced(jobs, args.rate) if args.rate > 0 else sub.submit(jobs))
-        t_written = time.time()
-        print(f"phase 1: {args.jobs} jobs written in {t_written - t0:.2f} s", file=sys.stderr)
+        if prewritten is not None:  # --queue-first: written before the scheduler started
+            ids, t_written = prewritten
+            t0 = t_written
+        else:
+            jobs = [functools.partial(sub.record, random.choice(accounts)) for _ in range(args.jobs)]
+            t0 = time.time()
+            ids = await (sub.paced(jobs, args.rate) if args.rate > 0 else sub.submit(jobs))
+            t_written = time.time()
+            print(f"phase 1: {args.jobs} jobs written in {t_written - t0:.2f} s", file=sys.stderr)
         stats = await wait_assigns(nc, args.jobs, args.timeout, "phase 1")
         wall = time.time() - t0
         cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         machine_cpu = watch.stop()
+        memory = scheduler_memory(pids["scheduler"])
         got = await read_records(sub.kv, set(ids))
         queued, placed = timings(got)
+        checks = placement_checks(got, set(ids))
         latencies = sorted(p - q for q, p in zip(queued, placed, strict=True))
         # the other half of the scheduler's work per job: applying the agent's "running" report
         reported = sorted(r - p for p, r in (_placed_running(rec) for rec in got.values()) if r is not None)
@@ -264,8 +300,12 @@ async def drive(url: str, topo: Topology, args: argparse.Namespace, pids: dict[s
         order = sorted(placed)
         n = len(order)
         lo, hi = order[int(n * 0.1)], order[max(int(n * 0.9) - 1, 0)]
+        first_placed = order[0]
         throughput = {
-            "jobs": args.jobs, "placed": n, "seconds_to_write": t_written - t0,
+            "jobs": args.jobs, "placed": n, "seconds_to_write": t_written - t0, "queue_first": prewritten is not None,
+            "placements_per_second_first_to_last_placed": n / (order[-1] - first_placed) if n > 1 else None,
+            "seconds_scheduler_start_to_last_placed": order[-1] - scheduler_started,
+            "scheduler_memory_after_phase_1": memory, "checks": checks,
             "seconds_first_queued_to_last_placed": order[-1] - min(queued),
             "placements_per_second": n / (order[-1] - min(queued)),
             "steady_placements_per_second_10_to_90": (int(n * 0.9) - 1 - int(n * 0.1)) / (hi - lo) if hi > lo else None,
@@ -305,7 +345,25 @@ async def drive(url: str, topo: Topology, args: argparse.Namespace, pids: dict[s
               f"was queued", file=sys.stderr)
         full = await full_cluster_gang(nc, sub, args, final) if args.churn_rate > 0 else None
         final = await sim_stats(nc)
-        return {"throughput": throughput, "gang": gang_result, "full_cluster_gang": full, "sim_final": final}
+        return {"throughput": throughput, "gang": gang_result, "full_cluster_gang": full, "sim_final": final,
+                "scheduler_memory_at_end": scheduler_memory(pids["scheduler"])}
+    finally:
+        await nc.close()
+
+
+async def write_first(url: str, topo: Topology, args: argparse.Namespace) -> tuple[list[str], float]:
+    """--queue-first: every job written before the scheduler starts; the ids and when it ended."""
+    nc = await nats.connect(url, pending_size=512 * 1024 * 1024)
+    try:
+        sub = Submitter(nc, topo)
+        await sub.open()
+        accounts = [f"acct-{i:02d}" for i in range(args.accounts)]
+        t0 = time.time()
+        ids = await sub.submit([functools.partial(sub.record, random.choice(accounts)) for _ in range(args.jobs)])
+        await sub.js.publish_async_completed()
+        print(f"phase 1: {len(ids)} jobs queued in {time.time() - t0:.1f} s before the scheduler starts",
+              file=sys.stderr)
+        return ids, time.time()
     finally:
         await nc.close()
 
@@ -347,16 +405,20 @@ async def main_async(args: argparse.Namespace) -> int:
         env = dict(os.environ, TM_NATS_URL=url, TM_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1",
                    TM_CATALOG_DIR=str(catalog), TM_AGENT_TIMEOUT_S="30")
         children["sim-agents"] = spawn(["bench.sim_agents", "--nats", url, "--agents", str(args.agents),
-                                        "--pool", POOL, "--catalog", str(catalog)], env, data_dir / "logs")
+                                        "--pool", POOL, "--catalog", str(catalog), "--heartbeat-s",
+                                        str(args.heartbeat_s)], env, data_dir / "logs")
+        prewritten = await write_first(url, topo, args) if args.queue_first else None
+        scheduler_started = time.time()
         profile = ["cProfile", "-o", str(root / "scheduler.prof")] if args.profile else []
         children["scheduler"] = spawn([*profile, "-m", "services.scheduler"] if profile else ["services.scheduler"],
                                       env, data_dir / "logs")
-        await wait_agents(url, topo, args.agents)
+        if not args.queue_first:  # with a queue, placing it is the sign (the list may wait behind it)
+            await wait_agents(url, topo, args.agents)
         print(f"nats-server at {url}, scheduler and {args.agents} simulated agents up; data in {root}",
               file=sys.stderr)
         assert server.proc is not None
         pids = {name: proc.pid for name, proc in children.items()} | {"nats-server": server.proc.pid}
-        result = await drive(url, topo, args, pids)
+        result = await drive(url, topo, args, pids, prewritten, scheduler_started)
     except (Exception, asyncio.CancelledError) as exc:
         error = exc
     finally:
@@ -387,7 +449,8 @@ async def main_async(args: argparse.Namespace) -> int:
         "leftover_processes": not clean, **result,
     })
     sim = result["sim_final"]
-    ok = sim["overcommits"] == 0 and sim["duplicate_assigns"] == 0 and clean
+    checks = result["throughput"]["checks"]
+    ok = sim["overcommits"] == 0 and sim["duplicate_assigns"] == 0 and clean and not any(checks.values())
     return 0 if ok else 1
 
 
@@ -406,9 +469,18 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
     mode = "as fast as written" if args.rate <= 0 else f"paced at {args.rate:,.0f}/s"
     print(f"\nscheduler: {args.jobs} single-node jobs ({mode}), {args.agents} simulated agents, one scheduler; "
           f"{info['nproc']} CPUs, {info['date_utc']}")
-    print(f"  placements/s:        {t['placements_per_second']:>8,.0f}  (first queued to last placed: "
+    print(f"  placements/s:        {t['placements_per_second']:>8,.0f}  (first queued to last placed"
+          f"{', queued before the scheduler started' if t['queue_first'] else ''}: "
           f"{t['seconds_first_queued_to_last_placed']:.2f} s; jobs written in {t['seconds_to_write']:.2f} s)")
     print(f"  steady 10-90 %:      {t['steady_placements_per_second_10_to_90'] or float('nan'):>8,.0f} /s")
+    if t["queue_first"]:
+        print(f"  {args.jobs:,} queued before the scheduler started: first to last placed "
+              f"{t['placements_per_second_first_to_last_placed'] or float('nan'):,.0f}/s; scheduler start to last "
+              f"placed {t['seconds_scheduler_start_to_last_placed']:.1f} s (loading the queue included)")
+    mem, end = t["scheduler_memory_after_phase_1"], result["scheduler_memory_at_end"]
+    nan = float("nan")
+    print(f"  scheduler memory:    RSS {mem.get('rss_mib', nan):,.0f} MiB after phase 1, "
+          f"{end.get('rss_mib', nan):,.0f} MiB at the end (peak {end.get('peak_rss_mib', nan):,.0f} MiB)")
     print(f"  queued -> placed:    p50 {lat['p50'] * 1000:,.0f} ms, p90 {lat['p90'] * 1000:,.0f} ms, "
           f"p99 {lat['p99'] * 1000:,.0f} ms, max {lat['max'] * 1000:,.0f} ms")
     rep = t["placed_to_running_applied_s"]
@@ -426,8 +498,11 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
         print(f"  gang of {full['nodes']} x large on a full cluster ({full['churn_jobs_per_second']:,.0f} short jobs/s "
               f"refilling {full['churn_cpus']:,} CPUs): placed {full['queued_to_placed_s']:.1f} s after it was queued "
               f"(agents held back after TM_SCHEDULER_RESERVE_AFTER_S, then drained)")
-    print(f"  agents: {sim['assigns']} nodes assigned, over-commits {sim['overcommits']}, "
-          f"assigned twice {sim['duplicate_assigns']}, report publish errors {sim['publish_errors']}")
+    checks = t["checks"]
+    print(f"  correctness: {sim['assigns']} nodes assigned, agents over-committed {sim['overcommits']}, "
+          f"nodes assigned twice {sim['duplicate_assigns']}, jobs placed twice {checks['jobs_placed_twice']}, "
+          f"jobs lost {checks['jobs_missing']} / not placed {checks['jobs_not_placed']}, "
+          f"report publish errors {sim['publish_errors']}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -442,6 +517,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="short jobs/s keeping the cluster full for the last gang; 0 skips that phase")
     parser.add_argument("--churn-cpus", type=int, default=2048,
                         help="CPUs of the full cluster that run short jobs (the rest: long ones)")
+    parser.add_argument("--queue-first", action="store_true",
+                        help="write every job before the scheduler starts (a queue of --jobs), then place them")
+    parser.add_argument("--heartbeat-s", type=float, default=2.0, help="heartbeat interval of each simulated agent")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each phase")
     parser.add_argument("--out", help="write the result as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")

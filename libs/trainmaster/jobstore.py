@@ -14,6 +14,7 @@ from too (when recent; the server drops the copy).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import get_current_span
 
 from trainmaster import kvstore
+from trainmaster.ackpipe import AckPipe
 from trainmaster.bus import MSG_ID, publish_js
 from trainmaster.messages import (
     AnyChange,
@@ -91,12 +93,17 @@ def cloud_event(record: JobRecord, entry: HistoryEntry, source: str) -> JobCloud
 class JobStore:
     def __init__(self, broker: NatsBroker, topo: Topology, source: str,
                  clock: Callable[[], float] = time.time, max_attempts: int = 20,
-                 js: JetStreamContext | None = None, published_memory: int = 4096) -> None:
+                 js: JetStreamContext | None = None, published_memory: int = 4096,
+                 pipe: AckPipe | None = None) -> None:
         """``js``: publish events with this plain JetStream client instead of the broker (its
         per-publish middleware costs a busy writer such as the scheduler a share of its CPU worth
         saving: docs/benchmarks.md, "Figures the code relies on"); the trace context still travels
         in the headers.  ``published_memory``: how many event ids this
-        store remembers having published (to skip re-publishing them): more than a burst of changes."""
+        store remembers having published (to skip re-publishing them): more than a burst of changes.
+        ``pipe``: compare-and-sets and events go out through it (one reply subscription for all, no
+        request inbox and timer each: a writer of thousands of changes a second spent most of its
+        CPU there), and events are not awaited: one that fails is logged, and the scheduler's
+        record relay publishes what a record lacks."""
         self.broker = broker
         self.topo = topo
         self.source = source
@@ -105,6 +112,8 @@ class JobStore:
         self.js = js
         self.published_memory = published_memory
         self.kv: KeyValue | None = None
+        self.pipe = pipe
+        self._kv_prefix = f"$KV.{topo.bucket_jobs.name}."
         self._published: OrderedDict[str, None] = OrderedDict()  # ids of events published here lately
 
     async def open(self) -> JobStore:
@@ -162,13 +171,21 @@ class JobStore:
                 log.info("stale change ignored", job_id=job_id, change=change.change_id, why=str(refused))
                 return ApplyResult(record, applied=False, ignored_reason=str(refused), revision=revision)
             try:
-                written = await self.kv.update(job_id, encode(updated), last=revision)
+                written = await self._update(job_id, encode(updated), revision)
             except KeyWrongLastSequenceError:
                 continue  # somebody else wrote first: decide again on fresh state
             if len(updated.history) > len(record.history):  # a change without an entry has no event
                 await self._announce(record, updated)
             return ApplyResult(updated, applied=True, revision=written)
         raise RuntimeError(f"job {job_id}: gave up after {self.max_attempts} compare-and-set conflicts")
+
+    async def _update(self, job_id: str, value: bytes, last: int) -> int:
+        """Compare-and-set: write ``value`` if the key's last revision is ``last``; the new revision."""
+        assert self.kv is not None
+        if self.pipe is None:
+            return await self.kv.update(job_id, value, last=last)
+        # KeyWrongLastSequenceError when somebody else wrote first
+        return await (await self.pipe.publish(self._kv_prefix + job_id, value, last_subject_seq=last))
 
     async def _announce(self, before: JobRecord, after: JobRecord) -> None:
         """The events of a change already written.  The write is what happened: a publish that
@@ -198,6 +215,13 @@ class JobStore:
         if self.js is None:
             await publish_js(self.broker, self.topo.job_events(record.id), encode(event),
                              stream=self.topo.stream_events.name, msg_id=event.id, headers=headers)
+        elif self.pipe is not None:
+            headers[MSG_ID] = event.id
+            if get_current_span().get_span_context().is_valid:
+                propagate.inject(headers)
+            future = await self.pipe.publish(self.topo.job_events(record.id), encode(event), headers=headers,
+                                             stream=self.topo.stream_events.name)
+            future.add_done_callback(_event_settled)
         else:
             headers[MSG_ID] = event.id
             if get_current_span().get_span_context().is_valid:
@@ -217,3 +241,9 @@ class JobStore:
         self._published[event_id] = None
         if len(self._published) > self.published_memory:
             self._published.popitem(last=False)
+
+
+def _event_settled(future: asyncio.Future) -> None:
+    """A pipelined event's PubAck: a failure is logged (the record relay publishes it later)."""
+    if (exc := future.exception()) is not None:
+        log.warning("event not published; the record relay will", error=f"{type(exc).__name__}: {exc}")

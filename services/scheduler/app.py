@@ -6,6 +6,7 @@ it believes from which agent, the state machine); ``view_feed`` follows the buck
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import uuid
@@ -17,22 +18,29 @@ from services.scheduler.handlers import Handlers
 from services.scheduler.lease import LeaderLease
 from services.scheduler.loop import Scheduler
 from services.scheduler.relay import RecordRelay
+from trainmaster.ackpipe import AckPipe
 from trainmaster.bus import responder
 from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.service import ServiceContext
 
 log = structlog.get_logger()
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
 FETCH_BATCH = 256  # reports / work items fetched, and handled concurrently, at a time (max ack pending 1000)
 
 
 async def setup(ctx: ServiceContext) -> None:
     topo = ctx.topo
-    # events through the plain JetStream client, and memory of the events of a whole burst
-    store = await JobStore(ctx.broker, topo, source="scheduler", js=ctx.js, published_memory=100_000).open()
+    # events through the plain JetStream client, and memory of the events of a whole burst;
+    # compare-and-sets, events and assignments pipelined on one reply subscription (ackpipe.py):
+    # thousands of changes a second
+    pipe = await AckPipe(ctx.broker.connection, timeout_s=ctx.settings.bus.publish_timeout_s).start()
+    ctx.on_stop.append(_closer(pipe))
+    store = await JobStore(ctx.broker, topo, source="scheduler", js=ctx.js, published_memory=100_000,
+                           pipe=pipe).open()
     leases = await ctx.broker.key_value(topo.bucket_scheduler.name, declare=False)
     holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    scheduler = Scheduler(ctx, store)
+    scheduler = Scheduler(ctx, store, pipe=pipe)
     lease = LeaderLease(leases, holder, ctx.settings.scheduler.scheduler_lease_s, on_change=scheduler.wake)
     scheduler.lease = lease
     # who asks for the agents list: any known person may, revoked or unknown credentials may not
@@ -47,6 +55,12 @@ async def setup(ctx: ServiceContext) -> None:
     responder(ctx.broker, topo.agents_list, "scheduler", handlers.on_agents_list)
     await scheduler.feed.load_quotas(await ctx.broker.key_value(topo.bucket_accounts.name, declare=False))
     await scheduler.feed.load()
+    # the loaded view (every active record: 100,000 queued jobs are millions of objects) is left
+    # out of the collector's walks, and a young collection waits for more allocations: each full
+    # walk cost a pass more than the pass itself (docs/benchmarks.md, "Where the scheduler's time goes")
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     # plain pull loops (consumer.py): reports and work items come with every job
     for spec, handle in ((topo.consumer_scheduler_queue, handlers.on_work),
                          (topo.consumer_scheduler_status, handlers.on_report)):
@@ -60,3 +74,9 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.background(scheduler.run(), "placement-loop")
     ctx.on_stop.append(lease.release)
     log.info("scheduler replica", holder=holder, lease_s=ctx.settings.scheduler.scheduler_lease_s)
+
+
+def _closer(pipe: AckPipe):
+    async def close() -> None:
+        pipe.close()
+    return close

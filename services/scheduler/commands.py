@@ -19,14 +19,17 @@ from collections.abc import Iterable
 from opentelemetry import propagate
 from opentelemetry.trace import get_current_span
 
+from trainmaster.ackpipe import AckPipe
 from trainmaster.bus import MSG_ID
 from trainmaster.messages import Assign, Cancel, JobRecord, encode
 from trainmaster.service import ServiceContext
 
 
 class AgentCommands:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, pipe: AckPipe | None = None) -> None:
+        """``pipe``: assignments go out through it (``trainmaster.ackpipe``) rather than ``publish_async``."""
         self.ctx = ctx
+        self.pipe = pipe
         self.topo = ctx.topo
         self.timeout_s = ctx.settings.bus.publish_timeout_s
         self._in_flight: list[tuple[str, asyncio.Future]] = []
@@ -48,8 +51,12 @@ class AgentCommands:
             headers = {MSG_ID: f"{record.id}.{record.attempt}.{p.node}.assign"}
             if get_current_span().get_span_context().is_valid:
                 propagate.inject(headers)
-            future = await self.ctx.js.publish_async(self.topo.agent_control(p.agent_id), body,
-                                                     stream=self.topo.stream_agent.name, headers=headers)
+            if self.pipe is not None:
+                future = await self.pipe.publish(self.topo.agent_control(p.agent_id), body, headers=headers,
+                                                 stream=self.topo.stream_agent.name)
+            else:
+                future = await self.ctx.js.publish_async(self.topo.agent_control(p.agent_id), body,
+                                                         stream=self.topo.stream_agent.name, headers=headers)
             self._in_flight.append((record.id, future))
 
     async def settle(self) -> set[str]:

@@ -17,6 +17,7 @@ from services.scheduler.commands import AgentCommands
 from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.trust import Verdict, heartbeat_refusal, judge_report, sender_refusal
 from services.scheduler.view import HOLDS_CAPACITY, SchedulerView
+from services.scheduler.wakeup import Wake
 from trainmaster import audit
 from trainmaster.access import Denied
 from trainmaster.bus import UNDECODABLE, Poison, denied_reply, error_reply
@@ -49,7 +50,8 @@ class Handlers:
     pass at once."""
 
     def __init__(self, ctx: ServiceContext, store: JobStore, view: SchedulerView, commands: AgentCommands,
-                 remember: Callable[[JobRecord, int], None], wake: Callable[[], None], directory: Directory) -> None:
+                 remember: Callable[[JobRecord, int], None], wake: Callable[[Wake], None],
+                 directory: Directory) -> None:
         self.settings = ctx.settings
         self.topo = ctx.topo
         self.broker = ctx.broker
@@ -65,13 +67,14 @@ class Handlers:
             item = _decode_work(msg.data)
         except UNDECODABLE as exc:
             raise Poison(str(exc)) from exc
-        if item.job_id not in self.view.records:  # the watch usually brought it already
+        # a nudge: the watch usually brought the job already, and its arrival woke the loop then
+        # (waking it again would re-walk a blocked queue for nothing new: wakeup.py)
+        if item.job_id not in self.view.records:
             try:
-                self.remember(*await self.store.get(item.job_id))
+                self.remember(*await self.store.get(item.job_id))  # wakes the loop if it is Pending
             except JobNotFound:
                 log.warning("work item for an unknown job", job_id=item.job_id)
                 return
-        self.wake()
 
     async def on_report(self, msg: Msg) -> None:
         try:
@@ -143,7 +146,7 @@ class Handlers:
         if news is not None:
             log.info(f"agent {news}", agent_id=hb.agent_id, pool=hb.pool, cpus=hb.cpus, memory_mb=hb.memory_mb,
                      gpus=len(hb.gpus))
-            self.wake()
+            self.wake(Wake.AGENT_JOINED)
 
     async def _audit_refusal(self, msg: Msg, action: str, target: str, why: str, key: str) -> None:
         """A refused attempt on the audit trail: the sender is the agent its subject names (only

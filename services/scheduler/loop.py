@@ -20,6 +20,8 @@ from services.scheduler.queue import QueuedJob
 from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.view import SchedulerView
 from services.scheduler.view_feed import ViewFeed
+from services.scheduler.wakeup import Wake, Wakeups, blocked_after, pass_due
+from trainmaster.ackpipe import AckPipe
 from trainmaster.catalog import load_resources
 from trainmaster.jobstore import ApplyResult, JobNotFound, JobStore
 from trainmaster.messages import (
@@ -39,12 +41,10 @@ from trainmaster.statemachine import IllegalTransition
 log = structlog.get_logger()
 
 TICK_S = 2.0  # the loop runs at least this often (lost agents, timeouts, queued jobs)
-# pause between passes, so that wake-ups pile up into one pass: short after a pass that placed
-# something (more may have come), longer after one that placed nothing from a queue that is not
-# empty (walking a blocked queue of thousands is not free, and gains nothing: docs/benchmarks.md,
-# "Figures the code relies on"); none after a pass over an empty queue
-BUSY_GAP_S = 0.02
-IDLE_GAP_S = 0.25
+# no pause between passes: a pass runs as soon as something may fit (``wakeup.py``), and the
+# wake-ups that come during a pass (its commit awaits the bus) make one next pass.  Lost agents
+# are looked for at most this often between ticks (a look is a walk over every agent)
+RECONCILE_EVERY_S = 0.25
 CATCH_UP_S = 5.0  # how long a new leader waits for its view to reach the bucket's last write
 # reasons to wait (``Waiting``) written at most this many at a time, at most once this often: a
 # reason is worth a write, not a share of a busy scheduler's writes (most waits end in a second)
@@ -69,17 +69,20 @@ def job_trace(record: JobRecord, name: str, tracing: bool = True) -> Iterator[No
 
 
 class Scheduler:
-    def __init__(self, ctx: ServiceContext, store: JobStore, lease: LeaderLease | None = None) -> None:
+    def __init__(self, ctx: ServiceContext, store: JobStore, lease: LeaderLease | None = None,
+                 pipe: AckPipe | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.topo = ctx.topo
         self.store = store
         self.lease = lease
-        self.commands = AgentCommands(ctx)
+        self.commands = AgentCommands(ctx, pipe)
         catalog = load_resources(self.settings.catalog.catalog_dir)
         self.view = SchedulerView(ShapeCatalog(catalog), self.settings.scheduler.agent_timeout_s,
                                   started_at=time.time())
         self.feed = ViewFeed(ctx, store, self.view, self.wake)
+        self.wakeups = Wakeups()
+        self.blocked = False  # the last pass left only jobs that do not fit the view as it stands
         self.reservations: dict[str, list[str]] = {}
         self.unsent: set[str] = set()  # Scheduled jobs whose assignments must be sent (again)
         self.leading = False
@@ -88,40 +91,46 @@ class Scheduler:
         self._explained_at = 0.0
         self._wake = asyncio.Event()
 
-    def wake(self, *_: object) -> None:
-        self._wake.set()
+    def wake(self, reason: Wake | bool | None = Wake.LEADERSHIP) -> None:
+        """Note why a pass may be due (``wakeup.py``); a change of leadership calls it with a bool."""
+        if reason is None:
+            return
+        if self.wakeups.note(reason if isinstance(reason, Wake) else Wake.LEADERSHIP):
+            self._wake.set()
 
     def remember(self, record: JobRecord, revision: int) -> None:
         self.feed.remember(record, revision)
 
     # ------------------------------------------------------------------ the loop (leader only)
     async def run(self) -> None:
+        tick_at = time.monotonic() + TICK_S
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), max(tick_at - time.monotonic(), 0.0))
             self._wake.clear()
+            if time.monotonic() >= tick_at:
+                self.wakeups.note(Wake.TICK)
+                tick_at = time.monotonic() + TICK_S
+            reasons = self.wakeups.take()
             if self.lease is not None and not self.lease.is_leader():
                 self.leading = False
                 continue
+            if self.leading and not pass_due(reasons, self.blocked) and not self.unsent:
+                continue  # nothing that came can let a job of the blocked queue fit
             try:
                 if not self.leading:
                     await self.take_office()
                 now = time.time()
                 if self.unsent:
                     await self.send_unsent()
-                await self.reconcile(now)
-                placed, more = await self.schedule_pass(now)
+                if Wake.TICK in reasons or now - self._reconciled_at >= RECONCILE_EVERY_S:
+                    await self.reconcile(now)
+                await self.schedule_pass(now)
             except Exception:  # one bad pass must not end the scheduler: log, then try again
                 log.exception("scheduling pass failed")
+                self.blocked = False
                 await asyncio.sleep(1.0)
-                continue
-            if more:
-                self._wake.set()  # capped by the batch size: go on at once
-            elif placed:
-                await asyncio.sleep(BUSY_GAP_S)
-            elif self.view.queued:
-                await asyncio.sleep(IDLE_GAP_S)  # a blocked queue: let wake-ups pile up
-            # an empty queue cost nothing to walk: the next job is placed as soon as it comes
+                self.wake(Wake.TICK)
 
     async def take_office(self) -> None:
         """Becoming leader: catch up with the bucket (the previous leader's last writes), then re-send
@@ -167,11 +176,11 @@ class Scheduler:
 
     async def schedule_pass(self, now: float) -> tuple[int, bool]:
         """One pass: plan (pure), then commit.  How many jobs it placed, and whether it stopped at
-        the batch size (more may fit)."""
+        the batch size (more may fit: the loop goes on at once)."""
         if not self.view.queued:
             self.reservations = {}
+            self.blocked = False
             return 0, False
-        cluster = self.view.cluster(now)
         settings = PassSettings(
             strategy=self.settings.scheduler.scheduler_strategy,
             reserve_after_s=self.settings.scheduler.scheduler_reserve_after_s,
@@ -179,14 +188,24 @@ class Scheduler:
             judge_impossible=now - self.view.started_at >= self.settings.scheduler.agent_timeout_s,
             max_reasons=EXPLAIN_BATCH if now - self._explained_at >= EXPLAIN_EVERY_S else 0,
         )
-        result = plan_pass(list(self.view.queued.values()), cluster, self.view.usage_shares(cluster.totals), now,
-                           settings, self.reservations, quotas=self.view.quotas, held=self.view.account_use)
+        cluster = self.view.cluster(now)
+        usage = self.view.usage_shares(cluster.totals)
+        self.view.capacity.begin()
+        try:  # planned on the kept index: what the pass takes comes back as its records are taken in
+            result = plan_pass(self.view.fair_queue(usage), cluster, usage, now, settings, self.reservations,
+                               quotas=self.view.quotas, held=self.view.account_use)
+        finally:
+            self.view.capacity.rollback()
         self._note_reservations(result)
         if result.waiting:
             self._explained_at = now
         if not self._may_commit():
+            self.blocked = False
             return 0, False
-        await self.commit(result)
+        failed = await self.commit(result)
+        self.blocked = blocked_after(len(self.view.queued), result.more, failed)
+        if result.more:
+            self.wake(Wake.MORE)  # capped by the batch size: go on at once
         return len(result.placed), result.more
 
     def _note_reservations(self, result: PassResult) -> None:
@@ -195,12 +214,16 @@ class Scheduler:
                 log.info("agents held back for a blocked job", job_id=job_id, agents=len(agents))
         self.reservations = result.reservations
 
-    async def commit(self, result: PassResult) -> None:
+    async def commit(self, result: PassResult) -> int:
+        """Write the pass's decisions; how many placements were not written (tried again)."""
         gate = asyncio.Semaphore(self.settings.scheduler.scheduler_commit_concurrency)
+        failed = 0
 
         async def place(job: QueuedJob, agents: list[str]) -> None:
+            nonlocal failed
             async with gate:
-                await self.place(job, agents)
+                if not await self.place(job, agents):
+                    failed += 1
 
         async def refuse(job: QueuedJob, why: str) -> None:
             async with gate:
@@ -214,29 +237,37 @@ class Scheduler:
                              *(refuse(job, why) for job, why in result.impossible),
                              *(explain(job, why) for job, why in result.waiting))
         self.unsent |= await self.commands.settle()
+        return failed
 
-    async def place(self, job: QueuedJob, agents: list[str]) -> None:
+    async def place(self, job: QueuedJob, agents: list[str]) -> bool:
+        """Write one placement and send its assignments; False when it was not written and the
+        job may still be Pending (to be tried again)."""
         record = self.view.records.get(job.job_id)
         if record is None or record.status != Status.PENDING:
-            return
+            return True
         if self.lease is not None and not self.lease.is_leader():
-            return  # the lease ran out during the batch: the next leader decides
+            return False  # the lease ran out during the batch: the next leader decides
         placements = [Placement(node=i, agent_id=a, host=self.view.agents[a].host) for i, a in enumerate(agents)]
         attempt = record.attempt + 1
         change = Placed(change_id=f"placed.{attempt}", attempt=attempt, placements=placements)
-        with structlog.contextvars.bound_contextvars(job_id=record.id), job_trace(record, "place job", self.tracing):
+        # job_id named in each line rather than bound to the context: binding it cost a placement
+        # a share of the scheduler's CPU at thousands a second (docs/benchmarks.md)
+        with job_trace(record, "place job", self.tracing):
             result = await self.change(record.id, change)
             if result is None:
                 # a write that timed out may still have landed: then its Assign is due all the same
                 # (send_unsent sends it once the stored record says Scheduled, and drops it if not)
                 self.unsent.add(record.id)
-            elif result.applied:
-                log.info("job placed", agents=sorted(set(agents)), nodes=len(agents), attempt=attempt)
+                return False
+            if result.applied:
+                log.info("job placed", job_id=record.id, agents=sorted(set(agents)), nodes=len(agents),
+                         attempt=attempt)
                 try:
                     await self.commands.assign(result.record)
                 except Exception as exc:  # sent again next pass
-                    log.warning("assignment not sent", error=f"{type(exc).__name__}: {exc}")
+                    log.warning("assignment not sent", job_id=record.id, error=f"{type(exc).__name__}: {exc}")
                     self.unsent.add(record.id)
+        return True
 
     async def change(self, job_id: str, change: AnyChange) -> ApplyResult | None:
         """Apply a change decided on the view (its record tried first); None when it does not apply
@@ -265,7 +296,7 @@ class Scheduler:
             self.view.grace(now)
         self._reconciled_at = now
         for agent_id in self.view.newly_lost(now):
-            self.view.lost.add(agent_id)
+            self.view.mark_lost(agent_id)
             jobs = self.view.jobs_on(agent_id)
             log.warning("agent lost", agent_id=agent_id, silent_s=round(now - self.view.last_seen.get(
                 agent_id, self.view.started_at), 1), jobs=len(jobs))

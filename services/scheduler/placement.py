@@ -154,23 +154,34 @@ class AgentView:
 
 
 class PoolIndex:
-    """The live agents of one pool and their free capacity, sorted by free (GPUs, CPUs, id)."""
+    """The live agents of one pool and their free capacity, sorted by free (GPUs, CPUs, id).
+
+    Kept from pass to pass by the view (agents join and leave, placed jobs take and give back);
+    a pass plans on it between ``begin`` and ``rollback``: what the pass took, and the agents it
+    held back, are undone after it, and its placements come back as the view takes their records
+    in."""
 
     def __init__(self, agents: Iterable[AgentView], used: Mapping[str, Demand]) -> None:
         self.agents = {a.agent_id: a for a in agents}
         self.free = {a.agent_id: a.capacity - used.get(a.agent_id, ZERO) for a in self.agents.values()}
         self.order = sorted(self._key(agent_id) for agent_id in self.agents)
         self.withheld: set[str] = set()
+        self._journal: list[tuple[str, Demand]] | None = None  # (agent, free before) while planning
 
     def _key(self, agent_id: str) -> tuple[int, float, str]:
         free = self.free[agent_id]
         return (free.gpus, free.cpus, agent_id)
 
-    def _move(self, agent_id: str, delta: Demand, sign: int) -> None:
+    def _set_free(self, agent_id: str, free: Demand) -> None:
         del self.order[bisect.bisect_left(self.order, self._key(agent_id))]
-        free = self.free[agent_id]
-        self.free[agent_id] = free - delta if sign < 0 else free + delta
+        self.free[agent_id] = free
         bisect.insort(self.order, self._key(agent_id))
+
+    def _move(self, agent_id: str, delta: Demand, sign: int) -> None:
+        free = self.free[agent_id]
+        if self._journal is not None:
+            self._journal.append((agent_id, free))
+        self._set_free(agent_id, free - delta if sign < 0 else free + delta)
 
     def take(self, agent_id: str, demand: Demand) -> None:
         self._move(agent_id, demand, -1)
@@ -178,6 +189,34 @@ class PoolIndex:
     def give(self, agent_id: str, demand: Demand) -> None:
         self._move(agent_id, demand, +1)
 
+    # ------------------------------------------------------------------ kept by the view
+    def add(self, agent: AgentView, used: Demand = ZERO) -> None:
+        """An agent joins (or its capacity changed): free is its capacity less what is ``used``."""
+        if agent.agent_id in self.agents:
+            self.remove(agent.agent_id)
+        self.agents[agent.agent_id] = agent
+        self.free[agent.agent_id] = agent.capacity - used
+        bisect.insort(self.order, self._key(agent.agent_id))
+
+    def remove(self, agent_id: str) -> None:
+        if agent_id not in self.agents:
+            return
+        del self.order[bisect.bisect_left(self.order, self._key(agent_id))]
+        del self.agents[agent_id], self.free[agent_id]
+
+    def begin(self) -> None:
+        """A pass starts planning: what it takes is journaled, to be undone by ``rollback``."""
+        self._journal = []
+        self.withheld = set()
+
+    def rollback(self) -> None:
+        journal, self._journal = self._journal or [], None
+        for agent_id, free in reversed(journal):
+            if agent_id in self.agents:
+                self._set_free(agent_id, free)
+        self.withheld = set()
+
+    # ------------------------------------------------------------------ a pass
     def fits(self, agent_id: str, shape: NodeShape) -> bool:
         return (agent_id not in self.withheld and shape.demand.fits_in(self.free[agent_id])
                 and self.agents[agent_id].suits(shape))

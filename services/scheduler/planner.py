@@ -22,7 +22,7 @@ most ``max_reasons`` a pass, so that a burst of short waits writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.scheduler.placement import (
@@ -63,7 +63,10 @@ class PassResult:
 
 
 class Cluster:
-    """Free capacity of the live agents, by pool, and every known agent for "never fits"."""
+    """Free capacity of the live agents, by pool, and every known agent for "never fits".
+
+    Built fresh from agents (``Cluster(...)``), or over the pools the view keeps between passes
+    (``Cluster.over``): then the caller brackets the pass with the pools' ``begin`` / ``rollback``."""
 
     def __init__(self, live: Iterable[AgentView], known: Iterable[AgentView], used: Mapping[str, Demand],
                  drain_at: Callable[[str], float] | None = None) -> None:
@@ -72,31 +75,49 @@ class Cluster:
         for agent in live:
             by_pool.setdefault(agent.pool, []).append(agent)
             totals = totals + agent.capacity
-        self.pools = {pool: PoolIndex(agents, used) for pool, agents in by_pool.items()}
-        self.totals = totals
-        self.known: dict[str, list[AgentView]] = {}
+        known_by_pool: dict[str, list[AgentView]] = {}
         for agent in known:
-            self.known.setdefault(agent.pool, []).append(agent)
-        self._never: dict[tuple[NodeShape, int], str | None] = {}
+            known_by_pool.setdefault(agent.pool, []).append(agent)
+        self._setup({pool: PoolIndex(agents, used) for pool, agents in by_pool.items()}, totals, known_by_pool,
+                    {}, drain_at)
+
+    @classmethod
+    def over(cls, pools: dict[str, PoolIndex], totals: Demand, known: Mapping[str, Collection[AgentView]],
+             never: dict[tuple[NodeShape, int], str | None],
+             drain_at: Callable[[str], float] | None = None) -> Cluster:
+        """A cluster over kept pools; ``never``: the verdicts of ``never_fits`` so far, valid as long
+        as the known agents do not change (the keeper empties it when they do)."""
+        cluster = cls.__new__(cls)
+        cluster._setup(pools, totals, known, never, drain_at)
+        return cluster
+
+    def _setup(self, pools: dict[str, PoolIndex], totals: Demand, known: Mapping[str, Collection[AgentView]],
+               never: dict[tuple[NodeShape, int], str | None], drain_at: Callable[[str], float] | None) -> None:
+        self.pools = pools
+        self.totals = totals
+        self.known = known
+        self._never = never
         self.drain_at = drain_at  # agent -> when it is expected to be idle (for reservations)
 
     def never_fits(self, shape: NodeShape, count: int) -> str | None:
         key = (shape, count)
         if key not in self._never:
-            self._never[key] = never_fits(shape, count, self.known.get(shape.pool, []))
+            self._never[key] = never_fits(shape, count, list(self.known.get(shape.pool, ())))
         return self._never[key]
 
 
-def plan_pass(queue: Iterable[QueuedJob], cluster: Cluster, usage: Mapping[str, float], now: float,
+def plan_pass(queue: Iterable[QueuedJob] | FairQueue, cluster: Cluster, usage: Mapping[str, float], now: float,
               settings: PassSettings = PassSettings(),
               previous_reservations: Mapping[str, list[str]] | None = None,
               quotas: Mapping[str, AccountQuota] | None = None,
               held: Mapping[str, Use] | None = None) -> PassResult:
-    """Decide this pass.  Mutates ``cluster``'s free capacity (build a fresh one per pass).
-    ``quotas``: the accounts' quotas; ``held``: what each account's placed jobs hold now."""
+    """Decide this pass.  Mutates ``cluster``'s free capacity (a fresh one per pass, or kept pools
+    rolled back after it).  ``queue``: the pending jobs, or a ``FairQueue`` over them already in
+    order (with ``usage``).  ``quotas``: the accounts' quotas; ``held``: what each account's placed
+    jobs hold now."""
     previous = previous_reservations or {}
     result = PassResult()
-    fair = FairQueue(queue, usage)
+    fair = queue if isinstance(queue, FairQueue) else FairQueue(queue, usage)
     book = QuotaBook(quotas or {}, held or {})
     failed: set[tuple[NodeShape, int]] = set()  # shapes that did not fit: neither will their twins
     reserved_pools: set[str] = set()

@@ -14,6 +14,7 @@ No I/O, no clock: usage and cluster totals are passed in.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -52,34 +53,94 @@ class FairQueue:
     was not placed charges nothing, so its account's next job is considered at once."""
 
     def __init__(self, jobs: Iterable[QueuedJob], usage: Mapping[str, float]) -> None:
-        self.usage: dict[str, float] = dict(usage)
         tiers: dict[int, dict[str, list[QueuedJob]]] = {}
         for job in jobs:
             tiers.setdefault(job.priority, {}).setdefault(job.account, []).append(job)
-        # each account's jobs newest first, so that the oldest is popped from the end
-        for accounts in tiers.values():
-            for queued in accounts.values():
-                queued.sort(key=lambda j: (j.submitted_at, j.job_id), reverse=True)
+        ordered = {priority: {account: iter(sorted(queued, key=age)) for account, queued in accounts.items()}
+                   for priority, accounts in tiers.items()}
+        self._setup(ordered, usage)
+
+    @classmethod
+    def ordered(cls, tiers: Mapping[int, Mapping[str, Iterator[QueuedJob]]], usage: Mapping[str, float]) -> FairQueue:
+        """Over each priority's accounts' jobs, each account's already oldest first (``QueueBook``):
+        no sort of the whole queue per pass."""
+        fair = cls.__new__(cls)
+        fair._setup(tiers, usage)
+        return fair
+
+    def _setup(self, tiers: Mapping[int, Mapping[str, Iterator[QueuedJob]]], usage: Mapping[str, float]) -> None:
+        self.usage: dict[str, float] = dict(usage)
         self._tiers = tiers
 
     def charge(self, account: str, share: float) -> None:
         self.usage[account] = self.usage.get(account, 0.0) + share
 
-    def _entry(self, account: str, queued: list[QueuedJob]) -> tuple[float, float, str, str]:
-        head = queued[-1]
+    def _entry(self, account: str, head: QueuedJob) -> tuple[float, float, str, str]:
         return (self.usage.get(account, 0.0), head.submitted_at, head.job_id, account)
 
     def __iter__(self) -> Iterator[QueuedJob]:
         for priority in sorted(self._tiers, reverse=True):
-            accounts = self._tiers[priority]
-            heap = [self._entry(account, queued) for account, queued in accounts.items()]
+            heads: dict[str, tuple[QueuedJob, Iterator[QueuedJob]]] = {}
+            heap = []
+            for account, jobs in self._tiers[priority].items():
+                if (head := next(jobs, None)) is not None:
+                    heads[account] = (head, jobs)
+                    heap.append(self._entry(account, head))
             heapq.heapify(heap)
             while heap:
                 account = heapq.heappop(heap)[3]
-                queued = accounts[account]
-                yield queued.pop()
-                if queued:  # re-entered with its usage after a possible charge
-                    heapq.heappush(heap, self._entry(account, queued))
+                head, jobs = heads[account]
+                yield head
+                if (head := next(jobs, None)) is not None:  # re-entered with its usage after a possible charge
+                    heads[account] = (head, jobs)
+                    heapq.heappush(heap, self._entry(account, head))
+
+
+def age(job: QueuedJob) -> tuple[float, str]:
+    """Within an account and priority: the oldest submission first."""
+    return (job.submitted_at, job.job_id)
+
+
+class QueueBook:
+    """The pending jobs (``jobs``, by id), and each priority's accounts' jobs oldest first, kept
+    between passes so that a pass over 100,000 queued jobs sorts nothing: a job is inserted once
+    when it becomes Pending (a new one at the end); one that leaves stays in its list until the
+    lists hold twice as many as are pending, and is skipped meanwhile."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, QueuedJob] = {}
+        self._lists: dict[int, dict[str, list[tuple[float, str]]]] = {}
+        self._listed: set[str] = set()
+
+    def put(self, job: QueuedJob) -> None:
+        """A job that is Pending (again, or its record changed: a new reason to wait)."""
+        self.jobs[job.job_id] = job
+        if job.job_id not in self._listed:
+            self._listed.add(job.job_id)
+            bisect.insort(self._lists.setdefault(job.priority, {}).setdefault(job.account, []), age(job))
+
+    def drop(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+    def tiers(self) -> dict[int, dict[str, Iterator[QueuedJob]]]:
+        """Each priority's accounts' pending jobs, oldest first (for ``FairQueue.ordered``)."""
+        if len(self._listed) > 2 * len(self.jobs) + 1024:
+            self._compact()
+        return {priority: {account: self._pending(keys) for account, keys in accounts.items()}
+                for priority, accounts in self._lists.items()}
+
+    def _pending(self, keys: list[tuple[float, str]]) -> Iterator[QueuedJob]:
+        jobs = self.jobs
+        for _, job_id in keys:
+            if (job := jobs.get(job_id)) is not None:
+                yield job
+
+    def _compact(self) -> None:
+        jobs = self.jobs
+        self._lists = {priority: kept for priority, accounts in self._lists.items()
+                       if (kept := {account: left for account, keys in accounts.items()
+                                    if (left := [k for k in keys if k[1] in jobs])})}
+        self._listed = set(jobs)
 
 
 def queue_order(jobs: Iterable[QueuedJob], usage: Mapping[str, float], totals: Demand) -> list[QueuedJob]:

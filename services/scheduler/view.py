@@ -1,18 +1,21 @@
 """The scheduler's memory, kept without I/O: the active job records (from the KV watch), the
 agents (from heartbeats), the capacity that placed jobs hold (per agent, and per account for fair
 share and quotas), updated incrementally as records change, so that a pass never re-adds 20,000
-records to know what is free; and the accounts' quotas (from a watch on ``tm_accounts``)."""
+records to know what is free, nor re-sorts 10,000 agents (``capacity.py``) or 100,000 queued jobs
+(``queue.QueueBook``); and the accounts' quotas (from a watch on ``tm_accounts``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from services.scheduler.capacity import CapacityIndex
 from services.scheduler.placement import ZERO, AgentView, Demand, NodeShape, ShapeCatalog
 from services.scheduler.planner import Cluster
-from services.scheduler.queue import QueuedJob, dominant_share
+from services.scheduler.queue import FairQueue, QueueBook, QueuedJob, dominant_share
 from services.scheduler.quotas import NOTHING, Use
 from services.scheduler.reconcile import live_nodes_on, silent_agents, timed_out
+from services.scheduler.wakeup import Wake
 from trainmaster.messages import AccountQuota, AgentHeartbeat, JobRecord, Status
 
 S = Status
@@ -40,7 +43,9 @@ class SchedulerView:
         self.started_at = started_at
         self.records: dict[str, JobRecord] = {}  # pending and capacity-holding jobs
         self.revisions: dict[str, int] = {}
-        self.queued: dict[str, QueuedJob] = {}
+        self.book = QueueBook()
+        self.queued: dict[str, QueuedJob] = self.book.jobs  # the pending jobs, by id
+        self.capacity = CapacityIndex()  # the live agents' free capacity, sorted per pool
         self.holdings: dict[str, Holding] = {}
         self.used: dict[str, Demand] = {}  # agent id -> held
         self.account_used: dict[str, Demand] = {}
@@ -56,16 +61,18 @@ class SchedulerView:
         self.max_revision = 0
 
     # ------------------------------------------------------------------ job records
-    def remember(self, record: JobRecord, revision: int) -> bool:
-        """Take a record version in (an older revision than the one held is ignored).  True when it
-        matters to placement: a job became pending, or capacity was taken or released."""
+    def remember(self, record: JobRecord, revision: int) -> Wake | None:
+        """Take a record version in (an older revision than the one held is ignored).  What it
+        changes that may let a blocked job fit (``wakeup.py``): a job became Pending, or capacity
+        was given back; None when nothing of the kind."""
         self.max_revision = max(self.max_revision, revision)
         held = self.revisions.get(record.id)
         if held is not None and revision and revision <= held:
-            return False
+            return None
         previous = self.records.get(record.id)
+        holding = self.holdings.get(record.id)
         self._release(record.id)
-        self.queued.pop(record.id, None)
+        self.book.drop(record.id)
         if record.status in ACTIVE:
             self.records[record.id] = record
             self.revisions[record.id] = revision
@@ -73,15 +80,19 @@ class SchedulerView:
             self.records.pop(record.id, None)
             self.revisions.pop(record.id, None)
         if record.status == S.PENDING:
-            self.queued[record.id] = self._queued(record)
+            self.book.put(self._queued(record))
         elif record.status in HOLDS_CAPACITY:
             self._hold(record)
-        return previous is None or previous.status != record.status
+        if record.status == S.PENDING and (previous is None or previous.status != S.PENDING):
+            return Wake.NEW_JOB
+        if holding is not None and ((after := self.holdings.get(record.id)) is None or after.agents != holding.agents):
+            return Wake.CAPACITY_FREED
+        return None
 
     def forget(self, job_id: str) -> None:
         """The record was deleted from the bucket."""
         self._release(job_id)
-        self.queued.pop(job_id, None)
+        self.book.drop(job_id)
         self.records.pop(job_id, None)
         self.revisions.pop(job_id, None)
 
@@ -104,6 +115,7 @@ class SchedulerView:
         self.holdings[record.id] = holding
         for agent_id in agents:
             self.used[agent_id] = self.used.get(agent_id, ZERO) + demand
+            self.capacity.taken(agent_id, demand)
         account = holding.account
         self.account_used[account] = self.account_used.get(account, ZERO) + demand.times(len(agents))
         self.account_use[account] = self.account_use.get(account, NOTHING) + holding.use
@@ -121,6 +133,7 @@ class SchedulerView:
             return
         for agent_id in holding.agents:
             _subtract(self.used, agent_id, holding.demand)
+            self.capacity.given(agent_id, holding.demand)
         for agent_id in set(holding.agents):
             jobs = self.agent_jobs.get(agent_id, {})
             jobs.pop(job_id, None)
@@ -153,10 +166,19 @@ class SchedulerView:
         if previous is None or (previous.pool, previous.cpus, previous.memory_mb, previous.gpus, previous.labels) != (
                 hb.pool, hb.cpus, hb.memory_mb, hb.gpus, hb.labels):
             self.agents[hb.agent_id] = AgentView.of(hb)
+            self.capacity.heard_of(self.agents[hb.agent_id])
+            self.capacity.gone(hb.agent_id)  # taken in again below, with its new capacity
         self.heartbeats[hb.agent_id] = hb
         self.last_seen[hb.agent_id] = now
         self.lost.discard(hb.agent_id)
+        if not self.capacity.is_live(hb.agent_id):
+            self.capacity.live(self.agents[hb.agent_id], self.used.get(hb.agent_id, ZERO))
         return news
+
+    def mark_lost(self, agent_id: str) -> None:
+        """The agent is lost: no node is placed on it until it is heard from again."""
+        self.lost.add(agent_id)
+        self.capacity.gone(agent_id)
 
     def grace(self, now: float) -> None:
         """Count every agent as heard from now (after this scheduler could not listen for a while)."""
@@ -191,8 +213,14 @@ class SchedulerView:
         return max(ends, default=now)
 
     def cluster(self, now: float) -> Cluster:
-        live = [a for a in self.agents.values() if self.alive(a.agent_id, now)]
-        return Cluster(live, self.agents.values(), self.used, drain_at=lambda agent_id: self.drain_at(agent_id, now))
+        """The cluster a pass plans on: the kept index itself (wrap the pass in ``capacity.begin``
+        and ``capacity.rollback``).  Agents silent past the timeout leave it when the loop marks them
+        lost (``mark_lost``)."""
+        return self.capacity.cluster(drain_at=lambda agent_id: self.drain_at(agent_id, now))
+
+    def fair_queue(self, usage: dict[str, float]) -> FairQueue:
+        """The pending jobs in queue order, from the kept per-account lists (nothing sorted)."""
+        return FairQueue.ordered(self.book.tiers(), usage)
 
     def usage_shares(self, totals: Demand) -> dict[str, float]:
         return {account: dominant_share(used, totals) for account, used in self.account_used.items()}

@@ -10,6 +10,7 @@ import structlog
 from nats.js.kv import KeyValue
 
 from services.scheduler.view import SchedulerView
+from services.scheduler.wakeup import Wake
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import AccountQuota, JobRecord
 from trainmaster.service import ServiceContext
@@ -32,15 +33,15 @@ class ViewFeed:
     """Keeps ``view`` up to date with the buckets, and calls ``wake`` when a change may let the
     loop place something (a job became pending, capacity was given back, a quota was raised)."""
 
-    def __init__(self, ctx: ServiceContext, store: JobStore, view: SchedulerView, wake: Callable[[], None]) -> None:
+    def __init__(self, ctx: ServiceContext, store: JobStore, view: SchedulerView, wake: Callable[[Wake], None]) -> None:
         self.ctx = ctx
         self.store = store
         self.view = view
         self.wake = wake
 
     def remember(self, record: JobRecord, revision: int) -> None:
-        if self.view.remember(record, revision):
-            self.wake()  # a job became pending or capacity changed
+        if (reason := self.view.remember(record, revision)) is not None:
+            self.wake(reason)  # a job became pending or capacity was given back
 
     # ------------------------------------------------------------------ the job records
     async def load(self) -> None:
@@ -91,4 +92,4 @@ class ViewFeed:
                 log.warning("account record not understood; no quota applied", account=entry.key, error=str(exc))
         if self.view.set_quota(entry.key, quota):
             log.info("account quota", account=entry.key, quota=msgspec.to_builtins(quota) if quota else None)
-            self.wake()  # a quota raised (or removed) may let jobs go
+            self.wake(Wake.QUOTA_CHANGED)  # a quota raised (or removed) may let jobs go

@@ -16,6 +16,7 @@ from services.scheduler.placement import Demand, ShapeCatalog
 from services.scheduler.quotas import Use
 from services.scheduler.reconcile import agents_to_cancel, run_deadline, running_since, silent_agents, timed_out
 from services.scheduler.view import SchedulerView
+from services.scheduler.wakeup import Wake
 from trainmaster.catalog import parse_resources
 from trainmaster.messages import (
     AccountQuota,
@@ -81,6 +82,24 @@ def test_the_view_holds_capacity_while_placed_and_releases_it_at_the_end():
     view.remember(record, 3)
     view.remember(done, 4)
     assert view.used == {} and view.records == {}
+
+
+def test_the_view_says_which_changes_may_let_a_blocked_job_fit():
+    view = SchedulerView(ShapeCatalog(CATALOG), agent_timeout_s=15, started_at=T0)
+    view.heard(heartbeat("a"), T0)
+    record = pending("j1")
+    assert view.remember(record, 1) is Wake.NEW_JOB
+    record = placed(record, ["a"])
+    assert view.remember(record, 2) is None, "placed: it took capacity, it freed none"
+    record = transition(record, NodeRunning("r0", attempt=1, node=0), T0 + 2)
+    assert view.remember(record, 3) is None, "running: the same capacity held"
+    assert view.capacity.pools["cpu"].free["a"] == Demand(8 - 1, 16384 - 1024)
+    record = transition(record, NodeExited("e0", attempt=1, node=0, exit_code=0), T0 + 3)
+    assert view.remember(record, 4) is Wake.CAPACITY_FREED
+    assert view.capacity.pools["cpu"].free["a"] == Demand(8, 16384)
+    view.mark_lost("a")
+    assert "cpu" not in view.capacity.pools, "a lost agent takes no node"
+    assert view.heard(heartbeat("a"), T0 + 20) == "returned" and "a" in view.capacity.pools["cpu"].agents
 
 
 records = st.sampled_from(["j1", "j2", "j3"])
