@@ -491,6 +491,24 @@ class Services:
         return codes
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def require_browser() -> None:
+    """The web console is tested in a real browser and .ci/run installs it: a machine without it
+    fails these tests, naming what is missing, instead of skipping them silently."""
+    missing = [] if Path(CHROMIUM).is_file() else ["chromium"]
+    if not Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc").is_file():
+        missing.append("fonts-wqy-microhei")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        missing.append("playwright (make .venv/.test-installed)")
+    if missing:
+        pytest.fail(f"the web console's tests need {', '.join(missing)}: run .ci/run, or "
+                    "apt-get install -y chromium fonts-wqy-microhei", pytrace=False)
+
+
 def require_container_tools() -> None:
     """Custom-image jobs are a claimed feature and .ci/run installs what they need: a machine
     without it fails these tests, naming what is missing, instead of skipping them silently."""

@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from trainmaster import names
-from trainmaster.catalog import Pool
+from trainmaster.catalog import Engine, Pool
 
 ParamValue = str | int | float | bool
 
@@ -367,6 +367,13 @@ class PoolList(Struct, frozen=True):
 
     pools: list[Pool]
     currency: str
+
+
+class EngineList(Struct, frozen=True):
+    """Reply of ``tm.engines.list``: the AI engines of the "common framework" algorithm source
+    (``engines.yaml``), each with its versions, aliases and whether it runs distributed."""
+
+    engines: list[Engine]
 
 
 # ---------------------------------------------------------------- CloudEvents (public)

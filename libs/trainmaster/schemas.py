@@ -27,6 +27,7 @@ PUBLIC_TYPES: dict[str, type] = {
     "request-event": m.RequestCloudEvent,
     "agent-list": m.AgentList,
     "pool-list": m.PoolList,
+    "engine-list": m.EngineList,
     # notifications: the topics API on tm.topics.<verb>
     "topic-create": m.TopicCreate,
     "topic-ref": m.TopicRef,

@@ -86,6 +86,11 @@ class Topology:
         """Request/reply, answered by job-intake: the resource pools, their flavors and prices."""
         return f"{self.prefix}.pools.list"
 
+    @property
+    def engines_list(self) -> str:
+        """Request/reply, answered by job-intake: the engines of the "common framework" source."""
+        return f"{self.prefix}.engines.list"
+
     # ---- events and logs -----------------------------------------------------------------
     def job_events(self, job_id: str = "*") -> str:
         return f"{self.prefix}.events.job.{job_id}"
@@ -453,7 +458,8 @@ class Topology:
         sent it), nor anything internal: agents' subjects, JetStream, KV."""
         one = [self.jobs(v) for v in (*self.job_verbs, "plan", "new_version")]
         one += [f"{self.prefix}.{group}.*" for group in ("templates", "datasets", "accounts", "algorithms", "topics")]
-        one += [self.agents_list, self.pools_list, self.audit_list, *(self.users(v) for v in self.user_verbs)]
+        one += [self.agents_list, self.pools_list, self.engines_list, self.audit_list,
+                *(self.users(v) for v in self.user_verbs)]
         return (*((s, False) for s in one), *((self.jobs(v), True) for v in self.streamed_job_verbs))
 
 

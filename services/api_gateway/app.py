@@ -10,9 +10,12 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from services.api_gateway import openapi
+from services.api_gateway.console import ASSETS, wants_page
 from services.api_gateway.http import Gateway, json_response
 from services.api_gateway.problems import MEDIA_TYPE, Problem, of_validation
 from services.api_gateway.routes import router
@@ -89,7 +92,9 @@ def make_app(settings: Settings) -> FastAPI:
     app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
 
     @app.get("/", include_in_schema=False)
-    async def root() -> Response:
+    async def root(request: Request) -> Response:
+        if wants_page(request.headers.get("accept", "")):
+            return FileResponse(ASSETS / "index.html", headers={"Cache-Control": "no-cache"})
         return json_response(b'{"service": "trainmaster api-gateway", "api": "/api/v1", '
                              b'"openapi": "/api/v1/openapi.json"}')
 
@@ -99,4 +104,5 @@ def make_app(settings: Settings) -> FastAPI:
         return json_response(b'{"bus": "connected"}' if connected else b'{"bus": "disconnected"}',
                              200 if connected else 503)
 
+    app.mount("/console", StaticFiles(directory=ASSETS), name="console")
     return app

@@ -206,6 +206,12 @@ async def list_pools(api: Api, token: Token):
     return await api.answer(api.topo.pools_list, b"{}", token)
 
 
+@router.get("/engines", tags=["catalog"], summary="The engines of the framework source and their versions "
+            "(tm.engines.list)", responses=reply_of(m.EngineList))
+async def list_engines(api: Api, token: Token):
+    return await api.answer(api.topo.engines_list, b"{}", token)
+
+
 @router.get("/agents", tags=["catalog"], summary="The executor agents (tm.agents.list)",
             responses=reply_of(m.AgentList))
 async def list_agents(api: Api, token: Token):

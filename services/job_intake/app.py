@@ -16,14 +16,14 @@ from services.job_intake.index import JobIndex
 from services.job_intake.job_api import JobApi
 from services.job_intake.plans import JobPlans
 from services.job_intake.pull import each_message, pull_batches
-from services.job_intake.registry import Accounts, Algorithms, Pools, Templates
+from services.job_intake.registry import Accounts, Algorithms, Engines, Pools, Templates
 from services.job_intake.replies import answer
 from services.job_intake.submissions import Submissions
 from services.job_intake.users import Users, load_users_signer
 from services.job_intake.versions import VersionCounter
 from trainmaster import accounts
 from trainmaster.algorithms import load_presets
-from trainmaster.catalog import load_resources
+from trainmaster.catalog import load_engines, load_resources
 from trainmaster.delivery_policy import Settler
 from trainmaster.identity import Directory
 from trainmaster.jobfeed import Pace
@@ -81,6 +81,7 @@ async def setup(ctx: ServiceContext) -> None:
     accounts_api = Accounts(accounts_kv, max_bytes, s.billing.currency, index, resources, directory)
     algorithms = Algorithms(load_presets(s.catalog.catalog_dir), max_bytes, directory)
     pools = Pools(resources, s.billing.currency, max_bytes, directory)
+    engines = Engines(load_engines(s.catalog.catalog_dir), max_bytes, directory)
     datasets = Datasets(await bucket(topo.bucket_datasets.name), await bucket(topo.bucket_dataset_versions.name),
                         Storage(s), max_bytes, directory)
     biller = Biller(store, accounts_kv, resources, default_account=s.billing.default_account,
@@ -121,6 +122,7 @@ async def setup(ctx: ServiceContext) -> None:
         topo.algorithms("list"): algorithms.on_list,
         topo.algorithms("get"): algorithms.on_get,
         topo.pools_list: pools.on_list,
+        topo.engines_list: engines.on_list,
         topo.datasets("create"): audited("dataset_create", datasets.on_create, trail.describe_dataset_create),
         topo.datasets("list"): datasets.on_list,
         topo.datasets("get"): datasets.on_get,

@@ -22,7 +22,7 @@ from services.job_intake.replies import Refused, not_found, refused
 from trainmaster import accounts, kvstore
 from trainmaster.access import Caller, Role, require, require_cluster_admin
 from trainmaster.algorithms import PresetCatalog
-from trainmaster.catalog import ResourceCatalog
+from trainmaster.catalog import EngineCatalog, ResourceCatalog
 from trainmaster.decoding import decode_as, decode_empty
 from trainmaster.identity import Directory
 from trainmaster.messages import (
@@ -31,6 +31,7 @@ from trainmaster.messages import (
     AccountDetail,
     AccountList,
     AccountQuotaSet,
+    EngineList,
     JobRequest,
     LedgerEntry,
     NameRef,
@@ -209,6 +210,21 @@ class Pools:
 
     def __init__(self, catalog: ResourceCatalog, currency: str, max_bytes: int, directory: Directory) -> None:
         self.reply = encode(PoolList(catalog.pools, currency))
+        self.max_bytes = max_bytes
+        self.directory = directory
+
+    async def on_list(self, msg: NatsMessage) -> bytes:
+        self.directory.caller(msg.headers)
+        decode_empty(msg.body, self.max_bytes)
+        return self.reply
+
+
+class Engines:
+    """The engines of the "common framework" algorithm source, to anyone known (the create form's
+    Engine and Engine version pickers)."""
+
+    def __init__(self, catalog: EngineCatalog, max_bytes: int, directory: Directory) -> None:
+        self.reply = encode(EngineList(catalog.engines))
         self.max_bytes = max_bytes
         self.directory = directory
 

@@ -5,7 +5,6 @@ follows its log lines as Server-Sent Events.  The token is made once and kept ac
 from __future__ import annotations
 
 import json
-import re
 import stat
 import uuid
 from pathlib import Path
@@ -13,29 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 from support import eventually, script_job
-from up_harness import Up, free_port
+from up_harness import Up, answering, free_port, printed
 
 pytestmark = pytest.mark.e2e
-
-
-async def answering(url: str) -> None:
-    """Wait for the gateway to listen (the stack prints its URL when it starts it)."""
-    async def healthy() -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=2) as http:
-                return (await http.get(f"{url}/health")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(healthy, 30, 0.1, what="the HTTP API to answer")
-
-
-def printed(up: Up) -> tuple[str, Path]:
-    """The API's URL and the admin token's file, as `trainmaster up` printed them (last)."""
-    urls = re.findall(r"HTTP API at (http://\S+/api/v1)", up.output())
-    token_files = re.findall(r"token: in (\S+)", up.output())
-    assert urls and token_files, up.output()
-    return urls[-1], Path(token_files[-1])
 
 
 async def test_the_stack_serves_the_api_to_its_admin_token(stacks, client_of, tmp_path: Path) -> None:

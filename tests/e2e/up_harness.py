@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from nats.errors import Error as NatsError
 from support import REPO, eventually
 
@@ -178,3 +180,24 @@ async def connected(client: Client) -> bool:
 
 
 # ------------------------------------------------------------------------------ jobs
+
+
+# ------------------------------------------------------------------------------ the HTTP API
+async def answering(url: str) -> None:
+    """Wait for the gateway to listen (the stack prints its URL when it starts it)."""
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(f"{url}/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await eventually(healthy, 30, 0.1, what="the HTTP API to answer")
+
+
+def printed(up: Up) -> tuple[str, Path]:
+    """The API's URL and the admin token's file, as `trainmaster up` printed them (last)."""
+    urls = re.findall(r"HTTP API at (http://\S+/api/v1)", up.output())
+    token_files = re.findall(r"token: in (\S+)", up.output())
+    assert urls and token_files, up.output()
+    return urls[-1], Path(token_files[-1])

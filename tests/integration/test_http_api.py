@@ -103,6 +103,10 @@ async def test_a_member_works_on_its_projects_jobs_and_sees_no_other(api: Api, p
     pools = (await api.call("GET", "/pools", alice)).json()
     assert {"cpu", "gpu"} <= {p["name"] for p in pools["pools"]} and pools["currency"]
     assert pools["pools"][0]["flavors"][0]["price_per_hour"] > 0
+    engines = (await api.call("GET", "/engines", alice)).json()["engines"]
+    sklearn = next(e for e in engines if e["name"] == "scikit-learn")
+    assert sklearn["versions"][0]["version"] and "sklearn" in sklearn["aliases"]
+    assert not next(e for e in engines if e["name"] == "caffe")["distributed"]
 
 
 async def test_no_token_a_wrong_one_and_a_revoked_one_are_401(api: Api) -> None:
@@ -163,6 +167,7 @@ async def test_the_openapi_document_lists_every_route_and_resolves(api: Api) -> 
     paths = doc["paths"]
     for path, methods in {"/jobs": {"get", "post"}, "/jobs/{id}": {"get"}, "/jobs/{id}/events": {"get"},
                           "/jobs/{id}/logs": {"get"}, "/jobs/{name}/versions": {"post"}, "/pools": {"get"},
+                          "/engines": {"get"},
                           "/users/{name}/credentials/{credential_id}": {"delete"}, "/audit": {"get"}}.items():
         assert methods <= set(paths[f"/api/v1{path}"]), path
     assert len(paths) >= 30

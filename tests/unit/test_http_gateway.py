@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from services.api_gateway import problems, sse
+from services.api_gateway.console import wants_page
 from services.api_gateway.http import merged, query
 from services.api_gateway.problems import Problem
 from trainmaster import user_rules
@@ -90,3 +91,13 @@ def test_the_stack_never_makes_somebodys_admin_user_a_cluster_admin() -> None:
     assert disabled is not None
     with pytest.raises(ValueError, match="disabled"):
         user_rules.stack_admin(msgspec.structs.replace(disabled, disabled_at=5.0), "h1", NEW, 6.0)
+
+
+@pytest.mark.parametrize(("accept", "page"), [
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),  # a browser
+    ("*/*", False), ("", False), ("application/json", False),
+    ("text/html;q=0", False), ("application/json, text/html;q=0.5", True), ("TEXT/HTML", True),
+    ("text/html;q=bad", True),
+])
+def test_only_a_browser_gets_the_console_at_the_root(accept: str, page: bool) -> None:
+    assert wants_page(accept) is page

@@ -114,6 +114,7 @@ def up(
 def show_http_api(stack: Any) -> None:
     """Where the HTTP API answers and how to log in to it."""
     console.print(f"HTTP API at {stack.http_url} (OpenAPI: {stack.http_url}/openapi.json)")
+    console.print(f"web console at {stack.http_url.removesuffix('/api/v1')}/ (log in with the admin token below)")
     if stack.admin_token_file.exists():
         console.print(f"  token: in {stack.admin_token_file} (the cluster admin `admin`; send it as "
                       "`Authorization: Bearer <token>`)")
