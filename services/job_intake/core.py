@@ -83,6 +83,12 @@ def read_job_request(body: bytes, max_bytes: int) -> JobRequest:
     return spec
 
 
+def read_planned_request(body: bytes, max_bytes: int) -> JobRequest:
+    """A job request to plan: decoded and normalised, its name not checked here — the validator
+    reports a missing or bad name with every other violation, so a form shows them all at once."""
+    return normalise(decode_as(body, JobRequest, max_bytes))
+
+
 def check_name(name: str | None) -> None:
     """The name is needed to assign a version, so intake checks it before storing anything."""
     if not name:

@@ -23,7 +23,7 @@ from services.job_intake.core import (
     format_version,
     latest_job,
     normalise,
-    read_job_request,
+    read_planned_request,
     with_overrides,
     without_save_as,
 )
@@ -48,6 +48,7 @@ from trainmaster.messages import (
     Violation,
     encode,
 )
+from trainmaster.names import NAME_RE
 from trainmaster.settings import Settings
 
 log = structlog.get_logger()
@@ -86,7 +87,8 @@ class JobPlans:
         pool = self.resources.pool(spec.resources.pool)
         flavor = pool.flavor(spec.resources.flavor) if pool is not None else None
         account = await accounts.get(self.accounts_kv, spec.account or self.settings.billing.default_account)
-        next_version = format_version(await self.versions.upcoming(spec.name)) if spec.name else None
+        named = spec.name is not None and NAME_RE.match(spec.name) is not None
+        next_version = format_version(await self.versions.upcoming(spec.name)) if named else None
         return PlanReply(
             spec=spec, valid=not verdict.violations, violations=verdict.violations, warnings=verdict.warnings,
             price_per_hour=accounts.price_per_hour(spec.resources, self.resources),
@@ -98,7 +100,7 @@ class JobPlans:
     # ---- tm.jobs.plan
     async def on_plan(self, msg: NatsMessage) -> bytes:
         caller = self.directory.caller(msg.headers)
-        spec = read_job_request(msg.body, self.settings.api.max_request_bytes)
+        spec = read_planned_request(msg.body, self.settings.api.max_request_bytes)
         require_job_account(caller, spec.account, "planning a job")
         return encode(await self.plan(spec))
 

@@ -61,7 +61,6 @@ async def test_the_console_creates_watches_and_stops_jobs(stacks, client_of, tmp
         await page.get_by_label("Engine", exact=True).select_option("scikit-learn")
         await page.get_by_label("Engine version").select_option("1.5")
         await page.get_by_label("Code directory").fill(str(IRIS / "code"))
-        await page.get_by_label("Boot file").fill("train.py")
         await page.get_by_label("Data", exact=True).select_option("paths")
         await page.get_by_label("Path", exact=True).fill(str(IRIS / "data"))
         for i, (param, value) in enumerate((("max_iter", "200"), ("C", "1.0"))):
@@ -80,10 +79,13 @@ async def test_the_console_creates_watches_and_stops_jobs(stacks, client_of, tmp
         await expect(beside_name).to_have_count(1)
         await expect(beside_name).to_have_attribute("data-code", "invalid_name")
         await expect(page.get_by_label("Name", exact=True)).to_have_attribute("aria-invalid", "true")
+        beside_boot_file = page.locator('ul.violations[data-for="algorithm.boot_file"] li.violation')
+        await expect(beside_boot_file).to_have_count(1)  # every violation at once, each beside its field
         await expect(page.locator("ul.violations.general li.violation")).to_have_count(0)
         await page.screenshot(path=SHOTS / "create-violation.png", full_page=True)
 
         await page.get_by_label("Name", exact=True).fill(name)
+        await page.get_by_label("Boot file").fill("train.py")
         await expect(page.locator("li.violation")).to_have_count(0)
         await expect(page.locator("#price")).to_contain_text("per hour")
         await page.screenshot(path=SHOTS / "create-valid.png", full_page=True)

@@ -93,6 +93,10 @@ async def test_plan_shows_the_normalised_spec_warnings_and_price_and_creates_not
         ("billing_mode", "unsupported_billing_mode"), ("resources.flavor", "unknown_flavor"),
         ("resources.node_count", "pool_too_small"), ("resources.node_count", "engine_single_node")}
     assert plan["price_per_hour"] is None
+    unnamed = await call(nc, TOPO.jobs("plan"), dict(spec, name="bad name!", output_path=None))
+    assert unnamed["valid"] is False and unnamed["next_version"] is None  # every violation at once, the name's too
+    found = {(v["field"], v["code"]) for v in unnamed["violations"]}
+    assert {("name", "invalid_name"), ("output_path", "required")} <= found, found
     assert_error(await call(nc, TOPO.jobs("plan"), {"name": "x", "nope": 1}), "invalid_request", "nope")
 
 

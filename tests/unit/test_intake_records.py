@@ -15,6 +15,7 @@ from services.job_intake.core import (
     latest_job,
     next_dataset_version,
     read_job_request,
+    read_planned_request,
     saved_template,
     updated_template,
     with_listed_version,
@@ -124,6 +125,13 @@ def test_reading_a_job_request_normalises_it_and_checks_the_name():
     with pytest.raises(RequestError) as err:
         read_job_request(b'{"description": "no name"}', 10_000)
     assert err.value.body.details[0].code == "required"
+
+
+def test_a_plan_reads_a_request_with_no_name_or_a_bad_one_and_leaves_it_to_the_validator():
+    assert read_planned_request(b'{"description": "no name"}', 10_000).name is None
+    assert read_planned_request(json.dumps({"name": " bad name! "}).encode(), 10_000).name == "bad name!"
+    with pytest.raises(RequestError):
+        read_planned_request(b'{"name": 5}', 10_000)
 
 
 def test_the_reply_to_a_verdict():

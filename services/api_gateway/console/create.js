@@ -139,7 +139,7 @@ export async function createView() {
     const pool = cat.pools.find((p) => p.name === el.pool.value);
     options(el.flavor, (pool ? pool.flavors : []).map((f) => [f.name,
       `${f.name} — ${f.cpus} CPU, ${f.memory_mb} MiB${f.gpus ? `, ${f.gpus} GPU ${f.gpu_type || ""}` : ""} — ` +
-      `${money(f.price_per_hour, cat.currency)} / ${t("per_hour")}`]), pool && pool.flavors[0] && pool.flavors[0].name);
+      `${money(f.price_per_hour, cat.currency)} ${t("per_hour")}`]), pool && pool.flavors[0] && pool.flavors[0].name);
   }
 
   function renderVersions() {
@@ -254,7 +254,7 @@ export async function createView() {
       if (mine !== asked) return null;
       planned = reply;
       showViolations(reply.violations, reply.warnings);
-      priceBox.textContent = `${t("price")}: ${money(reply.price_per_hour, reply.currency)} / ${t("per_hour")}`;
+      priceBox.textContent = `${t("price")}: ${money(reply.price_per_hour, reply.currency)} ${t("per_hour")}`;
       planState.textContent = reply.valid ? t("plan.ok") : `${t("plan.problems")}: ${reply.violations.length}`;
       return reply;
     } catch (err) {
@@ -297,7 +297,7 @@ export async function createView() {
       spec.subscription && ["topic", spec.subscription.topic],
       spec.subscription && ["events", spec.subscription.events.join(", ")],
       spec.save_as && ["save_as", spec.save_as.name],
-      [null, t("confirm.price"), `${money(reply.price_per_hour, reply.currency)} / ${t("per_hour")}`],
+      [null, t("confirm.price"), `${money(reply.price_per_hour, reply.currency)} ${t("per_hour")}`],
       reply.account_balance !== null && reply.account_balance !== undefined &&
         [null, t("confirm.balance"), money(reply.account_balance, reply.currency)],
     ].filter(Boolean).map(([key, label, value]) => key === null ? [label, value] : [t(key), label]);

@@ -85,11 +85,11 @@ export async function jobView(id) {
       fact("ID", job.id), fact(t("description"), spec.description),
       fact(t("algorithm"), [t(`source.${spec.algorithm.source}`), spec.algorithm.preset, spec.algorithm.engine,
         spec.algorithm.engine_version, spec.algorithm.image].filter(Boolean).join(" ")),
-      fact(t("pool"), `${spec.resources.pool} / ${spec.resources.flavor || ""} × ${spec.resources.node_count}`),
+      fact(t("pool"), `${spec.resources.pool}${spec.resources.flavor ? ` / ${spec.resources.flavor}` : ""} × ${spec.resources.node_count}`),
       fact(t("output_path"), spec.output_path), fact(t("log_path"), spec.log_path),
       job.pending_reason && fact(t("job.pending"), job.pending_reason),
       job.failure_reason && fact(t("job.failure"), job.failure_reason, "failure"),
-      job.violations.length && fact(t("job.violations"), job.violations.map((v) => `${v.field}: ${v.message}`).join("; ")),
+      job.violations.length > 0 && fact(t("job.violations"), job.violations.map((v) => `${v.field}: ${v.message}`).join("; ")),
       job.billing && fact(t("job.billing"), `${money(job.billing.cost, job.billing.currency)} (${t("job.duration")} ` +
         `${Math.round(job.billing.duration_s)} s)`)));
     history.replaceChildren(...job.history.map((e) => h("tr", {}, h("td", {}, when(e.at)), h("td", {}, e.change),
