@@ -188,12 +188,13 @@ async def drive(args: argparse.Namespace, url: str, stats_url: str, ports: list[
     # burst
     spy = start_profile(pids["notifier"], profile) if profile else None
     watch = CpuWatch(pids.values())
-    cpu0 = cpu_seconds(pids["notifier"])
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.perf_counter()
     await asyncio.gather(*(publish(r) for r in records[1:args.events + 1]))
     published = time.perf_counter() - t0
     t1 = await wait_count(stats_url, args.events * n, 600)
-    burst_cpu = cpu_seconds(pids["notifier"]) - cpu0
+    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    burst_cpu = cpu["notifier"]
     machine_cpu = watch.stop()
     if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on an interrupt
@@ -220,7 +221,7 @@ async def drive(args: argparse.Namespace, url: str, stats_url: str, ports: list[
                   "duplicates": burst["duplicates"], "lost": max(expected - burst["count"], 0),
                   "publish_s": published, "seconds": burst_s, "deliveries_per_s": burst["count"] / burst_s,
                   "notifier_cpu_s": burst_cpu, "notifier_cpu_us_per_delivery": burst_cpu / expected * 1e6,
-                  "machine_cpu": machine_cpu, "latency_s": summarize(burst["latencies"])},
+                  "cpu_s": cpu, "machine_cpu": machine_cpu, "latency_s": summarize(burst["latencies"])},
         "paced": {"events_per_s": args.paced_rate, "deliveries_per_s_offered": args.paced_rate * n,
                   "deliveries": paced.get("count", 0), "bad_signatures": paced.get("bad", 0),
                   "duplicates": paced.get("duplicates", 0),
@@ -375,8 +376,10 @@ def report(r: dict) -> None:
     print(f"[{r['label']}] burst: {b['events']} events x {r['receivers']} receivers = {b['deliveries']} signed "
           f"deliveries in {b['seconds']:.2f} s -> {b['deliveries_per_s']:.0f} deliveries/s "
           f"(bad signatures {b['bad_signatures']}, duplicates {b['duplicates']}, lost {b['lost']}; notifier CPU "
-          f"{b['notifier_cpu_s']:.1f} s = {b['notifier_cpu_us_per_delivery']:.0f} us/delivery; other processes "
-          f"{c['others_share_of_machine']:.0%} of the machine)")
+          f"{b['notifier_cpu_s']:.1f} s = {b['notifier_cpu_us_per_delivery']:.0f} us/delivery)")
+    print("  CPU during the burst: " + ", ".join(f"{name} {s:.1f} s" for name, s in b["cpu_s"].items())
+          + f"; processes outside the benchmark {c['others_cpu_s']:.1f} s = {c['others_share_of_machine']:.0%} "
+          "of the machine")
     lat = b["latency_s"]
     print(f"  event -> delivery in the burst: p50 {lat['p50'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
           f"max {lat['max'] * 1000:.0f} ms")

@@ -11,6 +11,10 @@
   next attempt's time, nak with the schedule's delay.  410 -> disable the subscription, ack.
   Schedule used up (or an SMTP 5xx) -> record ``dead`` and a dead letter with the body, ack.
   The record is stored before the ack/nak (except a success's, which nothing depends on).
+- Successes are settled in batches: their records and acks are published together every
+  ``SETTLE_BATCH_S`` (2 ms), so the connection writes one buffer for many deliveries instead
+  of one per delivery.  A notifier killed in between sends those again (same webhook-id): the
+  at-least-once window grows by those milliseconds, nothing else changes.
 - An undecodable task is poison: dead-lettered to ``<prefix>.dlq.notifier-deliver`` and
   terminated by the delivery policy every consumer shares (``trainmaster.delivery_policy``),
   nak'ed instead when that dead letter cannot be published.
@@ -50,6 +54,7 @@ _decode_event = msgspec.json.Decoder(JobCloudEvent).decode
 
 POISON_DELIVERIES = 1000  # a task redelivered this often (e.g. it kills the process) is dead-lettered
 DEFER_S = 1.0  # how long a task for a subscription at its in-flight limit waits before coming back
+SETTLE_BATCH_S = 0.002  # how long a success's record and ack wait to be published with others
 
 
 class Deliverer:
@@ -72,6 +77,8 @@ class Deliverer:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.psub: Any = None
+        self.delivered: list[tuple[DeliveryRecord, Msg]] = []  # settled at the next batch
+        self.settling: asyncio.Task[None] | None = None
 
     async def declare(self) -> None:
         """Create or update the durable with ``ack_wait`` from the settings (see topology)."""
@@ -108,6 +115,7 @@ class Deliverer:
         self.stopping = True
         if self.in_flight:
             await asyncio.wait(set(self.in_flight), timeout=timeout_s)
+        await self._settle_delivered()
         if self.psub is not None:
             # a pull subscription is never drained by the client (nothing marks its queued
             # messages done): without this the connection's drain at shutdown waits forever
@@ -178,8 +186,9 @@ class Deliverer:
         bound: dict[str, Any] = dict(delivery=task.id, topic=task.topic, subscription=sub.id, attempt=attempt_no,
                                      status=result.status, error=result.error)
         if decision.state == "delivered":
-            await self.records.record(rec, wait=False)
-            await msg.ack()
+            self.delivered.append((rec, msg))
+            if self.settling is None:
+                self.settling = asyncio.ensure_future(self._settle_delivered(SETTLE_BATCH_S))
         elif decision.state == "retrying":
             await self.records.record(rec)
             log.info("delivery failed; will retry", retry_in_s=decision.retry_in_s, **bound)
@@ -194,6 +203,20 @@ class Deliverer:
             await self._bury(rec, task)
             log.error("delivery dead-lettered", **bound)
             await msg.ack()
+
+    async def _settle_delivered(self, after_s: float = 0.0) -> None:
+        """Publish the batch's records, then its acks (buffered by the client, written at once)."""
+        if after_s:
+            await asyncio.sleep(after_s)
+        batch, self.delivered, self.settling = self.delivered, [], None
+        try:
+            for rec, _ in batch:
+                await self.records.record(rec, wait=False)
+            for _, msg in batch:
+                await msg.ack()
+        except Exception as exc:  # e.g. the connection went away: what is not acked comes back after the ack wait
+            log.warning("settling delivered tasks failed; they will be sent again", deliveries=len(batch),
+                        error=f"{type(exc).__name__}: {exc}")
 
     async def _bury(self, rec: DeliveryRecord, task: DeliveryTask) -> None:
         await self.records.record(rec)
