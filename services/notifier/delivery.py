@@ -2,9 +2,11 @@
 
 - Concurrency: the loop fetches only as many messages as it has free slots
   (``TM_NOTIFY_MAX_IN_FLIGHT``), so a fetched message starts at once and its ack wait is spent
-  sending, not queueing.  One subscription gets at most ``TM_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION``
-  of those slots; a task for a subscription at its limit is handed back (nak, ~1 s) without
-  counting as an attempt, so a slow or dead endpoint cannot take the slots the others need.
+  sending, not queueing.  When busy it waits (at most ``REFILL_WAIT_S``) for a quarter of the
+  slots to be free, so one fetch brings many tasks.  One subscription gets at most
+  ``TM_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION`` of those slots; a task for a subscription at its
+  limit is handed back (nak, ~1 s) without counting as an attempt, so a slow or dead endpoint
+  cannot take the slots the others need.
 - Attempts are counted in the delivery record (``tm_deliveries``), read only on a redelivery:
   a notifier killed mid-send sends again with the same attempt number and the same webhook-id.
 - After an attempt: 2xx -> record ``delivered``, ack.  Retryable -> record ``retrying`` with the
@@ -35,6 +37,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.notifier.core import times_delivered
 from services.notifier.mail import render_email
 from services.notifier.retry import AttemptResult, Decision, Verdict, decide
 from services.notifier.sealing import SubscriptionSecrets
@@ -54,6 +57,7 @@ _decode_event = msgspec.json.Decoder(JobCloudEvent).decode
 
 POISON_DELIVERIES = 1000  # a task redelivered this often (e.g. it kills the process) is dead-lettered
 DEFER_S = 1.0  # how long a task for a subscription at its in-flight limit waits before coming back
+REFILL_WAIT_S = 0.02  # the longest the fetching waits for a batch's worth of free slots
 SETTLE_BATCH_S = 0.002  # how long a success's record and ack wait to be published with others
 
 
@@ -79,6 +83,8 @@ class Deliverer:
         self.psub: Any = None
         self.delivered: list[tuple[DeliveryRecord, Msg]] = []  # settled at the next batch
         self.settling: asyncio.Task[None] | None = None
+        self.slots_freed = asyncio.Event()
+        self.refill = 1  # free slots worth a fetch (set by run)
 
     async def declare(self) -> None:
         """Create or update the durable with ``ack_wait`` from the settings (see topology)."""
@@ -89,11 +95,18 @@ class Deliverer:
     async def run(self) -> None:
         self.psub = psub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
         limit = self.settings.notifier.notify_max_in_flight
+        self.refill = max(1, min(self.spec.batch_size, limit // 4))
         while not self.stopping:
             free = limit - len(self.in_flight)
-            if free <= 0:
-                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                continue
+            if free < self.refill:
+                # one fetch for a batch's worth of free slots rather than one per finished task;
+                # slots held by slow endpoints never stop the fetching for longer than REFILL_WAIT_S
+                self.slots_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.slots_freed.wait(), REFILL_WAIT_S)
+                free = limit - len(self.in_flight)
+                if free <= 0:
+                    continue
             try:
                 msgs = await psub.fetch(min(free, self.spec.batch_size), timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -108,7 +121,12 @@ class Deliverer:
             for msg in msgs:
                 task = asyncio.ensure_future(self.handle(msg))
                 self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if self.settings.notifier.notify_max_in_flight - len(self.in_flight) >= self.refill:
+            self.slots_freed.set()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop fetching and let the deliveries in flight finish (what is cut off is redelivered)."""
@@ -131,13 +149,17 @@ class Deliverer:
             log.exception("delivery failed unexpectedly; it will be redelivered")
 
     async def _handle(self, msg: Msg) -> None:
-        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        delivered = times_delivered(msg.reply)
+        if delivered is None:
+            delivered = msg.metadata.num_delivered if msg.metadata else 1
         try:
             task = _decode_task(msg.data)
         except UNDECODABLE as exc:
             await self.settler.failed(msg, Poison(f"undecodable delivery task: {exc}"))
             return
-        sub = await self.topics.subscription(task.topic, task.subscription_id)
+        sub = self.topics.cached_subscription(task.topic, task.subscription_id)
+        if sub is None:
+            sub = await self.topics.subscription(task.topic, task.subscription_id)
         if sub is None or sub.state != "active":
             why = "subscription removed" if sub is None else f"subscription {sub.state}"
             await self.records.record(self._record(task, sub, "skipped", 0, AttemptResult(Verdict.RETRY, None, why)))
