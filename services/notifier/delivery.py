@@ -149,14 +149,14 @@ class Deliverer:
             log.exception("delivery failed unexpectedly; it will be redelivered")
 
     async def _handle(self, msg: Msg) -> None:
-        delivered = times_delivered(msg.reply)
-        if delivered is None:
-            delivered = msg.metadata.num_delivered if msg.metadata else 1
         try:
             task = _decode_task(msg.data)
         except UNDECODABLE as exc:
             await self.settler.failed(msg, Poison(f"undecodable delivery task: {exc}"))
             return
+        delivered = times_delivered(msg.reply)
+        if delivered is None:
+            delivered = msg.metadata.num_delivered if msg.metadata else 1
         sub = self.topics.cached_subscription(task.topic, task.subscription_id)
         if sub is None:
             sub = await self.topics.subscription(task.topic, task.subscription_id)
