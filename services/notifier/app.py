@@ -62,7 +62,7 @@ async def setup(ctx: ServiceContext) -> None:
     await secrets.reseal_stored(topics)
     records = await DeliveryLog(nc, js, topo).open()
     webhooks = await WebhookSender(settings).start()
-    deliverer = Deliverer(js, topo, settings, topics, records, webhooks, EmailSender(settings), secrets)
+    deliverer = Deliverer(js, topo, settings, topics, records, webhooks, EmailSender(settings), secrets, nc=nc)
     await deliverer.declare()
 
     async def purge(subject: str) -> None:

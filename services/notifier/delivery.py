@@ -34,11 +34,13 @@ from typing import Any
 import msgspec
 import nats.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.notifier.core import times_delivered
 from services.notifier.mail import render_email
+from services.notifier.puller import Puller
 from services.notifier.retry import AttemptResult, Decision, Verdict, decide
 from services.notifier.sealing import SubscriptionSecrets
 from services.notifier.senders import EmailSender, WebhookSender
@@ -64,7 +66,7 @@ SETTLE_BATCH_S = 0.002  # how long a success's record and ack wait to be publish
 class Deliverer:
     def __init__(self, js: JetStreamContext, topo: Topology, settings: Settings, topics: TopicStore,
                  records: DeliveryLog, webhooks: WebhookSender, email: EmailSender, secrets: SubscriptionSecrets,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, nc: NATS | None = None) -> None:
         self.js = js
         self.topo = topo
         self.spec: ConsumerSpec = topo.consumer_notify_deliver
@@ -80,7 +82,8 @@ class Deliverer:
         self.busy: dict[str, int] = {}
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self.psub: Any = None
+        self.nc = nc
+        self.puller: Puller | None = None
         self.delivered: list[tuple[DeliveryRecord, Msg]] = []  # settled at the next batch
         self.settling: asyncio.Task[None] | None = None
         self.slots_freed = asyncio.Event()
@@ -93,35 +96,44 @@ class Deliverer:
         await self.js.add_consumer(self.spec.stream, config)
 
     async def run(self) -> None:
-        self.psub = psub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        nc = self.nc if self.nc is not None else self.js._nc  # type: ignore[attr-defined]
+        self.puller = puller = await Puller(nc, self.js, self.spec.stream, self.spec.durable,
+                                            self._start).start()
         limit = self.settings.notifier.notify_max_in_flight
         self.refill = max(1, min(self.spec.batch_size, limit // 4))
         while not self.stopping:
+            await puller.idle.wait()  # the open request brought what it could
             free = limit - len(self.in_flight)
             if free < self.refill:
-                # one fetch for a batch's worth of free slots rather than one per finished task;
-                # slots held by slow endpoints never stop the fetching for longer than REFILL_WAIT_S
+                # one request for a batch's worth of free slots rather than one per finished task;
+                # slots held by slow endpoints never stop the pulling for longer than REFILL_WAIT_S
                 self.slots_freed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.slots_freed.wait(), REFILL_WAIT_S)
                 free = limit - len(self.in_flight)
                 if free <= 0:
                     continue
+            if self.stopping:
+                break
             try:
-                msgs = await psub.fetch(min(free, self.spec.batch_size), timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                await puller.request(min(free, self.spec.batch_size))
             except nats.errors.ConnectionClosedError:
                 return
             except TRANSIENT_BUS_ERRORS as exc:  # a fail-over or a restarting server: try again shortly
-                log.warning("fetch failed; trying again", consumer=self.spec.durable,
+                log.warning("pull request failed; trying again", consumer=self.spec.durable,
                             error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                task = asyncio.ensure_future(self.handle(msg))
-                self.in_flight.add(task)
-                task.add_done_callback(self._finished)
+
+    def _start(self, msg: Msg) -> None:
+        # pulled while stopping: straight back, for whoever runs next
+        task = asyncio.ensure_future(self._hand_back(msg) if self.stopping else self.handle(msg))
+        self.in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    @staticmethod
+    async def _hand_back(msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await msg.nak()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -134,11 +146,9 @@ class Deliverer:
         if self.in_flight:
             await asyncio.wait(set(self.in_flight), timeout=timeout_s)
         await self._settle_delivered()
-        if self.psub is not None:
-            # a pull subscription is never drained by the client (nothing marks its queued
-            # messages done): without this the connection's drain at shutdown waits forever
+        if self.puller is not None:
             with contextlib.suppress(Exception):
-                await self.psub.unsubscribe()
+                await self.puller.stop()
 
     # ------------------------------------------------------------------ one delivery
     async def handle(self, msg: Msg) -> None:
