@@ -205,12 +205,15 @@ async def drive(args: argparse.Namespace, url: str, stats_url: str, ports: list[
 
     # paced
     paced: dict = {}
+    paced_cpu: dict = {}
     if args.paced_events:
+        paced_watch = CpuWatch(pids.values())
         t0 = time.perf_counter()
         for i, r in enumerate(records[args.events + 1:]):
             await asyncio.sleep(max(0.0, t0 + i / args.paced_rate - time.perf_counter()))
             await publish(r)
         await wait_count(stats_url, args.paced_events * n, 300)
+        paced_cpu = paced_watch.stop()
         await asyncio.sleep(1.0)
         paced = await stats(stats_url, full=True)
     await nc.close()
@@ -225,7 +228,7 @@ async def drive(args: argparse.Namespace, url: str, stats_url: str, ports: list[
         "paced": {"events_per_s": args.paced_rate, "deliveries_per_s_offered": args.paced_rate * n,
                   "deliveries": paced.get("count", 0), "bad_signatures": paced.get("bad", 0),
                   "duplicates": paced.get("duplicates", 0),
-                  "lost": max(args.paced_events * n - paced.get("count", 0), 0),
+                  "lost": max(args.paced_events * n - paced.get("count", 0), 0), "machine_cpu": paced_cpu,
                   "latency_s": summarize(paced.get("latencies", []))} if paced else {},
     }
 
@@ -388,7 +391,8 @@ def report(r: dict) -> None:
         print(f"  paced: {p['events_per_s']:.0f} events/s = {p['deliveries_per_s_offered']:.0f} deliveries/s offered, "
               f"{p['deliveries']} delivered (bad {p['bad_signatures']}, duplicates {p['duplicates']}, lost "
               f"{p['lost']}): p50 {lat['p50'] * 1000:.0f} ms, p99 {lat['p99'] * 1000:.0f} ms, "
-              f"max {lat['max'] * 1000:.0f} ms")
+              f"max {lat['max'] * 1000:.0f} ms; processes outside the benchmark "
+              f"{p['machine_cpu']['others_share_of_machine']:.0%} of the machine")
 
 
 if __name__ == "__main__":
