@@ -20,12 +20,12 @@ from nats.js import JetStreamContext
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
-_LOST_REQUEST_MARGIN_S = 2.0
+_LOST_REQUEST_MARGIN_S = 1.0  # a request lost to a server restart holds the pulling up no longer
 
 
 class Puller:
     def __init__(self, nc: NATS, js: JetStreamContext, stream: str, durable: str, on_msg: Callable[[Msg], None],
-                 expires_s: float = 5.0) -> None:
+                 expires_s: float = 1.0) -> None:
         prefix = getattr(js, "_prefix", "$JS.API")  # "$JS.<domain>.API" for a JetStream domain
         self.nc = nc
         self.subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
