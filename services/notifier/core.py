@@ -99,3 +99,17 @@ def fan_out(event: JobCloudEvent, raw_data: msgspec.Raw, notification: str, topi
         )
         for sub in active_subscriptions(topic)
     ]
+
+
+def times_delivered(reply: str | None) -> int | None:
+    """How often JetStream has handed this message out, read from its ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>...``, 9 tokens, or the 12-token form with domain and
+    account hash); None when the subject is not one of those.  Cheaper than nats-py's
+    ``Msg.metadata``, which builds every field, on a path taken once per delivery."""
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    tokens = reply.split(".")
+    field = 4 if len(tokens) == 9 else 6 if len(tokens) >= 11 else None
+    if field is None or not tokens[field].isdigit():
+        return None
+    return int(tokens[field])

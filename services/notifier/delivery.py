@@ -2,15 +2,21 @@
 
 - Concurrency: the loop fetches only as many messages as it has free slots
   (``TM_NOTIFY_MAX_IN_FLIGHT``), so a fetched message starts at once and its ack wait is spent
-  sending, not queueing.  One subscription gets at most ``TM_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION``
-  of those slots; a task for a subscription at its limit is handed back (nak, ~1 s) without
-  counting as an attempt, so a slow or dead endpoint cannot take the slots the others need.
+  sending, not queueing.  When busy it waits (at most ``REFILL_WAIT_S``) for a quarter of the
+  slots to be free, so one fetch brings many tasks.  One subscription gets at most
+  ``TM_NOTIFY_MAX_IN_FLIGHT_PER_SUBSCRIPTION`` of those slots; a task for a subscription at its
+  limit is handed back (nak, ~1 s) without counting as an attempt, so a slow or dead endpoint
+  cannot take the slots the others need.
 - Attempts are counted in the delivery record (``tm_deliveries``), read only on a redelivery:
   a notifier killed mid-send sends again with the same attempt number and the same webhook-id.
 - After an attempt: 2xx -> record ``delivered``, ack.  Retryable -> record ``retrying`` with the
   next attempt's time, nak with the schedule's delay.  410 -> disable the subscription, ack.
   Schedule used up (or an SMTP 5xx) -> record ``dead`` and a dead letter with the body, ack.
   The record is stored before the ack/nak (except a success's, which nothing depends on).
+- Successes are settled in batches: their records and acks are published together every
+  ``SETTLE_BATCH_S`` (2 ms), so the connection writes one buffer for many deliveries instead
+  of one per delivery.  A notifier killed in between sends those again (same webhook-id): the
+  at-least-once window grows by those milliseconds, nothing else changes.
 - An undecodable task is poison: dead-lettered to ``<prefix>.dlq.notifier-deliver`` and
   terminated by the delivery policy every consumer shares (``trainmaster.delivery_policy``),
   nak'ed instead when that dead letter cannot be published.
@@ -28,10 +34,13 @@ from typing import Any
 import msgspec
 import nats.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.notifier.core import times_delivered
 from services.notifier.mail import render_email
+from services.notifier.puller import Puller
 from services.notifier.retry import AttemptResult, Decision, Verdict, decide
 from services.notifier.sealing import SubscriptionSecrets
 from services.notifier.senders import EmailSender, WebhookSender
@@ -50,12 +59,14 @@ _decode_event = msgspec.json.Decoder(JobCloudEvent).decode
 
 POISON_DELIVERIES = 1000  # a task redelivered this often (e.g. it kills the process) is dead-lettered
 DEFER_S = 1.0  # how long a task for a subscription at its in-flight limit waits before coming back
+REFILL_WAIT_S = 0.02  # the longest the fetching waits for a batch's worth of free slots
+SETTLE_BATCH_S = 0.002  # how long a success's record and ack wait to be published with others
 
 
 class Deliverer:
     def __init__(self, js: JetStreamContext, topo: Topology, settings: Settings, topics: TopicStore,
                  records: DeliveryLog, webhooks: WebhookSender, email: EmailSender, secrets: SubscriptionSecrets,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, nc: NATS | None = None) -> None:
         self.js = js
         self.topo = topo
         self.spec: ConsumerSpec = topo.consumer_notify_deliver
@@ -71,7 +82,12 @@ class Deliverer:
         self.busy: dict[str, int] = {}
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self.psub: Any = None
+        self.nc = nc
+        self.puller: Puller | None = None
+        self.delivered: list[tuple[DeliveryRecord, Msg]] = []  # settled at the next batch
+        self.settling: asyncio.Task[None] | None = None
+        self.slots_freed = asyncio.Event()
+        self.refill = 1  # free slots worth a fetch (set by run)
 
     async def declare(self) -> None:
         """Create or update the durable with ``ack_wait`` from the settings (see topology)."""
@@ -80,39 +96,59 @@ class Deliverer:
         await self.js.add_consumer(self.spec.stream, config)
 
     async def run(self) -> None:
-        self.psub = psub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        nc = self.nc if self.nc is not None else self.js._nc  # type: ignore[attr-defined]
+        self.puller = puller = await Puller(nc, self.js, self.spec.stream, self.spec.durable,
+                                            self._start).start()
         limit = self.settings.notifier.notify_max_in_flight
+        self.refill = max(1, min(self.spec.batch_size, limit // 4))
         while not self.stopping:
+            await puller.idle.wait()  # the open request brought what it could
             free = limit - len(self.in_flight)
-            if free <= 0:
-                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                continue
+            if free < self.refill:
+                # one request for a batch's worth of free slots rather than one per finished task;
+                # slots held by slow endpoints never stop the pulling for longer than REFILL_WAIT_S
+                self.slots_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.slots_freed.wait(), REFILL_WAIT_S)
+                free = limit - len(self.in_flight)
+                if free <= 0:
+                    continue
+            if self.stopping:
+                break
             try:
-                msgs = await psub.fetch(min(free, self.spec.batch_size), timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                await puller.request(min(free, self.spec.batch_size))
             except nats.errors.ConnectionClosedError:
                 return
             except TRANSIENT_BUS_ERRORS as exc:  # a fail-over or a restarting server: try again shortly
-                log.warning("fetch failed; trying again", consumer=self.spec.durable,
+                log.warning("pull request failed; trying again", consumer=self.spec.durable,
                             error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                task = asyncio.ensure_future(self.handle(msg))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+
+    def _start(self, msg: Msg) -> None:
+        # pulled while stopping: straight back, for whoever runs next
+        task = asyncio.ensure_future(self._hand_back(msg) if self.stopping else self.handle(msg))
+        self.in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    @staticmethod
+    async def _hand_back(msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await msg.nak()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if self.settings.notifier.notify_max_in_flight - len(self.in_flight) >= self.refill:
+            self.slots_freed.set()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop fetching and let the deliveries in flight finish (what is cut off is redelivered)."""
         self.stopping = True
         if self.in_flight:
             await asyncio.wait(set(self.in_flight), timeout=timeout_s)
-        if self.psub is not None:
-            # a pull subscription is never drained by the client (nothing marks its queued
-            # messages done): without this the connection's drain at shutdown waits forever
+        await self._settle_delivered()
+        if self.puller is not None:
             with contextlib.suppress(Exception):
-                await self.psub.unsubscribe()
+                await self.puller.stop()
 
     # ------------------------------------------------------------------ one delivery
     async def handle(self, msg: Msg) -> None:
@@ -123,13 +159,17 @@ class Deliverer:
             log.exception("delivery failed unexpectedly; it will be redelivered")
 
     async def _handle(self, msg: Msg) -> None:
-        delivered = msg.metadata.num_delivered if msg.metadata else 1
         try:
             task = _decode_task(msg.data)
         except UNDECODABLE as exc:
             await self.settler.failed(msg, Poison(f"undecodable delivery task: {exc}"))
             return
-        sub = await self.topics.subscription(task.topic, task.subscription_id)
+        delivered = times_delivered(msg.reply)
+        if delivered is None:
+            delivered = msg.metadata.num_delivered if msg.metadata else 1
+        sub = self.topics.cached_subscription(task.topic, task.subscription_id)
+        if sub is None:
+            sub = await self.topics.subscription(task.topic, task.subscription_id)
         if sub is None or sub.state != "active":
             why = "subscription removed" if sub is None else f"subscription {sub.state}"
             await self.records.record(self._record(task, sub, "skipped", 0, AttemptResult(Verdict.RETRY, None, why)))
@@ -178,8 +218,9 @@ class Deliverer:
         bound: dict[str, Any] = dict(delivery=task.id, topic=task.topic, subscription=sub.id, attempt=attempt_no,
                                      status=result.status, error=result.error)
         if decision.state == "delivered":
-            await self.records.record(rec, wait=False)
-            await msg.ack()
+            self.delivered.append((rec, msg))
+            if self.settling is None:
+                self.settling = asyncio.ensure_future(self._settle_delivered(SETTLE_BATCH_S))
         elif decision.state == "retrying":
             await self.records.record(rec)
             log.info("delivery failed; will retry", retry_in_s=decision.retry_in_s, **bound)
@@ -194,6 +235,20 @@ class Deliverer:
             await self._bury(rec, task)
             log.error("delivery dead-lettered", **bound)
             await msg.ack()
+
+    async def _settle_delivered(self, after_s: float = 0.0) -> None:
+        """Publish the batch's records, then its acks (buffered by the client, written at once)."""
+        if after_s:
+            await asyncio.sleep(after_s)
+        batch, self.delivered, self.settling = self.delivered, [], None
+        try:
+            for rec, _ in batch:
+                await self.records.record(rec, wait=False)
+            for _, msg in batch:
+                await msg.ack()
+        except Exception as exc:  # e.g. the connection went away: what is not acked comes back after the ack wait
+            log.warning("settling delivered tasks failed; they will be sent again", deliveries=len(batch),
+                        error=f"{type(exc).__name__}: {exc}")
 
     async def _bury(self, rec: DeliveryRecord, task: DeliveryTask) -> None:
         await self.records.record(rec)

@@ -39,6 +39,9 @@ class TopicStore:
         self.topo = topo
         self.kv: KeyValue | None = None
         self.cache: dict[str, TopicRecord] = {}
+        # per topic: the cached record it was built from and its subscriptions by id (a topic
+        # holds up to 1000 of them; every delivery looks one up)
+        self._by_id: dict[str, tuple[TopicRecord, dict[str, TopicSubscription]]] = {}
 
     async def open(self) -> TopicStore:
         self.kv = await self.js.key_value(self.topo.bucket_topics.name)
@@ -96,13 +99,22 @@ class TopicStore:
         assert self.kv is not None
         return sorted((_decode_topic(v) for v in await kvstore.values(self.kv)), key=lambda t: t.name)
 
+    def cached_subscription(self, topic: str, sub_id: str) -> TopicSubscription | None:
+        """From the watched copy only (None: not there, ask ``subscription``)."""
+        record = self.cache.get(topic)
+        if record is None:
+            self._by_id.pop(topic, None)
+            return None
+        indexed = self._by_id.get(topic)
+        if indexed is None or indexed[0] is not record:
+            indexed = self._by_id[topic] = (record, {s.id: s for s in record.subscriptions})
+        return indexed[1].get(sub_id)
+
     async def subscription(self, topic: str, sub_id: str) -> TopicSubscription | None:
         """From the watched copy; a miss (just created, watch not there yet) reads the bucket."""
-        record = self.cache.get(topic)
-        if record is not None:
-            for sub in record.subscriptions:
-                if sub.id == sub_id:
-                    return sub
+        sub = self.cached_subscription(topic, sub_id)
+        if sub is not None:
+            return sub
         found = await self.get(topic)
         if found is None:
             return None
