@@ -31,7 +31,6 @@ from opentelemetry import propagate
 from opentelemetry.trace import get_current_span
 
 from trainmaster import kvstore
-from trainmaster.ackpipe import AckPipe
 from trainmaster.bus import MSG_ID, publish_js
 from trainmaster.messages import (
     AnyChange,
@@ -41,6 +40,7 @@ from trainmaster.messages import (
     JobRecord,
     encode,
 )
+from trainmaster.pubacks import PubAcks
 from trainmaster.statemachine import IllegalTransition, StaleChange, applied_entry, event_type, transition
 from trainmaster.topology import Topology
 
@@ -94,7 +94,7 @@ class JobStore:
     def __init__(self, broker: NatsBroker, topo: Topology, source: str,
                  clock: Callable[[], float] = time.time, max_attempts: int = 20,
                  js: JetStreamContext | None = None, published_memory: int = 4096,
-                 pipe: AckPipe | None = None) -> None:
+                 pipe: PubAcks | None = None) -> None:
         """``js``: publish events with this plain JetStream client instead of the broker (its
         per-publish middleware costs a busy writer such as the scheduler a share of its CPU worth
         saving: docs/benchmarks.md, "Figures the code relies on"); the trace context still travels

@@ -25,7 +25,6 @@ from faststream.nats import NatsMessage
 from nats.js.errors import NotFoundError
 
 from services.notifier.api import TopicsApi
-from services.notifier.batch_publish import BatchPublisher
 from services.notifier.core import fan_out, fanout_msg_id, subscription_event, wanted
 from services.notifier.delivery import Deliverer, stop_quietly
 from services.notifier.sealing import SubscriptionSecrets
@@ -35,6 +34,7 @@ from trainmaster.bus import MSG_ID, UNDECODABLE, Poison, durable_subscriber
 from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import JobCloudEvent, encode
+from trainmaster.pubacks import PubAcks
 from trainmaster.secretbox import KeyringError
 from trainmaster.service import ServiceContext
 
@@ -62,7 +62,7 @@ async def setup(ctx: ServiceContext) -> None:
     await secrets.reseal_stored(topics)
     records = await DeliveryLog(nc, js, topo).open()
     webhooks = await WebhookSender(settings).start()
-    fanout = await BatchPublisher(nc).start()
+    fanout = await PubAcks(nc).start()
     deliverer = Deliverer(js, topo, settings, topics, records, webhooks, EmailSender(settings), secrets, nc=nc)
     await deliverer.declare()
 
@@ -98,9 +98,9 @@ async def setup(ctx: ServiceContext) -> None:
             tasks = fan_out(event, raw, name, found[0], time.time())
             # all at once, then wait for every store ack: an error naks the event and the retry
             # re-publishes under the same ids (dropped by the server as duplicates)
-            await fanout.publish([(topo.notify_deliver(t.topic, t.subscription_id), encode(t),
-                                   {MSG_ID: fanout_msg_id(t.event_id, t.subscription_id)}) for t in tasks],
-                                 settings.bus.publish_timeout_s)
+            await fanout.store_all([(topo.notify_deliver(t.topic, t.subscription_id), encode(t),
+                                     {MSG_ID: fanout_msg_id(t.event_id, t.subscription_id)}) for t in tasks],
+                                   settings.bus.publish_timeout_s)
             log.info("notification fanned out", event_id=event.id, subscription_event=name, topic=topic_name,
                      deliveries=len(tasks))
 

@@ -18,10 +18,10 @@ from services.scheduler.handlers import Handlers
 from services.scheduler.lease import LeaderLease
 from services.scheduler.loop import Scheduler
 from services.scheduler.relay import RecordRelay
-from trainmaster.ackpipe import AckPipe
 from trainmaster.bus import responder
 from trainmaster.identity import Directory
 from trainmaster.jobstore import JobStore
+from trainmaster.pubacks import PubAcks
 from trainmaster.service import ServiceContext
 
 log = structlog.get_logger()
@@ -32,9 +32,9 @@ FETCH_BATCH = 256  # reports / work items fetched, and handled concurrently, at 
 async def setup(ctx: ServiceContext) -> None:
     topo = ctx.topo
     # events through the plain JetStream client, and memory of the events of a whole burst;
-    # compare-and-sets, events and assignments pipelined on one reply subscription (ackpipe.py):
+    # compare-and-sets, events and assignments pipelined on one reply subscription (trainmaster.pubacks):
     # thousands of changes a second
-    pipe = await AckPipe(ctx.broker.connection, timeout_s=ctx.settings.bus.publish_timeout_s).start()
+    pipe = await PubAcks(ctx.broker.connection, timeout_s=ctx.settings.bus.publish_timeout_s).start()
     ctx.on_stop.append(_closer(pipe))
     store = await JobStore(ctx.broker, topo, source="scheduler", js=ctx.js, published_memory=100_000,
                            pipe=pipe).open()
@@ -76,7 +76,7 @@ async def setup(ctx: ServiceContext) -> None:
     log.info("scheduler replica", holder=holder, lease_s=ctx.settings.scheduler.scheduler_lease_s)
 
 
-def _closer(pipe: AckPipe):
+def _closer(pipe: PubAcks):
     async def close() -> None:
         pipe.close()
     return close

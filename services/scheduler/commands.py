@@ -19,15 +19,15 @@ from collections.abc import Iterable
 from opentelemetry import propagate
 from opentelemetry.trace import get_current_span
 
-from trainmaster.ackpipe import AckPipe
 from trainmaster.bus import MSG_ID
 from trainmaster.messages import Assign, Cancel, JobRecord, encode
+from trainmaster.pubacks import PubAcks
 from trainmaster.service import ServiceContext
 
 
 class AgentCommands:
-    def __init__(self, ctx: ServiceContext, pipe: AckPipe | None = None) -> None:
-        """``pipe``: assignments go out through it (``trainmaster.ackpipe``) rather than ``publish_async``."""
+    def __init__(self, ctx: ServiceContext, pipe: PubAcks | None = None) -> None:
+        """``pipe``: assignments go out through it (``trainmaster.pubacks``) rather than ``publish_async``."""
         self.ctx = ctx
         self.pipe = pipe
         self.topo = ctx.topo

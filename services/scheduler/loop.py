@@ -21,7 +21,6 @@ from services.scheduler.reconcile import agents_to_cancel
 from services.scheduler.view import SchedulerView
 from services.scheduler.view_feed import ViewFeed
 from services.scheduler.wakeup import Wake, Wakeups, blocked_after, pass_due
-from trainmaster.ackpipe import AckPipe
 from trainmaster.catalog import load_resources
 from trainmaster.jobstore import ApplyResult, JobNotFound, JobStore
 from trainmaster.messages import (
@@ -35,6 +34,7 @@ from trainmaster.messages import (
     TimedOut,
     Waiting,
 )
+from trainmaster.pubacks import PubAcks
 from trainmaster.service import ServiceContext
 from trainmaster.statemachine import IllegalTransition
 
@@ -70,7 +70,7 @@ def job_trace(record: JobRecord, name: str, tracing: bool = True) -> Iterator[No
 
 class Scheduler:
     def __init__(self, ctx: ServiceContext, store: JobStore, lease: LeaderLease | None = None,
-                 pipe: AckPipe | None = None) -> None:
+                 pipe: PubAcks | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.topo = ctx.topo

@@ -1,17 +1,15 @@
 """What accepting submissions a batch at a time decides without a bus: each submission's request
-id, the versions of a batch's new jobs, and what the server's answer to each pipelined write means;
-and the plain-path shortcut of reading a location."""
+id and the versions of a batch's new jobs (what the server's answer to each pipelined write means:
+test_pubacks.py); and the plain-path shortcut of reading a location."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nats.js import errors as js_errors
 
 from services.job_intake.core import number_versions, submission_request_id
 from trainmaster.locations import local_path, locate
-from trainmaster.pubacks import EXPECTED_LAST_SUBJECT_SEQUENCE, cas_headers, read_puback
 
 
 # ------------------------------------------------------------------------------ request ids
@@ -41,35 +39,6 @@ def test_each_name_takes_exactly_its_block_once(names: list[str], first: int) ->
     for name in set(names):
         mine = [v for n, v in zip(names, versions, strict=True) if n == name]
         assert mine == [f"V{n:03d}" for n in range(first, first + names.count(name))]
-
-
-# ------------------------------------------------------------------------------ PubAcks
-def test_a_puback_gives_the_sequence_stored_at_a_duplicate_too() -> None:
-    assert read_puback(b'{"stream":"TM_EVENTS","seq":42}') == 42
-    assert read_puback(b'{"stream":"TM_EVENTS","seq":42,"duplicate":true}') == 42
-
-
-@pytest.mark.parametrize("err_code", [10071, 10164])
-def test_a_lost_compare_and_set_reads_as_nats_py_kv_error(err_code: int) -> None:
-    error = read_puback(b'{"error":{"code":400,"err_code":%d,"description":"wrong last sequence: 5"}}' % err_code)
-    assert isinstance(error, js_errors.KeyWrongLastSequenceError)
-    assert "wrong last sequence" in str(error.description)
-
-
-def test_any_other_refusal_is_an_api_error_with_the_servers_words() -> None:
-    error = read_puback(b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}')
-    assert type(error) is js_errors.APIError
-    assert (error.code, error.err_code, error.description) == (503, 10077, "maximum messages exceeded")
-
-
-def test_no_stream_for_the_subject_and_an_unreadable_answer_are_errors() -> None:
-    assert isinstance(read_puback(b"", "503"), js_errors.NoStreamResponseError)
-    assert isinstance(read_puback(b"not json"), js_errors.APIError)
-
-
-def test_a_compare_and_set_write_names_the_revision_it_expects() -> None:
-    assert cas_headers(0) == {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
-    assert cas_headers(17, {"Nats-Msg-Id": "x"}) == {"Nats-Msg-Id": "x", EXPECTED_LAST_SUBJECT_SEQUENCE: "17"}
 
 
 # ------------------------------------------------------------------------------ locations
