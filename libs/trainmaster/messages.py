@@ -642,6 +642,15 @@ class TemplateUpdate(Struct, frozen=True, forbid_unknown_fields=True):
     overrides: dict[str, Any] = {}
 
 
+class TemplateSave(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``tm.templates.save``: store ``spec`` (a job's, as its page shows it) as template
+    ``name``, replacing one of that name, as a job's ``save_as`` does but without a new job."""
+
+    name: RegistryName
+    spec: JobRequest
+    description: Annotated[str, Meta(max_length=1024)] = ""
+
+
 class TemplateList(Struct, frozen=True):
     templates: list[Template]
 

@@ -44,6 +44,7 @@ PUBLIC_TYPES: dict[str, type] = {
     "new-version-request": m.NewVersionRequest,
     "name-ref": m.NameRef,
     "template": m.Template,
+    "template-save": m.TemplateSave,
     "template-update": m.TemplateUpdate,
     "template-list": m.TemplateList,
     "dataset-create": m.DatasetCreate,

@@ -341,7 +341,7 @@ class Topology:
     # ---- registries (templates, datasets, accounts, algorithms), plan, billing ------
     # Request/reply, answered by job-intake in queue group ``job-intake``.
     def templates(self, verb: str) -> str:
-        """``tm.templates.<verb>``: list, get, update, delete (``save_as`` of a job creates one)."""
+        """``tm.templates.<verb>``: list, get, save, update, delete (``save_as`` of a job also saves one)."""
         return f"{self.prefix}.templates.{verb}"
 
     def datasets(self, verb: str) -> str:
@@ -359,7 +359,7 @@ class Topology:
     @property
     def registry_subjects(self) -> dict[str, tuple[str, ...]]:
         return {
-            "templates": ("list", "get", "update", "delete"),
+            "templates": ("list", "get", "save", "update", "delete"),
             "datasets": ("create", "list", "get", "publish", "version"),
             "accounts": ("list", "get", "credit", "quota"),
             "algorithms": ("list", "get"),

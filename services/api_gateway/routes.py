@@ -143,6 +143,13 @@ async def get_template(api: Api, token: Token, name: Name):
     return await api.answer(api.topo.templates("get"), query(name=name), token)
 
 
+@router.put("/templates/{name}", tags=["templates"], summary="Save a job's spec as a template, replacing one of "
+            "that name (tm.templates.save)", openapi_extra=body_of(m.TemplateSave, "name comes from the path"),
+            responses=reply_of(m.Template))
+async def save_template(request: Request, api: Api, token: Token, name: Name):
+    return await api.answer(api.topo.templates("save"), await api.merged_body(request, name=name), token)
+
+
 @router.patch("/templates/{name}", tags=["templates"], summary="Change a template (tm.templates.update)",
               openapi_extra=body_of(m.TemplateUpdate, "name comes from the path"), responses=reply_of(m.Template))
 async def update_template(request: Request, api: Api, token: Token, name: Name):

@@ -111,6 +111,7 @@ async def setup(ctx: ServiceContext) -> None:
         topo.jobs("new_version"): plans.on_new_version,
         topo.templates("list"): templates.on_list,
         topo.templates("get"): templates.on_get,
+        topo.templates("save"): templates.on_save,
         topo.templates("update"): templates.on_update,
         topo.templates("delete"): audited("template_delete", templates.on_delete, trail.describe_named),
         topo.accounts("list"): accounts_api.on_list,

@@ -47,13 +47,13 @@ def require_job_account(caller: Caller, account: str, what: str = "creating a jo
     require(caller, account, Role.MEMBER, what)
 
 
-def require_save_as(caller: Caller, name: str, current_account: str | None) -> None:
+def require_save_as(caller: Caller, name: str, current_account: str | None, field: str = "save_as.name") -> None:
     """``save_as`` replaces the template of that name: only one the caller may change (None: no
     template of that name yet).  Template names are shared by every project, so the name is taken
     whoever holds it; the refusal does not say whose it is."""
     if current_account is not None and not caller.may(current_account, Role.MEMBER):
         raise Denied("forbidden", f"a template named {name!r} exists and you may not change it: "
-                                  "choose another name for save_as", "save_as.name")
+                                  "choose another name", field)
 
 
 def audit_scope(caller: Caller, project: str | None) -> frozenset[str] | None:

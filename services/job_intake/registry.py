@@ -15,9 +15,9 @@ from faststream.nats import NatsMessage
 from nats.js.errors import InvalidKeyError
 from nats.js.kv import KeyValue
 
-from services.job_intake.core import saved_template, updated_template
+from services.job_intake.core import normalise, saved_template, updated_template
 from services.job_intake.index import JobIndex
-from services.job_intake.policy import only_visible, visible
+from services.job_intake.policy import only_visible, require_job_account, require_save_as, visible
 from services.job_intake.replies import Refused, not_found, refused
 from trainmaster import accounts, kvstore
 from trainmaster.access import Caller, Role, require, require_cluster_admin
@@ -38,6 +38,7 @@ from trainmaster.messages import (
     PoolList,
     Template,
     TemplateList,
+    TemplateSave,
     TemplateUpdate,
     Violation,
     encode,
@@ -88,6 +89,20 @@ class Templates:
         caller = self.directory.caller(msg.headers)
         ref = decode_as(msg.body, NameRef, self.max_bytes)
         return encode((await self.visible_template(caller, ref.name)).value)
+
+    async def on_save(self, msg: NatsMessage) -> bytes:
+        caller = self.directory.caller(msg.headers)
+        request = decode_as(msg.body, TemplateSave, self.max_bytes)
+        spec = normalise(request.spec)
+        require_job_account(caller, spec.account, "saving a template")
+        now = time.time()
+
+        def decide(current: Template | None) -> Template:
+            require_save_as(caller, request.name, current.spec.account if current is not None else None, "name")
+            return saved_template(current, request.name, request.description, spec, None, now)
+
+        saved = await kvstore.change(self.kv, request.name, decide, decode=_decode_template)
+        return encode(saved.value)
 
     async def on_update(self, msg: NatsMessage) -> bytes:
         caller = self.directory.caller(msg.headers)

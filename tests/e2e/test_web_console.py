@@ -2,7 +2,9 @@
 Playwright): the admin logs in with the token the stack wrote, fills "Create training job" for the
 sample scikit-learn job, sees the validator's violation beside the field it names, fixes it,
 confirms the spec and its price, and watches the job reach Succeeded with its log lines; then
-stops a second job from its page.  Each page is saved under .trainmaster/screenshots/."""
+stops a second job from its page; saves the first job as a template, makes its next version from
+its page, and opens the pages of templates, datasets, topics and agents.  Each page is saved under
+.trainmaster/screenshots/."""
 
 from __future__ import annotations
 
@@ -127,11 +129,108 @@ async def test_the_console_creates_watches_and_stops_jobs(stacks, client_of, tmp
 
         # the list: both jobs, a filter by status
         await page.get_by_role("link", name="Training jobs").first.click()
+        await expect(page.get_by_role("heading", name="Training jobs")).to_be_visible()
         await expect(page.locator("table.list")).to_contain_text(name)
         await page.get_by_label("Status", exact=True).select_option("Succeeded")
         await expect(page.locator("table.list tbody tr")).to_have_count(1)
         await expect(page.locator("table.list tbody")).to_contain_text(name)
         await page.get_by_label("Status", exact=True).select_option("")
         await page.screenshot(path=SHOTS / "jobs.png", full_page=True)
+        await the_other_pages(page, api_url, token, name, tmp_path)
         assert not errors, errors
         await browser.close()
+
+
+async def the_other_pages(page, api_url: str, token: str, name: str, tmp_path: Path) -> None:
+    """The first job saved as a template and continued as V002 from its page; the pages of
+    templates, datasets (versions, a manifest), topics (subscriptions, deliveries) and agents."""
+    from playwright.async_api import expect
+
+    # "Save as template" on the job page: no job is made, the template lists it
+    await page.get_by_role("link", name=name).first.click()
+    await expect(page.get_by_role("heading", name=f"{name} V001")).to_be_visible()
+    template = f"{name}-tpl"
+    await page.get_by_role("button", name="Save as template").click()
+    await page.get_by_label("Template name").fill(template)
+    await page.get_by_role("button", name="Save", exact=True).click()
+    await expect(page.locator("form.save-template .saved")).to_contain_text(template)
+    await page.screenshot(path=SHOTS / "job-save-template.png", full_page=True)
+
+    # "New version": the form filled from the job, the name kept, one parameter changed
+    await page.get_by_role("link", name="New version").click()
+    await expect(page.get_by_role("heading", name="New version of a training job")).to_be_visible()
+    await expect(page.get_by_label("Name", exact=True)).to_have_value(name)
+    await expect(page.get_by_label("Engine", exact=True)).to_have_value("scikit-learn")
+    await expect(page.locator("#param-0-value")).to_have_value("200")
+    await page.locator("#param-0-value").fill("300")
+    await expect(page.get_by_label("Output path")).to_have_value(str(tmp_path / "out" / name))
+    await expect(page.locator("#price")).to_contain_text("per hour")
+    await expect(page.locator("li.violation")).to_have_count(0)
+    await page.screenshot(path=SHOTS / "new-version.png", full_page=True)
+    await page.get_by_role("button", name="Next").click()
+    spec = page.locator("table.spec")
+    await expect(spec).to_contain_text("V002")
+    await expect(spec).to_contain_text("max_iter=300")
+    await page.get_by_role("button", name="Submit").click()
+    await expect(page.get_by_role("heading", name=f"{name} V002")).to_be_visible(timeout=30_000)
+
+    # Templates: the one saved above; opening it fills the create form
+    await page.get_by_role("link", name="Templates").first.click()
+    row = page.locator(f'#templates tr[data-template="{template}"]')
+    await expect(row).to_contain_text(name)
+    await page.screenshot(path=SHOTS / "templates.png", full_page=True)
+    await row.get_by_role("link", name=template).click()
+    await expect(page.get_by_role("heading", name="Create training job")).to_be_visible()
+    await expect(page.locator("#starting-point")).to_contain_text(template)
+    await expect(page.get_by_label("Name", exact=True)).to_have_value(name)
+    await expect(page.get_by_label("Code directory")).to_have_value(str(IRIS / "code"))
+    await expect(page.locator("#price")).to_contain_text("per hour")
+    await page.screenshot(path=SHOTS / "create-from-template.png", full_page=True)
+
+    # Datasets: one made over the API, its version, the version's manifest
+    dataset, topic = f"iris-{uuid.uuid4().hex[:4]}", f"console-{uuid.uuid4().hex[:4]}"
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=auth) as http:
+        made = await http.post("/datasets", json={"name": dataset, "location": str(IRIS / "data"),
+                                                  "description": "the iris flowers"})
+        assert made.status_code == 201, made.text
+        published = await http.post(f"/datasets/{dataset}/versions", json={})
+        assert published.status_code == 201, published.text
+    await page.get_by_role("link", name="Datasets").first.click()
+    await expect(page.locator(f'#datasets tr[data-dataset="{dataset}"]')).to_contain_text("V001")
+    await page.screenshot(path=SHOTS / "datasets.png", full_page=True)
+    await page.get_by_role("link", name=dataset).click()
+    await page.get_by_role("link", name="V001").click()
+    await expect(page.locator("#manifest")).to_contain_text("iris.csv")
+    await page.screenshot(path=SHOTS / "dataset-manifest.png", full_page=True)
+
+    # Topics: one made on the page, a subscription, its deliveries and dead letters
+    await page.get_by_role("link", name="Topics").first.click()
+    await page.get_by_label("Topic", exact=True).fill(topic)
+    await page.get_by_role("button", name="Create topic").click()
+    await expect(page.get_by_role("heading", name=topic)).to_be_visible()
+    async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=auth) as http:
+        subscribed = await http.post(f"/topics/{topic}/subscriptions",
+                                     json={"protocol": "email", "endpoint": "ops@example.com"})
+        assert subscribed.status_code == 201, subscribed.text
+    await page.reload()
+    await expect(page.locator("#subscriptions")).to_contain_text("ops@example.com")
+    await expect(page.get_by_role("heading", name="Dead letters (0)")).to_be_visible()
+    await expect(page.locator("#deliveries")).to_contain_text("No deliveries.")
+    await page.screenshot(path=SHOTS / "topic.png", full_page=True)
+    await page.get_by_role("link", name="Topics").first.click()
+    await expect(page.locator(f'#topics tr[data-topic="{topic}"]')).to_contain_text("1 / 1")
+    await page.screenshot(path=SHOTS / "topics.png", full_page=True)
+
+    # Agents: the stack's one agent with its CPUs, in its pool
+    await page.get_by_role("link", name="Agents").first.click()
+    agent = page.locator('#agents tr[data-agent="local-1"]')
+    await expect(agent).to_contain_text("cpu")
+    await expect(agent.locator("td.cpus")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    await expect(page.locator('#pools tr[data-pool="cpu"]')).to_be_visible()
+    await expect(page.locator("#lost")).to_contain_text("No lost agents.")
+    await page.screenshot(path=SHOTS / "agents.png", full_page=True)
+    await page.get_by_label("Language").select_option("zh")
+    await expect(page.get_by_role("heading", name="计算节点").first).to_be_visible()
+    await page.screenshot(path=SHOTS / "agents-zh.png", full_page=True)
+    await page.get_by_label("语言").select_option("en")

@@ -159,6 +159,21 @@ async def test_save_as_stores_a_template_that_can_be_managed_and_used(nc, tmp_pa
     assert_error(await call(nc, TOPO.templates("delete"), {"name": tname}), "not_found", "name")
 
 
+async def test_a_job_spec_is_saved_as_a_template_without_a_new_job(nc, tmp_path):
+    name, tname = unique("saved-job"), unique("saved")
+    created = await call(nc, TOPO.jobs("create"), iris_job(tmp_path, name))
+    spec = (await call(nc, TOPO.jobs("get"), {"id": created["id"]}))["spec"]
+    saved = await call(nc, TOPO.templates("save"), {"name": tname, "description": "from its page", "spec": spec})
+    assert saved["name"] == tname and saved["description"] == "from its page" and saved["spec"]["name"] == name
+    assert (await call(nc, TOPO.templates("get"), {"name": tname}))["spec"] == saved["spec"]
+    assert len((await call(nc, TOPO.jobs("list"), {"name": name}))["jobs"]) == 1  # no job was made
+
+    again = await call(nc, TOPO.templates("save"), {"name": tname, "spec": {**spec, "description": "changed"}})
+    assert again["spec"]["description"] == "changed" and again["created_at"] == saved["created_at"]
+    assert_error(await call(nc, TOPO.templates("save"), {"name": "bad name!", "spec": spec}), "invalid_request", "name")
+    assert_error(await call(nc, TOPO.templates("save"), {"name": tname}), "invalid_request", "spec")
+
+
 def cli(args: list[str], stdin: str | None = None, url: str | None = None):
     from trainmaster.cli.main import app
 

@@ -15,7 +15,7 @@ from services.validator.facts import gather
 from services.validator.model import AccountFact, DatasetFact, Facts, VersionFact
 from services.validator.rules import check, warnings
 from trainmaster.decoding import RequestError, decode_as
-from trainmaster.messages import ErrorBody, JobRequest, NewVersionRequest, TemplateUpdate, Violation
+from trainmaster.messages import ErrorBody, JobRequest, NewVersionRequest, TemplateSave, TemplateUpdate, Violation
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=40), st.sampled_from(["s3://b/x", "/tmp", "file:///etc", "s3://", "../x",
@@ -74,7 +74,7 @@ def test_any_request_is_an_error_object_or_a_list_of_violations(body):
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_any_bytes_decode_to_a_request_or_an_error(raw):
-    for type_ in (JobRequest, NewVersionRequest, TemplateUpdate):
+    for type_ in (JobRequest, NewVersionRequest, TemplateSave, TemplateUpdate):
         try:
             decode_as(raw, type_, 4096)
         except RequestError as err:

@@ -1,9 +1,14 @@
-// The console: hash routes (#/login, #/jobs, #/create, #/jobs/<id>), a view each.
+// The console: hash routes (#/login, #/jobs, #/create[?template=|?version=], #/jobs/<id>, #/templates,
+// #/datasets[/<name>[/<version>]], #/topics[/<name>], #/agents), a view each.
 import { api, setToken, token } from "./api.js";
 import { h } from "./dom.js";
 import { language, setLanguage, t, translate } from "./i18n.js";
 import { createView } from "./create.js";
 import { jobView, jobsView } from "./jobs.js";
+import { templatesView } from "./templates.js";
+import { datasetView, datasetsView } from "./datasets.js";
+import { topicView, topicsView } from "./topics.js";
+import { agentsView } from "./agents.js";
 
 const view = document.getElementById("view");
 let leaving = null; // the current view's clean-up (streams, timers)
@@ -40,10 +45,16 @@ async function route() {
     return;
   }
   view.replaceChildren();
+  const [where, query] = path.split("?");
+  const parts = where.split("/").slice(1).map(decodeURIComponent);
   let shown;
-  if (path === "/login") shown = { el: loginView() };
-  else if (path === "/create") shown = await createView();
-  else if (path.startsWith("/jobs/")) shown = await jobView(decodeURIComponent(path.slice(6)));
+  if (where === "/login") shown = { el: loginView() };
+  else if (where === "/create") shown = await createView(new URLSearchParams(query || ""));
+  else if (parts[0] === "jobs" && parts[1]) shown = await jobView(parts[1]);
+  else if (where === "/templates") shown = await templatesView();
+  else if (parts[0] === "datasets") shown = parts[1] ? await datasetView(parts[1], parts[2]) : await datasetsView();
+  else if (parts[0] === "topics") shown = parts[1] ? await topicView(parts[1]) : await topicsView();
+  else if (where === "/agents") shown = await agentsView();
   else shown = await jobsView();
   view.replaceChildren(shown.el);
   leaving = shown.leave || null;

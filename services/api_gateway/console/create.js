@@ -4,7 +4,7 @@
 import { api, Problem } from "./api.js";
 import { h, money } from "./dom.js";
 import { t } from "./i18n.js";
-import { fieldKeys, parentField, parseValue, requestOf } from "./spec.js";
+import { fieldKeys, overridesOf, parentField, parseValue, requestOf, withBase } from "./spec.js";
 
 const EVENTS = ["OnJobRunning", "OnJobSucceeded", "OnJobFailed", "OnJobStopped"];
 const PLAN_DELAY_MS = 400;
@@ -33,8 +33,34 @@ function options(select, items, selected) {
   select.replaceChildren(...items.map(([value, text]) => h("option", { value, selected: value === selected }, text)));
 }
 
-export async function createView() {
+// The spec the form starts from: "?template=NAME" (a saved template) or "?version=JOB_ID" (the
+// job's next version, made with POST /jobs/{name}/versions); none for an empty form.
+async function startingPoint(query) {
+  if (query.get("template")) {
+    const template = await api("GET", `/templates/${encodeURIComponent(query.get("template"))}`);
+    return { base: template.spec, note: `${t("create.from_template")}: ${template.name}` };
+  }
+  if (query.get("version")) {
+    const job = await api("GET", `/jobs/${encodeURIComponent(query.get("version"))}`);
+    return { base: job.spec, versionOf: job.name, note: `${t("create.from_job")}: ${job.name} ${job.version}` };
+  }
+  return {};
+}
+
+// Selects value, adding it as an option when the catalog does not list it (a spec of an older catalog).
+function choose(select, value) {
+  if (value === undefined || value === null) return;
+  if (![...select.options].some((o) => o.value === String(value))) select.append(h("option", { value }, value));
+  select.value = String(value);
+}
+
+export async function createView(query = new URLSearchParams()) {
   const cat = await catalogs();
+  let start;
+  try { start = await startingPoint(query); } catch (err) {
+    return { el: h("section", { class: "card" }, h("p", { class: "error", role: "alert" }, err.message)) };
+  }
+  const { base, versionOf, note } = start;
   const el = {};
   const input = (attrs = {}) => h("input", { type: "text", ...attrs });
   const root = h("div", { class: "create" });
@@ -179,7 +205,8 @@ export async function createView() {
   el.saveAs.addEventListener("change", () => { saveFields.hidden = !el.saveAs.checked; changed(); });
 
   form.append(
-    h("h1", {}, t("create.title")),
+    h("h1", {}, versionOf ? t("version.title") : t("create.title")),
+    note ? h("p", { class: "help", id: "starting-point" }, note) : null,
     h("fieldset", {}, h("legend", {}, t("section.basic")),
       h("div", { class: "field" }, h("span", { class: "label" }, t("billing")), h("span", {}, t("billing.value"))),
       field("name", "name", el.name, { help: t("name.rule") }),
@@ -213,7 +240,7 @@ export async function createView() {
   el.saveAs.id = "save-as";
 
   function request() {
-    return requestOf({
+    const own = requestOf({
       name: el.name.value, description: el.description.value, source: el.source.value,
       preset: el.preset.value, engine: el.engine.value, engineVersion: el.engineVersion.value,
       codeDir: el.codeDir.value, bootFile: el.bootFile.value, image: el.image.value, command: el.command.value,
@@ -225,6 +252,39 @@ export async function createView() {
       topic: el.topic.value, events: el.events.filter((b) => b.checked).map((b) => b.value),
       saveAs: el.saveAs.checked ? { name: el.saveName.value, description: el.saveDescription.value } : null,
     });
+    return base ? withBase(base, own) : own;
+  }
+
+  function fill(spec) {
+    el.name.value = spec.name || "";
+    el.description.value = spec.description || "";
+    const algo = spec.algorithm || {};
+    el.source.value = algo.source || "framework";
+    choose(el.preset, algo.preset || "");
+    choose(el.engine, algo.engine || "");
+    renderVersions();
+    choose(el.engineVersion, algo.engine_version);
+    el.codeDir.value = algo.code_dir || "";
+    el.bootFile.value = algo.boot_file || "";
+    el.image.value = algo.image || "";
+    el.command.value = (algo.command || []).join("\n");
+    const sources = spec.data || [];
+    el.dataMode.value = sources.some((d) => d.dataset) ? "datasets" : "paths";
+    data.splice(0, data.length, ...(sources.length ? sources : [{}]).map((d) => (
+      { path: d.path || "", dataset: d.dataset || "", version: d.version || "" })));
+    params = Object.entries(spec.parameters || {}).map(([name, value]) => ({ name, value: String(value) }));
+    el.outputPath.value = spec.output_path || "";
+    el.logPath.value = spec.log_path || "";
+    const res = spec.resources || {};
+    choose(el.pool, res.pool);
+    renderFlavors();
+    choose(el.flavor, res.flavor);
+    el.nodeCount.value = res.node_count || 1;
+    el.topic.value = spec.subscription ? spec.subscription.topic : "";
+    for (const box of el.events) box.checked = Boolean(spec.subscription && spec.subscription.events.includes(box.value));
+    renderData();
+    renderParams();
+    showSource();
   }
 
   function showViolations(violations, warnings = []) {
@@ -305,7 +365,9 @@ export async function createView() {
     const submit = h("button", { type: "button", id: "submit", onclick: async () => {
       submit.disabled = true;
       try {
-        const job = await api("POST", "/jobs", reply.spec);
+        const job = versionOf
+          ? await api("POST", `/jobs/${encodeURIComponent(versionOf)}/versions`, { overrides: overridesOf(reply.spec) })
+          : await api("POST", "/jobs", reply.spec);
         location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
       } catch (err) {
         submit.disabled = false;
@@ -331,6 +393,11 @@ export async function createView() {
   renderData();
   renderParams();
   showSource();
+  if (base) {
+    fill(base);
+    el.name.readOnly = Boolean(versionOf); // a new version keeps the job's name
+    changed();
+  }
   root.append(form, confirm);
   return { el: root, leave: () => clearTimeout(timer) };
 }

@@ -22,3 +22,18 @@ export function when(seconds) {
 export function money(amount, currency) {
   return amount === null || amount === undefined ? "—" : `${Number(amount).toFixed(2)} ${currency || ""}`.trim();
 }
+
+// A list table: headings (already translated), then rows of cells; `empty` when there are none.
+export function table(id, headings, rows, empty) {
+  return h("table", { class: "list", id },
+    h("thead", {}, h("tr", {}, headings.map((text) => h("th", {}, text)))),
+    h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headings.length, class: "subtle" }, empty))));
+}
+
+export function bytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}

@@ -73,13 +73,38 @@ export async function jobView(id) {
   const error = h("p", { class: "error", role: "alert" });
   let job = null;
 
+  // "Save as template": the job's spec under a name (PUT /templates/{name}); no job is made
+  const templateName = h("input", { type: "text", id: "template-name", autocomplete: "off", required: true });
+  const templateDescription = h("input", { type: "text", id: "template-description" });
+  const saved = h("p", { role: "status", class: "saved" });
+  const saving = h("form", { class: "save-template", hidden: true, onsubmit: async (e) => {
+    e.preventDefault();
+    saved.textContent = "";
+    try {
+      const template = await api("PUT", `/templates/${encodeURIComponent(templateName.value.trim())}`,
+                                 { spec: job.spec, description: templateDescription.value });
+      saved.replaceChildren(`${t("job.template_saved")}: `,
+        h("a", { href: `#/create?template=${encodeURIComponent(template.name)}` }, template.name));
+      error.textContent = "";
+    } catch (err) { error.textContent = err.message; }
+  } },
+  h("label", { for: "template-name" }, t("template.name")), templateName,
+  h("label", { for: "template-description" }, t("description")), templateDescription,
+  h("button", { type: "submit" }, t("template.save")), saved);
+
   function render() {
     const stop = h("button", { type: "button", id: "stop", class: "danger", disabled: job.status === "Stopping" || isOver(job),
       onclick: async () => {
         stop.disabled = true;
         try { await api("POST", `/jobs/${encodeURIComponent(id)}/stop`, {}); await refresh(); } catch (err) { error.textContent = err.message; }
       } }, t("job.stop"));
-    head.replaceChildren(h("h1", {}, `${job.name} ${job.version}`), badge(job.status), stop);
+    const newVersion = h("a", { class: "button secondary", id: "new-version",
+                                href: `#/create?version=${encodeURIComponent(id)}` }, t("job.new_version"));
+    const save = h("button", { type: "button", class: "secondary", id: "save-template",
+                               onclick: () => { saving.hidden = !saving.hidden; if (!saving.hidden) templateName.focus(); } },
+                   t("job.save_template"));
+    head.replaceChildren(h("h1", {}, `${job.name} ${job.version}`), badge(job.status),
+      h("div", { class: "buttons" }, newVersion, save, stop));
     const spec = job.spec;
     facts.replaceChildren(h("dl", {},
       fact("ID", job.id), fact(t("description"), spec.description),
@@ -134,7 +159,7 @@ export async function jobView(id) {
   logSearch.addEventListener("input", showLogs);
   readLogs();
   readEvents();
-  const el = h("section", { class: "card job" }, head, error, facts,
+  const el = h("section", { class: "card job" }, head, saving, error, facts,
     h("h2", {}, t("job.history")),
     h("table", { class: "list", id: "history" }, h("thead", {}, h("tr", {},
       ["job.at", "job.change", "jobs.status", "job.reason"].map((k) => h("th", {}, t(k))))), history),

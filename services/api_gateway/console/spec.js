@@ -53,3 +53,20 @@ export function requestOf(f) {
   if (f.saveAs) body.save_as = { name: given(f.saveAs.name) ?? "", description: f.saveAs.description || "" };
   return JSON.parse(JSON.stringify(body)); // drops the undefined fields
 }
+
+// The top-level fields the form edits; a spec the form starts from (a template's, or the job's
+// whose new version it makes) keeps every other field (account, retry, env, ...) as it was.
+export const FORM_FIELDS = ["description", "algorithm", "data", "parameters", "output_path", "log_path",
+                            "resources", "subscription", "save_as"];
+
+export function withBase(base, request) {
+  const kept = { ...base };
+  for (const key of FORM_FIELDS) delete kept[key];
+  return { ...kept, ...request };
+}
+
+// The form's fields as the overrides of POST /jobs/{name}/versions: each replaced as a whole,
+// a field the form left empty cleared.
+export function overridesOf(spec) {
+  return Object.fromEntries(FORM_FIELDS.map((key) => [key, spec[key] ?? null]));
+}
