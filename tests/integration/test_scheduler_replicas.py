@@ -93,6 +93,11 @@ async def all_succeed(nc: NATS, job_ids: list[str], timeout_s: float = 25.0) -> 
     return await eventually(check, timeout_s, interval_s=0.25, what="every job to succeed")
 
 
+# A replica killed mid-batch leaves the agents' reports it had pulled unacknowledged: the stream
+# gives them to the survivor once the consumer's ack wait has passed, so a takeover may take that long.
+TAKEOVER_S = TOPO.consumer_scheduler_status.ack_wait_s + 15.0
+
+
 def check_fleet(fleet: list[FakeAgent], records: list[dict]) -> None:
     assigned = Counter((a.job_id, a.attempt, a.node) for agent in fleet for a in agent.assigns)
     assert all(count == 1 for count in assigned.values()), "a node was assigned twice"
@@ -124,7 +129,7 @@ async def test_when_the_leader_dies_the_other_replica_takes_over(
     os.kill(leader.pid, signal.SIGKILL)  # no clean hand-over: the lease must run out
     survivor = next(r for r in replicas if r is not leader)
     after = await asyncio.gather(*(pending_job(nc, POOL, name=f"a{i}") for i in range(12)))
-    records = await all_succeed(nc, [*before, *after])
+    records = await all_succeed(nc, [*before, *after], TAKEOVER_S)
     check_fleet(fleet, records)
     assert await leader_of(nc, replicas) is survivor
     events = [e.get("event") for e in survivor.log_events()]
