@@ -10,6 +10,7 @@ machine, with its events) — the same loop with more to do on each turn.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +121,17 @@ async def delete_at(kv: KeyValue, key: str, revision: int) -> bool:
 async def values(kv: KeyValue, keys: str = ">", timeout_s: float = 10.0) -> list[bytes]:
     """The current value of every key matching ``keys``, in key order (one watch over the bucket,
     not a get per key; deleted keys left out)."""
+    found = await _watch_values(kv, keys, timeout_s)
+    if not found and (await kv.status()).values > 0:
+        # an empty answer from a bucket that holds messages was seen once under load (the watch
+        # ended its initial values before any came; likely nats-py's pending count racing the new
+        # consumer): ask once more
+        await asyncio.sleep(0.05)
+        found = await _watch_values(kv, keys, timeout_s)
+    return found
+
+
+async def _watch_values(kv: KeyValue, keys: str, timeout_s: float) -> list[bytes]:
     watcher = await kv.watch(keys, include_history=False)
     found: dict[str, bytes] = {}
     try:
