@@ -91,7 +91,8 @@ class RevocationPusher:
             return False
         self.issued_at = max(int(time.time()), self.issued_at + 1)
         await push(self.system, people_account_jwt(self.authority, self.topo, revoked, self.issued_at))
-        (log.info if revoked else log.debug)("revocations pushed to nats-server", revoked=len(revoked))
+        if revoked:  # the first push of none is not news
+            log.info("revocations pushed to nats-server", revoked=len(revoked))
         self.pushed = revoked
         return True
 
