@@ -21,6 +21,7 @@ from faststream.nats import JStream, NatsBroker, NatsJWT, NatsMessage, NatsSecur
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
@@ -320,3 +321,16 @@ async def last_message_ids(nc: NATS, stream: str, subjects: list[str], timeout: 
         finally:
             await sub.unsubscribe()
     return found
+
+
+async def fetch_batch(sub: JetStreamContext.PullSubscription, batch_size: int, durable: str) -> list[Msg]:
+    """The next messages of a pull consumer, or none: a fetch that times out, or meets a server that
+    cannot answer for a moment (a cluster fail-over, a restart), is not the end of a pull loop."""
+    try:
+        return await sub.fetch(batch_size, timeout=5.0)
+    except (TimeoutError, nats_errors.TimeoutError):
+        return []
+    except TRANSIENT_BUS_ERRORS as exc:
+        log.warning("fetch failed; trying again", consumer=durable, error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(1.0)
+        return []

@@ -16,10 +16,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
-from trainmaster.bus import TRANSIENT_BUS_ERRORS
+from trainmaster.bus import fetch_batch
 from trainmaster.delivery_policy import Settler
 from trainmaster.topology import ConsumerSpec
 
@@ -40,7 +39,7 @@ async def pull_batches(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHa
             if len(running) >= in_flight:
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            messages = await fetch(sub, batch_size, spec.durable)
+            messages = await fetch_batch(sub, batch_size, spec.durable)
             if messages:
                 task = asyncio.ensure_future(handle(messages))
                 running.add(task)
@@ -55,19 +54,6 @@ async def pull_batches(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHa
             task.cancel()
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-
-async def fetch(sub: JetStreamContext.PullSubscription, batch_size: int, durable: str) -> list[Msg]:
-    """The next messages, or none: a fetch that times out, or meets a server that cannot answer
-    for a moment (a fail-over, a restart), is not the loop's end."""
-    try:
-        return await sub.fetch(batch_size, timeout=5.0)
-    except (TimeoutError, NatsTimeoutError):
-        return []
-    except TRANSIENT_BUS_ERRORS as exc:
-        log.warning("fetch failed; trying again", consumer=durable, error=f"{type(exc).__name__}: {exc}")
-        await asyncio.sleep(1.0)
-        return []
 
 
 def each_message(settler: Settler, handle: Callable[[Msg], Awaitable[None]]) -> BatchHandler:

@@ -20,12 +20,11 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from trainmaster.bus import TRANSIENT_BUS_ERRORS
+from trainmaster.bus import fetch_batch
 from trainmaster.delivery_policy import Settler
 from trainmaster.topology import ConsumerSpec, Topology
 
@@ -33,19 +32,6 @@ log = structlog.get_logger()
 _tracer = trace.get_tracer("trainmaster.scheduler")
 # a handler gets the message itself: the subject says who published it (the reports: trust.py)
 MessageHandler = Callable[[Msg], Awaitable[None]]
-
-
-async def fetch_batch(sub: JetStreamContext.PullSubscription, batch_size: int, durable: str) -> list[Msg]:
-    """The next messages, or none: a fetch that times out, or meets a server that cannot answer
-    for a moment (a cluster fail-over, a restart), is not the loop's end."""
-    try:
-        return await sub.fetch(batch_size, timeout=5.0)
-    except (TimeoutError, NatsTimeoutError):
-        return []
-    except TRANSIENT_BUS_ERRORS as exc:
-        log.warning("fetch failed; trying again", consumer=durable, error=f"{type(exc).__name__}: {exc}")
-        await asyncio.sleep(1.0)
-        return []
 
 
 class PullConsumer:

@@ -31,8 +31,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from services.scheduler.consumer import fetch_batch
-from trainmaster.bus import MSG_ID, last_message_ids
+from trainmaster.bus import MSG_ID, fetch_batch, last_message_ids
 from trainmaster.delivery_policy import Poison, Settler
 from trainmaster.jobstore import JobStore
 from trainmaster.messages import HistoryEntry, JobRecord, Status, WorkItem, encode
