@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
-from nats.errors import NoServersError
+from nats.errors import NoRespondersError, NoServersError
 
 from trainmaster.auth.local import local_admin_creds, local_ca_file
 from trainmaster.cli.render import err_console, show_error
@@ -48,6 +48,10 @@ def run(coro_fn: Callable[[], Awaitable[int | None]]) -> None:
     except NotAdmitted as exc:
         err_console.print(f"[red]error[/red]: the trainmaster stack refused this client ({exc}): set TM_NATS_CREDS to "
                           "a creds file its authority issued (docs/security.md)")
+        raise typer.Exit(3) from None
+    except NoRespondersError:
+        err_console.print("[red]error[/red]: the trainmaster stack is reachable but nothing answers this request: "
+                          "is it still starting (`trainmaster up`), or is a service down?")
         raise typer.Exit(3) from None
     except (OSError, TimeoutError, NoServersError) as exc:
         err_console.print(f"[red]error[/red]: cannot reach the trainmaster stack ({type(exc).__name__}: {exc}). "

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trainmaster.client import ApiError
@@ -30,9 +31,11 @@ def show_error(exc: ApiError) -> None:
     if exc.details and exc.code == "validation_failed":
         err_console.print(f"[red]error[/red] ({exc.code}): the job is not valid, {len(exc.details)} problem(s):")
     else:
-        err_console.print(f"[red]error[/red] ({exc.code}): {exc}")
+        # the stack's words are text, not markup: a rule like '^[a-z0-9]...' must print as it is
+        err_console.print(f"[red]error[/red] ({escape(str(exc.code))}): {escape(str(exc))}")
     for d in exc.details:
-        err_console.print(f"  - {d.get('field')}: {d.get('message')} [dim]({d.get('code')})[/dim]")
+        err_console.print(f"  - {escape(str(d.get('field')))}: {escape(str(d.get('message')))} "
+                          f"[dim]({escape(str(d.get('code')))})[/dim]")
     if exc.job:
         err_console.print(f"  job {exc.job.get('id')} {exc.job.get('name')} {exc.job.get('version')} "
                           f"is {exc.job.get('status')}")
